@@ -1,0 +1,99 @@
+"""The deploy steps: what runs on which server, in which order, after cloud-init.
+
+A step is plain data (name, host, what it depends on, whether it needs public DNS) plus a
+pure `render(ctx) -> Bundle`. The structure depends on the settings alone, so Pulumi can
+declare one `remote.Command` per step up front and fill in the contents once addresses
+and secrets are known; the local lab walks the same list in the same order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+from . import hosts as H
+from .bundle import Bundle
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Generated once per stack (pulumi-random / pulumi-tls), or by the lab."""
+    replication_password: str
+    lookup_password: str
+    rspamd_controller_password: str
+    dkim_keys: Mapping[str, str]       # domain -> RSA private key, PEM
+    user_hashes: Mapping[str, str]     # address -> crypt hash ($6$ or $2b$)
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    hosts: Mapping[str, H.Host]
+    addresses: Mapping[str, H.Address]
+    secrets: Secrets
+
+    def host_for(self, service: str) -> H.Host:
+        return H.find(dict(self.hosts), service)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    host: str                       # role of the host it runs on
+    title: str
+    render: Callable[[Context], Bundle] = field(compare=False, repr=False)
+    depends_on: tuple[str, ...] = ()
+    needs_dns: bool = False         # runs only after the public DNS records exist
+
+
+def plan(settings: Settings) -> list[Step]:
+    """Every step, in an order that satisfies depends_on (a valid serial order)."""
+    from . import cloudinit, database, services, tls  # late: these import templates
+
+    hs = H.hosts(settings)
+    primary = H.find(hs, H.DB_PRIMARY)
+    steps: list[Step] = []
+    for role in hs:
+        steps.append(Step(f"wait-{role}", role, f"wait for cloud-init on {role}", cloudinit.wait_bundle))
+    steps.append(Step(
+        "postgres-primary", primary.role, f"PostgreSQL primary on {primary.role}",
+        lambda ctx, h=primary: database.primary_bundle(ctx, h),
+        (f"wait-{primary.role}",),
+    ))
+    steps.append(Step(
+        "mail-sync", primary.role, "sync domains, users and aliases",
+        database.sync_bundle, ("postgres-primary",),
+    ))
+    for h in hs.values():
+        if h.runs(H.DB_REPLICA):
+            steps.append(Step(
+                f"postgres-replica-{h.role}", h.role, f"PostgreSQL replica on {h.role}",
+                lambda ctx, h=h: database.replica_bundle(ctx, h),
+                (f"wait-{h.role}", "postgres-primary"),
+            ))
+    for h in hs.values():
+        db_step = "postgres-primary" if h.runs(H.DB_PRIMARY) else f"postgres-replica-{h.role}"
+        steps.append(Step(
+            f"services-{h.role}", h.role, f"mail services on {h.role}",
+            lambda ctx, h=h: services.bundle(ctx, h),
+            (f"wait-{h.role}", db_step),
+        ))
+    for h in hs.values():
+        steps.append(Step(
+            f"certificates-{h.role}", h.role, f"ACME certificates for {h.role}",
+            lambda ctx, h=h: tls.certificates_bundle(ctx, h),
+            (f"services-{h.role}",), needs_dns=True,
+        ))
+    _check_order(steps)
+    return steps
+
+
+def _check_order(steps: list[Step]) -> None:
+    seen: set[str] = set()
+    for s in steps:
+        missing = [d for d in s.depends_on if d not in seen]
+        if missing:
+            raise AssertionError(f"step {s.name} depends on {missing}, not declared before it")
+        if s.name in seen:
+            raise AssertionError(f"duplicate step {s.name}")
+        seen.add(s.name)

@@ -1,0 +1,467 @@
+"""Typed stack settings, parsed and validated from Pulumi stack config.
+
+Everything downstream (rendering, resources, the lab) takes a `Settings`. Parsing is a
+pure function of the raw config mapping, so it is tested without Pulumi; every error
+names the config key path, the bad value and the fix, and all errors of one run are
+reported together before a single resource is declared.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any, Iterable, Literal, Mapping
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "mailstack"
+
+# Hetzner Cloud catalogue as of 2026; an unknown string is almost always a typo, and
+# the API would only reject it halfway through an update.
+LOCATIONS = {
+    "fsn1": "eu-central",
+    "nbg1": "eu-central",
+    "hel1": "eu-central",
+    "ash": "us-east",
+    "hil": "us-west",
+    "sin": "ap-southeast",
+}
+SERVER_TYPES = frozenset(
+    """cx22 cx32 cx42 cx52 cx23 cx33 cx43 cx53
+    cpx11 cpx21 cpx31 cpx41 cpx51 cpx12 cpx22 cpx32 cpx42 cpx52 cpx62
+    cax11 cax21 cax31 cax41
+    ccx13 ccx23 ccx33 ccx43 ccx53 ccx63""".split()
+)
+SUPPORTED_IMAGES = frozenset({"debian-12"})
+LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+_DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$)({_LABEL}\.)+[a-z]{{2,63}}$")
+_HOSTLABEL_RE = re.compile(rf"^{_LABEL}$")
+_LOCALPART_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_SHA512_CRYPT_RE = re.compile(r"^\$6\$(rounds=\d{4,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$")
+_BCRYPT_RE = re.compile(r"^\$2[aby]\$\d{2}\$[./0-9A-Za-z]{53}$")
+_SSH_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
+    r" [A-Za-z0-9+/]+={0,3}( .*)?$"
+)
+HASH_FIX = (
+    "run `make hash-password`, then store the printed hash with "
+    "`pulumi config set --secret --path '{key}' '<hash>'`"
+)
+
+
+class SettingsError(ValueError):
+    """Stack config is invalid. `problems` holds one line per bad key."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(
+            "invalid stack config:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+def _lower(v: Any) -> Any:
+    return v.strip().lower() if isinstance(v, str) else v
+
+
+class User(_Model):
+    address: str
+    # None means: the stack generates an initial password (a secret stack output).
+    password_hash: str | None = None
+    quota_mb: int = Field(default=10240, ge=0)
+    active: bool = True
+
+    _norm = field_validator("address", mode="before")(_lower)
+
+    @property
+    def domain(self) -> str:
+        return self.address.rsplit("@", 1)[1]
+
+    @property
+    def local_part(self) -> str:
+        return self.address.rsplit("@", 1)[0]
+
+
+class Alias(_Model):
+    address: str
+    to: tuple[str, ...]
+    active: bool = True
+
+    _norm = field_validator("address", mode="before")(_lower)
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to_list(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, (list, tuple)):
+            return [_lower(x) for x in v]
+        return v
+
+    @property
+    def domain(self) -> str:
+        return self.address.rsplit("@", 1)[1]
+
+
+class Hostnames(_Model):
+    domain: str | None = None  # defaults to the first mail domain
+    mx1: str = "mx1"
+    mx2: str = "mx2"
+    imap: str = "imap"
+    smtp: str = "smtp"
+
+
+class ServerTypes(_Model):
+    mx1: str = "cx22"
+    imap: str = "cx22"
+    mx2: str = "cx22"
+
+
+class Hetzner(_Model):
+    location: str = "fsn1"
+    image: str = "debian-12"
+    server_types: ServerTypes = ServerTypes()
+    private_cidr: str = "10.77.0.0/16"
+    mail_volume_gb: int = Field(default=20, ge=10, le=10240)
+
+    @property
+    def network_zone(self) -> str:
+        return LOCATIONS[self.location]
+
+
+class Admin(_Model):
+    ssh_keys: tuple[str, ...] = ()
+    ssh_cidrs: tuple[str, ...] = ()
+
+
+class Acme(_Model):
+    email: str
+    directory: str = LETSENCRYPT
+    # The CA's CAA identity; only Let's Encrypt's is known, anything else must be named.
+    caa_issuer: str | None = None
+
+
+class Dmarc(_Model):
+    policy: Literal["none", "quarantine", "reject"] = "quarantine"
+    rua: str | None = None  # default: dmarc-reports@<first domain>
+    pct: int = Field(default=100, ge=0, le=100)
+
+
+class MtaSts(_Model):
+    mode: Literal["none", "testing", "enforce"] = "enforce"
+    max_age: int = Field(default=604800, ge=86400, le=31557600)
+
+
+class Dns(_Model):
+    manage_zone: bool = True
+    ttl: int = Field(default=3600, ge=60, le=86400)
+    tls_rpt: str | None = None  # default: tls-reports@<first domain>
+
+
+class Resolver(_Model):
+    # Empty: unbound recurses itself (DNSBLs refuse shared resolvers). The lab forwards
+    # to its own authoritative server.
+    forward_to: tuple[str, ...] = ()
+
+
+class Dkim(_Model):
+    selector: str = "mail"
+
+
+class Settings(_Model):
+    topology: Literal["ha", "single"] = "ha"
+    domains: tuple[str, ...]
+    users: tuple[User, ...] = ()
+    aliases: tuple[Alias, ...] = ()
+    hostnames: Hostnames = Hostnames()
+    hetzner: Hetzner = Hetzner()
+    admin: Admin = Admin()
+    acme: Acme
+    dmarc: Dmarc = Dmarc()
+    mta_sts: MtaSts = MtaSts()
+    dns: Dns = Dns()
+    dkim: Dkim = Dkim()
+    resolver: Resolver = Resolver()
+
+    _norm_domains = field_validator("domains", mode="before")(
+        lambda v: [_lower(x) for x in v] if isinstance(v, (list, tuple)) else v
+    )
+
+    # Derived names used everywhere; one definition so DNS, certs and configs agree.
+    @property
+    def host_domain(self) -> str:
+        return self.hostnames.domain or self.domains[0]
+
+    def fqdn(self, label: str) -> str:
+        return f"{getattr(self.hostnames, label)}.{self.host_domain}"
+
+    @property
+    def primary_domain(self) -> str:
+        return self.domains[0]
+
+    @property
+    def dmarc_rua(self) -> str:
+        return self.dmarc.rua or f"dmarc-reports@{self.primary_domain}"
+
+    @property
+    def tls_rpt_rua(self) -> str:
+        return self.dns.tls_rpt or f"tls-reports@{self.primary_domain}"
+
+    @property
+    def caa_issuer(self) -> str:
+        if self.acme.caa_issuer:
+            return self.acme.caa_issuer
+        return "letsencrypt.org"
+
+
+# --------------------------------------------------------------------------- loading
+
+_KEYS = {name: field.alias or name for name, field in Settings.model_fields.items()}
+
+
+def _config_key(loc: tuple[Any, ...]) -> str:
+    key = f"{NAMESPACE}:"
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += ("" if i == 0 else ".") + str(part)
+    return key
+
+
+def _fmt(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _raw_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    raw: dict[str, Any] = {}
+    for key, value in config.items():
+        ns, _, name = key.partition(":")
+        if ns != NAMESPACE:
+            continue
+        if isinstance(value, str):
+            try:
+                parsed = json.loads(value)
+                if isinstance(parsed, (dict, list, bool, int)) and not isinstance(value, bool):
+                    value = parsed
+            except ValueError:
+                pass
+        raw[name] = value
+    return raw
+
+
+def load_settings(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) -> Settings:
+    """Parse `mailstack:*` stack config (values as Pulumi passes them: strings, JSON for
+    objects) into Settings, or raise SettingsError listing every problem."""
+    secret_keys = set(secret_keys)
+    raw = _raw_config(config)
+    unknown = sorted(set(raw) - set(_KEYS.values()))
+    problems = [
+        f"{NAMESPACE}:{k}: unknown key; valid keys are {', '.join(sorted(_KEYS.values()))}"
+        for k in unknown
+    ]
+    for k in unknown:
+        raw.pop(k)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = _config_key(err["loc"])
+            if err["type"] == "missing":
+                problems.append(f"{key}: is required but not set; set it in config/Pulumi.<stack>.yaml")
+            elif err["type"] == "extra_forbidden":
+                problems.append(f"{key}: unknown key (value {_fmt(err['input'])}); remove it or fix its spelling")
+            else:
+                problems.append(f"{key}: {_fmt(err['input'])} is invalid: {err['msg']}")
+        raise SettingsError(problems) from None
+    problems += _check(settings, raw, secret_keys)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]:
+    p: list[str] = []
+    ns = NAMESPACE
+
+    if not s.domains:
+        p.append(f"{ns}:domains: is empty; list at least one mail domain, e.g. [example.org]")
+    seen: set[str] = set()
+    for i, d in enumerate(s.domains):
+        if not _DOMAIN_RE.match(d):
+            p.append(f"{ns}:domains[{i}]: {d!r} is not a valid domain name; use a name like 'example.org'")
+        if d in seen:
+            p.append(f"{ns}:domains[{i}]: {d!r} is listed twice; remove the duplicate")
+        seen.add(d)
+    domains = set(s.domains)
+
+    if s.hostnames.domain is not None and not _DOMAIN_RE.match(s.hostnames.domain):
+        p.append(f"{ns}:hostnames.domain: {s.hostnames.domain!r} is not a valid domain name; use e.g. 'example.org'")
+    labels = {}
+    for label in ("mx1", "mx2", "imap", "smtp"):
+        v = getattr(s.hostnames, label)
+        if not _HOSTLABEL_RE.match(v):
+            p.append(f"{ns}:hostnames.{label}: {v!r} is not a single DNS label; use letters, digits and '-', e.g. '{label}'")
+        if v in labels and not (label == "smtp" and labels[v] == "mx1"):
+            p.append(f"{ns}:hostnames.{label}: {v!r} is already the name of {labels[v]}; choose a distinct name")
+        labels.setdefault(v, label)
+
+    def check_address(key: str, addr: str, must_be_ours: bool) -> bool:
+        local, at, dom = addr.rpartition("@")
+        if not at or not local or not _LOCALPART_RE.match(local) or not _DOMAIN_RE.match(dom):
+            p.append(f"{key}: {addr!r} is not a valid e-mail address; use 'name@domain'")
+            return False
+        if must_be_ours and dom not in domains:
+            p.append(
+                f"{key}: {addr!r} is outside every mail domain ({', '.join(s.domains)}); "
+                f"add {dom!r} to {ns}:domains or fix the address"
+            )
+            return False
+        return True
+
+    users: dict[str, int] = {}
+    for i, u in enumerate(s.users):
+        key = f"{ns}:users[{i}]"
+        check_address(f"{key}.address", u.address, True)
+        if u.address in users:
+            p.append(f"{key}.address: {u.address!r} duplicates {ns}:users[{users[u.address]}]; remove one of them")
+        users.setdefault(u.address, i)
+        if u.password_hash is not None:
+            hkey = f"{key}.passwordHash"
+            if not (_SHA512_CRYPT_RE.match(u.password_hash) or _BCRYPT_RE.match(u.password_hash)):
+                shown = "<hidden>" if len(u.password_hash) < 40 else _fmt(u.password_hash[:12] + "...")
+                p.append(
+                    f"{hkey}: {shown} is not a SHA512-CRYPT ($6$) or BLF-CRYPT ($2b$) hash "
+                    f"(a clear-text password is never accepted); " + HASH_FIX.format(key=f"{key}.passwordHash")
+                )
+            elif f"{ns}:users" not in secret_keys:
+                p.append(
+                    f"{hkey}: is stored in clear text in the stack file; password hashes are secrets: "
+                    + HASH_FIX.format(key=f"{key}.passwordHash")
+                )
+
+    aliases: dict[str, int] = {}
+    for i, a in enumerate(s.aliases):
+        key = f"{ns}:aliases[{i}]"
+        check_address(f"{key}.address", a.address, True)
+        if a.address in aliases:
+            p.append(f"{key}.address: {a.address!r} duplicates {ns}:aliases[{aliases[a.address]}]; merge their 'to' lists")
+        if a.address in users:
+            p.append(
+                f"{key}.address: {a.address!r} is also a user ({ns}:users[{users[a.address]}]); "
+                "an address is either a mailbox or an alias, remove one"
+            )
+        aliases.setdefault(a.address, i)
+        if not a.to:
+            p.append(f"{key}.to: is empty; list at least one destination address")
+        for j, dest in enumerate(a.to):
+            if dest == a.address:
+                p.append(f"{key}.to[{j}]: {dest!r} points at the alias itself; remove it")
+            elif check_address(f"{key}.to[{j}]", dest, False) and dest.rsplit("@", 1)[1] in domains:
+                if dest not in users and dest not in {x.address for x in s.aliases}:
+                    p.append(
+                        f"{key}.to[{j}]: {dest!r} is in a local domain but is neither a user nor an alias; "
+                        "add the user or fix the address (mail to it would bounce)"
+                    )
+    p += _alias_loops(s)
+
+    h = s.hetzner
+    if h.location not in LOCATIONS:
+        p.append(f"{ns}:hetzner.location: {h.location!r} is not a Hetzner location; use one of {', '.join(sorted(LOCATIONS))}")
+    if h.image not in SUPPORTED_IMAGES:
+        p.append(f"{ns}:hetzner.image: {h.image!r} is not supported; use 'debian-12' (the configs target Dovecot 2.3 and PostgreSQL 15)")
+    for role in ("mx1", "imap", "mx2"):
+        t = getattr(h.server_types, role)
+        if t not in SERVER_TYPES:
+            p.append(
+                f"{ns}:hetzner.serverTypes.{role}: {t!r} is not a Hetzner server type; "
+                f"use one of {', '.join(sorted(SERVER_TYPES))}"
+            )
+    try:
+        net = ipaddress.ip_network(h.private_cidr)
+        if net.version != 4 or not net.is_private or net.prefixlen > 24:
+            raise ValueError
+    except ValueError:
+        p.append(f"{ns}:hetzner.privateCidr: {h.private_cidr!r} is not a private IPv4 network of /24 or larger; use e.g. '10.77.0.0/16'")
+
+    for i, key in enumerate(s.admin.ssh_keys):
+        if not _SSH_KEY_RE.match(key.strip()):
+            p.append(f"{ns}:admin.sshKeys[{i}]: {_fmt(key)} is not an OpenSSH public key; paste the line from ~/.ssh/id_ed25519.pub")
+    for i, cidr in enumerate(s.admin.ssh_cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=True)
+        except ValueError as exc:
+            p.append(f"{ns}:admin.sshCidrs[{i}]: {cidr!r} is not a valid CIDR ({exc}); use e.g. '203.0.113.7/32' or '2001:db8::/48'")
+    if not s.admin.ssh_cidrs:
+        p.append(f"{ns}:admin.sshCidrs: is empty; list the networks allowed to reach SSH (the deploy steps need it), e.g. ['203.0.113.7/32']")
+
+    check_address(f"{ns}:acme.email", s.acme.email, False)
+    if not re.match(r"^https://[^\s/]+(/\S*)?$", s.acme.directory):
+        p.append(f"{ns}:acme.directory: {s.acme.directory!r} is not an https URL; use {LETSENCRYPT!r}")
+    elif s.acme.directory != LETSENCRYPT and "letsencrypt.org" not in s.acme.directory and not s.acme.caa_issuer:
+        p.append(f"{ns}:acme.caaIssuer: is required with a non-Let's-Encrypt directory {s.acme.directory!r}; set the CA's CAA domain")
+    if s.dmarc.rua is not None:
+        check_address(f"{ns}:dmarc.rua", s.dmarc.rua, False)
+    if s.dns.tls_rpt is not None:
+        check_address(f"{ns}:dns.tlsRpt", s.dns.tls_rpt, False)
+    for i, ip in enumerate(s.resolver.forward_to):
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            p.append(f"{ns}:resolver.forwardTo[{i}]: {ip!r} is not an IP address; use e.g. '192.0.2.53' or leave the list empty")
+    if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", s.dkim.selector):
+        p.append(f"{ns}:dkim.selector: {s.dkim.selector!r} is not a DNS label; use e.g. 'mail'")
+    return p
+
+
+def _alias_loops(s: Settings) -> list[str]:
+    graph = {a.address: [d for d in a.to if d != a.address] for a in s.aliases}
+    index = {a.address: i for i, a in enumerate(s.aliases)}
+    reported: set[frozenset[str]] = set()
+    problems = []
+
+    def walk(node: str, path: list[str]) -> None:
+        for nxt in graph.get(node, ()):
+            if nxt in path:
+                cycle = path[path.index(nxt):] + [nxt]
+                key = frozenset(cycle)
+                if key not in reported:
+                    reported.add(key)
+                    problems.append(
+                        f"{NAMESPACE}:aliases[{index[cycle[0]]}]: alias loop {' -> '.join(cycle)}; "
+                        "point one of these aliases at a mailbox instead"
+                    )
+            elif nxt in graph:
+                walk(nxt, path + [nxt])
+
+    for start in graph:
+        walk(start, [start])
+    return problems
+
+
+def pulumi_config() -> tuple[dict[str, Any], set[str]]:
+    """The running program's stack config and secret keys (only used by __main__)."""
+    from pulumi.runtime import config as rc
+
+    merged = dict(rc.get_config_env())
+    merged.update(rc.CONFIG.get())
+    secret = set(rc.get_config_secret_keys_env()) | set(rc._SECRET_KEYS.get())
+    return merged, secret
