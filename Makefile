@@ -1,0 +1,36 @@
+# The two commands the README promises: `make lab` and `make test`. Both set up
+# everything they need on a fresh Debian 12 machine (as root) through `setup`.
+PY := .venv/bin/python
+
+.PHONY: setup test test-lab test-all lab lab-up lab-down snapshot hash-password
+
+setup:
+	@bash scripts/setup-host.sh
+
+# Fast suite: settings, rendering, Pulumi mocks, and every config checked by the real
+# Debian 12 daemons (smtpd -n, doveconf, rspamadm, nft, cloud-init schema, PostgreSQL
+# replication). The lab scenarios are marked `lab` and run with `make test-lab`.
+test: setup
+	$(PY) -m pytest -m "not lab"
+
+test-lab: setup
+	$(PY) -m pytest -m lab
+
+test-all: setup
+	$(PY) -m pytest
+
+# The main job: bring up mx1, imap and mx2 locally, run the scenarios, tear down.
+lab: setup
+	$(PY) -m lab run
+
+lab-up: setup
+	$(PY) -m lab up
+
+lab-down:
+	$(PY) -m lab down
+
+snapshot: setup
+	$(PY) scripts/update-snapshot.py
+
+hash-password: setup
+	@$(PY) scripts/hash-password

@@ -1,0 +1,264 @@
+"""Validation of stack config: every bad input gets an error naming the key, the value and
+the fix, and all problems are reported together."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import yaml
+
+from mailstack import hosts as H
+from mailstack.settings import SettingsError, load_settings
+from tests.conftest import EXAMPLE_STACK, TEST_HASH, stack_config
+
+SHA512 = "$6$saltsalt$" + "a" * 86
+
+
+def raw_example() -> dict:
+    return yaml.safe_load(EXAMPLE_STACK.read_text())["config"]
+
+
+def load(raw: dict, secret_keys=()):
+    cfg = {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+    return load_settings(cfg, secret_keys)
+
+
+def problems_for(mutate, secret_keys=()) -> list[str]:
+    raw = copy.deepcopy(raw_example())
+    mutate(raw)
+    with pytest.raises(SettingsError) as exc:
+        load(raw, secret_keys)
+    return exc.value.problems
+
+
+def one_problem(mutate, key: str, *fragments: str, secret_keys=()) -> str:
+    problems = problems_for(mutate, secret_keys)
+    matching = [p for p in problems if p.startswith(key + ":")]
+    assert matching, f"no problem for {key}; got {problems}"
+    for frag in fragments:
+        assert frag in matching[0], f"{frag!r} not in {matching[0]!r}"
+    return matching[0]
+
+
+def test_example_stack_is_valid():
+    s = load(raw_example())
+    assert s.topology == "ha"
+    assert s.domains == ("example.org", "example.net")
+    assert s.host_domain == "example.org"
+    assert s.fqdn("mx1") == "mx1.example.org"
+    assert [u.address for u in s.users] == ["alice@example.org", "bob@example.org", "carol@example.net"]
+    assert s.hetzner.network_zone == "eu-central"
+    assert s.acme.directory.startswith("https://acme-v02.api.letsencrypt.org")
+    assert s.caa_issuer == "letsencrypt.org"
+
+
+def test_values_are_normalised_to_lower_case():
+    s = load_settings(stack_config(domains=["Example.ORG", "example.net"],
+                                   users=[{"address": "Alice@Example.org"}],
+                                   aliases=[{"address": "Postmaster@example.org", "to": "ALICE@example.org"}]))
+    assert s.domains[0] == "example.org"
+    assert s.users[0].address == "alice@example.org"
+    assert s.aliases[0].to == ("alice@example.org",)
+
+
+def test_malformed_domain():
+    msg = one_problem(lambda r: r["mailstack:domains"].append("exa_mple..org"),
+                      "mailstack:domains[2]", "'exa_mple..org'", "example.org")
+    assert "not a valid domain" in msg
+
+
+def test_duplicate_domain():
+    one_problem(lambda r: r["mailstack:domains"].append("example.net"),
+                "mailstack:domains[2]", "listed twice")
+
+
+def test_user_outside_every_domain():
+    one_problem(lambda r: r["mailstack:users"].append({"address": "eve@elsewhere.com"}),
+                "mailstack:users[3].address", "'eve@elsewhere.com'", "add 'elsewhere.com' to mailstack:domains")
+
+
+def test_duplicate_user():
+    one_problem(lambda r: r["mailstack:users"].append({"address": "bob@example.org"}),
+                "mailstack:users[3].address", "duplicates mailstack:users[1]")
+
+
+def test_malformed_address():
+    one_problem(lambda r: r["mailstack:users"].append({"address": "no-at-sign.example.org"}),
+                "mailstack:users[3].address", "not a valid e-mail address")
+
+
+def test_alias_loop():
+    def mutate(r):
+        r["mailstack:aliases"] += [
+            {"address": "a@example.org", "to": ["b@example.org"]},
+            {"address": "b@example.org", "to": ["c@example.org"]},
+            {"address": "c@example.org", "to": ["a@example.org"]},
+        ]
+    msg = one_problem(mutate, "mailstack:aliases[6]", "alias loop", "a@example.org -> b@example.org -> c@example.org -> a@example.org")
+    assert "point one of these aliases at a mailbox" in msg
+
+
+def test_alias_to_itself():
+    one_problem(lambda r: r["mailstack:aliases"].append({"address": "x@example.org", "to": ["x@example.org"]}),
+                "mailstack:aliases[6].to[0]", "points at the alias itself")
+
+
+def test_alias_to_unknown_local_address():
+    one_problem(lambda r: r["mailstack:aliases"].append({"address": "x@example.org", "to": ["nobody@example.org"]}),
+                "mailstack:aliases[6].to[0]", "'nobody@example.org'", "neither a user nor an alias")
+
+
+def test_alias_that_is_also_a_user():
+    one_problem(lambda r: r["mailstack:aliases"].append({"address": "bob@example.org", "to": ["alice@example.org"]}),
+                "mailstack:aliases[6].address", "is also a user")
+
+
+def test_alias_may_point_outside():
+    raw = raw_example()
+    raw["mailstack:aliases"].append({"address": "fwd@example.org", "to": ["someone@gmail.com"]})
+    assert load(raw).aliases[-1].to == ("someone@gmail.com",)
+
+
+def test_bad_cidr():
+    one_problem(lambda r: r["mailstack:admin"]["sshCidrs"].append("10.0.0.1/33"),
+                "mailstack:admin.sshCidrs[2]", "'10.0.0.1/33'", "203.0.113.7/32")
+
+
+def test_cidr_with_host_bits():
+    one_problem(lambda r: r["mailstack:admin"]["sshCidrs"].append("203.0.113.7/24"),
+                "mailstack:admin.sshCidrs[2]", "'203.0.113.7/24'")
+
+
+def test_empty_ssh_cidrs():
+    one_problem(lambda r: r["mailstack:admin"].update(sshCidrs=[]), "mailstack:admin.sshCidrs", "is empty")
+
+
+def test_bad_ssh_key():
+    one_problem(lambda r: r["mailstack:admin"]["sshKeys"].append("not a key"),
+                "mailstack:admin.sshKeys[1]", "not an OpenSSH public key")
+
+
+def test_clear_text_password_is_refused_and_not_echoed():
+    def mutate(r):
+        r["mailstack:users"][0]["passwordHash"] = "hunter2"
+    msg = one_problem(mutate, "mailstack:users[0].passwordHash", "clear-text password is never accepted",
+                      "make hash-password", secret_keys={"mailstack:users"})
+    assert "hunter2" not in msg
+
+
+def test_hash_must_be_stored_as_secret():
+    def mutate(r):
+        r["mailstack:users"][0]["passwordHash"] = TEST_HASH
+    one_problem(mutate, "mailstack:users[0].passwordHash", "clear text in the stack file", "--secret")
+
+
+@pytest.mark.parametrize("good", [TEST_HASH, SHA512])
+def test_secret_hash_is_accepted(good):
+    raw = raw_example()
+    raw["mailstack:users"][0]["passwordHash"] = good
+    assert load(raw, {"mailstack:users"}).users[0].password_hash == good
+
+
+def test_unknown_server_type():
+    one_problem(lambda r: r["mailstack:hetzner"]["serverTypes"].update(imap="cx99"),
+                "mailstack:hetzner.serverTypes.imap", "'cx99'", "cx22")
+
+
+def test_unknown_location():
+    one_problem(lambda r: r["mailstack:hetzner"].update(location="fra1"),
+                "mailstack:hetzner.location", "'fra1'", "fsn1")
+
+
+def test_unsupported_image():
+    one_problem(lambda r: r["mailstack:hetzner"].update(image="debian-13"),
+                "mailstack:hetzner.image", "'debian-13'", "debian-12")
+
+
+def test_bad_private_cidr():
+    one_problem(lambda r: r["mailstack:hetzner"].update(privateCidr="8.8.0.0/16"),
+                "mailstack:hetzner.privateCidr", "'8.8.0.0/16'", "10.77.0.0/16")
+
+
+def test_missing_required_key():
+    one_problem(lambda r: r.pop("mailstack:acme"), "mailstack:acme", "is required")
+
+
+def test_missing_domains():
+    one_problem(lambda r: r.pop("mailstack:domains"), "mailstack:domains", "is required")
+
+
+def test_unknown_key_is_named():
+    one_problem(lambda r: r.update({"mailstack:domian": ["x.org"]}), "mailstack:domian", "unknown key")
+
+
+def test_nested_unknown_key():
+    one_problem(lambda r: r["mailstack:hetzner"].update(serverType="cx22"),
+                "mailstack:hetzner.serverType", "unknown key")
+
+
+def test_bad_topology():
+    one_problem(lambda r: r.update({"mailstack:topology": "cluster"}), "mailstack:topology", "'cluster'")
+
+
+def test_bad_dmarc_policy():
+    one_problem(lambda r: r["mailstack:dmarc"].update(policy="strict"), "mailstack:dmarc.policy", "'strict'")
+
+
+def test_custom_acme_directory_needs_caa_issuer():
+    one_problem(lambda r: r["mailstack:acme"].update(directory="https://acme.example.com/dir"),
+                "mailstack:acme.caaIssuer", "is required")
+
+
+def test_acme_directory_must_be_https():
+    one_problem(lambda r: r["mailstack:acme"].update(directory="http://acme.example.com/dir"),
+                "mailstack:acme.directory", "not an https URL")
+
+
+def test_bad_resolver_forwarder():
+    one_problem(lambda r: r.update({"mailstack:resolver": {"forwardTo": ["dns.example"]}}),
+                "mailstack:resolver.forwardTo[0]", "not an IP address")
+
+
+def test_duplicate_host_names():
+    one_problem(lambda r: r["mailstack:hostnames"].update(imap="mx1"),
+                "mailstack:hostnames.imap", "already the name of mx1")
+
+
+def test_all_problems_reported_together():
+    def mutate(r):
+        r["mailstack:domains"].append("bad_domain")
+        r["mailstack:hetzner"].update(location="nowhere")
+        r["mailstack:admin"]["sshCidrs"].append("1.2.3.4/99")
+    problems = problems_for(mutate)
+    keys = {p.split(":", 2)[0] + ":" + p.split(":", 2)[1] for p in problems}
+    assert {"mailstack:domains[2]", "mailstack:hetzner.location", "mailstack:admin.sshCidrs[2]"} <= keys
+    assert "invalid stack config" in str(SettingsError(problems))
+
+
+def test_other_namespaces_are_ignored():
+    cfg = stack_config()
+    cfg["hcloud:token"] = "x" * 64
+    assert load_settings(cfg).domains[0] == "example.org"
+
+
+def test_hosts_ha_and_single():
+    s = load(raw_example())
+    hs = H.hosts(s)
+    assert [h.private_ip for h in hs.values()] == ["10.77.1.11", "10.77.1.12", "10.77.1.13"]
+    assert H.find(hs, H.IMAP).role == "imap"
+    raw = raw_example()
+    raw["mailstack:topology"] = "single"
+    single = H.hosts(load(raw))
+    assert list(single) == ["mx1"]
+    assert H.find(single, H.IMAP).role == "mx1"
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("2a01:4f8:c0c:1234::/64", "2a01:4f8:c0c:1234::1"),
+    ("2a01:4f8:c0c:1234::", "2a01:4f8:c0c:1234::1"),
+    ("2a01:4f8:c0c:1234::1", "2a01:4f8:c0c:1234::1"),
+    ("2a01:4f8:c0c:1234::25", "2a01:4f8:c0c:1234::25"),
+])
+def test_ipv6_host_address(given, expected):
+    assert H.ipv6_host_address(given) == expected
