@@ -1,0 +1,101 @@
+"""Which ports each service needs, rendered twice: as Hetzner Cloud firewall rules and as
+the host's own nftables ruleset.
+
+Hetzner's firewall does not see private-network traffic, so the unauthenticated private
+services (LMTP, PostgreSQL) are guarded by nftables alone, matched on the peers' private
+source addresses. The nftables file is part of cloud-init user-data and therefore depends
+only on the host's services and the private network, never on domains, users or admin
+networks (those would replace the server on every change).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import hosts as H
+from .settings import Settings
+from .templates import render
+
+ANYWHERE = ("0.0.0.0/0", "::/0")
+SSH_PORT = 22
+ACME_HTTP = ("tcp", 80, "HTTP for ACME HTTP-01 challenges")
+
+# The one table: service -> public ports (protocol, port, why).
+PUBLIC: dict[str, tuple[tuple[str, int, str], ...]] = {
+    H.MX: (("tcp", 25, "SMTP inbound"),),
+    H.BACKUP_MX: (("tcp", 25, "SMTP inbound (backup MX)"),),
+    H.SUBMISSION: (("tcp", 465, "SMTP submission, implicit TLS"),
+                   ("tcp", 587, "SMTP submission, STARTTLS")),
+    H.IMAP: (("tcp", 993, "IMAP, implicit TLS"), ("tcp", 4190, "ManageSieve")),
+    H.WEB: (("tcp", 443, "HTTPS: MTA-STS policy, autoconfig"),),
+}
+# Private flows: (service listening, protocol, port, services allowed to connect, why).
+PRIVATE: tuple[tuple[str, str, int, tuple[str, ...], str], ...] = (
+    (H.IMAP, "tcp", 24, (H.MX, H.SUBMISSION), "LMTP delivery from the MX (no authentication)"),
+    (H.DB_PRIMARY, "tcp", 5432, (H.DB_REPLICA,), "PostgreSQL streaming replication"),
+)
+
+
+@dataclass(frozen=True)
+class Rule:
+    direction: str
+    protocol: str
+    port: str | None
+    source_ips: tuple[str, ...]
+    description: str
+
+
+@dataclass(frozen=True)
+class PrivateFlow:
+    protocol: str
+    port: int
+    sources: tuple[str, ...]   # peers' private IPs
+    description: str
+
+
+def _public(host: H.Host) -> dict[tuple[str, int], str]:
+    ports = {ACME_HTTP[:2]: ACME_HTTP[2]}
+    for service in sorted(host.services):
+        for proto, port, why in PUBLIC.get(service, ()):
+            ports.setdefault((proto, port), why)
+    return dict(sorted(ports.items(), key=lambda kv: (kv[0][1], kv[0][0])))
+
+
+def public_ports(host: H.Host) -> list[tuple[str, int]]:
+    return list(_public(host))
+
+
+def private_flows(settings: Settings, host: H.Host) -> list[PrivateFlow]:
+    """Connections this host accepts from its peers on the private network."""
+    peers = [h for h in H.hosts(settings).values() if h.role != host.role]
+    flows = []
+    for service, proto, port, clients, why in PRIVATE:
+        if not host.runs(service):
+            continue
+        sources = sorted({h.private_ip for h in peers if any(h.runs(c) for c in clients)},
+                         key=lambda ip: tuple(int(x) for x in ip.split(".")))
+        if sources:
+            flows.append(PrivateFlow(proto, port, tuple(sources), why))
+    return flows
+
+
+def hcloud_rules(settings: Settings, host: H.Host) -> list[Rule]:
+    rules = []
+    if settings.admin.ssh_cidrs:
+        rules.append(Rule("in", "tcp", str(SSH_PORT), tuple(settings.admin.ssh_cidrs),
+                          "SSH from the admin networks"))
+    # "icmp" covers ICMPv6 too at Hetzner; path MTU discovery and ping need it.
+    rules.append(Rule("in", "icmp", None, ANYWHERE, "ICMP and ICMPv6"))
+    for (proto, port), why in _public(host).items():
+        rules.append(Rule("in", proto, str(port), ANYWHERE, why))
+    return rules
+
+
+def nftables(settings: Settings, host: H.Host) -> str:
+    """/etc/nftables.conf for `host`."""
+    return render(
+        "nftables.conf.j2",
+        role=host.role,
+        ssh_port=SSH_PORT,
+        public=[(proto, port, why) for (proto, port), why in _public(host).items()],
+        private=private_flows(settings, host),
+    )
