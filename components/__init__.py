@@ -1,0 +1,1 @@
+"""Pulumi ComponentResources: each turns a pure result from `mailstack/` into resources."""

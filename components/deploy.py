@@ -1,0 +1,84 @@
+"""One `remote.Command` per deploy step of `mailstack.deploy.plan`.
+
+The program travels on stdin (a secret input), never on the command line, so neither the
+Pulumi log nor the server's process list shows its secrets. The command writes it to a
+0600 file and runs it with stdin on /dev/null, so a tool inside a step that reads stdin
+(psql, apt) can't swallow the rest of the program as `bash -s` would let it.
+"""
+from __future__ import annotations
+
+import pulumi
+import pulumi_hcloud as hcloud
+from pulumi_command import remote
+
+from mailstack import deploy
+from mailstack import hosts as H
+from mailstack.settings import Settings
+
+RUN_STDIN = (
+    "umask 077; f=$(mktemp /run/mailstack-step.XXXXXX) && trap 'rm -f \"$f\"' EXIT"
+    " && cat >\"$f\" && bash \"$f\" </dev/null"
+)
+
+
+def _servers_behind(step: deploy.Step, steps: dict[str, deploy.Step]) -> list[str]:
+    """Roles of every server this step (transitively) builds on: a rebuilt server must
+    rerun the steps that copied its state (a replica after a new primary, say)."""
+    roles, todo = [], [step.name]
+    while todo:
+        s = steps[todo.pop()]
+        if s.host not in roles:
+            roles.append(s.host)
+        todo.extend(s.depends_on)
+    return sorted(roles)
+
+
+class DeploySteps(pulumi.ComponentResource):
+    commands: dict[str, remote.Command]
+
+    def __init__(self, name: str, settings: Settings, hosts: dict[str, H.Host], *,
+                 servers: dict[str, hcloud.Server],
+                 addresses: pulumi.Output[dict[str, H.Address]],
+                 secrets: pulumi.Output[deploy.Secrets],
+                 private_key: pulumi.Output[str],
+                 host_extras: dict[str, list[pulumi.Resource]],
+                 dns_ready: list[pulumi.Resource],
+                 opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mailstack:index:DeploySteps", name, None, opts)
+        plan = deploy.plan(settings)
+        by_name = {s.name: s for s in plan}
+        self.commands = {}
+        for step in plan:
+            bundle = pulumi.Output.all(addresses, secrets).apply(
+                lambda v, step=step: step.render(deploy.Context(settings, hosts, v[0], v[1])))
+            connection = remote.ConnectionArgs(
+                host=addresses.apply(lambda a, r=step.host: a[r].ipv4),
+                user="root",
+                private_key=pulumi.Output.secret(private_key),
+                # A fresh server needs a minute or two before sshd answers.
+                dial_error_limit=60,
+                per_dial_timeout=10,
+            )
+            depends = [servers[step.host], *host_extras.get(step.host, ())]
+            depends += [self.commands[d] for d in step.depends_on]
+            if step.needs_dns:
+                depends += dns_ready
+            self.commands[step.name] = remote.Command(
+                step.name,
+                connection=connection,
+                create=RUN_STDIN,
+                stdin=pulumi.Output.secret(bundle.apply(lambda b, n=step.name: b.shell(n))),
+                triggers=[
+                    *(servers[r].id for r in _servers_behind(step, by_name)),
+                    pulumi.Output.secret(bundle.apply(lambda b: b.digest())),
+                ],
+                logging=remote.Logging.STDOUT_AND_STDERR,
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=depends,
+                    # Steps never print secrets, but their output is kept encrypted anyway.
+                    additional_secret_outputs=["stdout", "stderr"],
+                    custom_timeouts=pulumi.CustomTimeouts(create="30m", update="30m"),
+                ),
+            )
+        self.register_outputs({})

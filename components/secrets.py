@@ -1,0 +1,75 @@
+"""Every secret the stack needs, generated once and kept encrypted in Pulumi state.
+
+Nothing here is ever read from or written to a file: the values only flow into the deploy
+steps' stdin (a secret input) and into the secret `initialPasswords` output.
+"""
+from __future__ import annotations
+
+import pulumi
+import pulumi_random as random
+import pulumi_tls as tls
+
+from mailstack.deploy import Secrets
+from mailstack.settings import Settings
+
+
+def _password(name: str, length: int, parent: pulumi.Resource) -> random.RandomPassword:
+    # Letters and digits only: the values end up in libpq conninfo strings, .pgpass and
+    # shell-quoted config, where specials would need escaping in every one of them.
+    return random.RandomPassword(
+        name, length=length, special=False, min_lower=1, min_upper=1, min_numeric=1,
+        opts=pulumi.ResourceOptions(parent=parent))
+
+
+class StackSecrets(pulumi.ComponentResource):
+    deploy_key: tls.PrivateKey
+    dkim_keys: dict[str, tls.PrivateKey]
+    initial_passwords: dict[str, random.RandomPassword]
+    value: pulumi.Output[Secrets]
+
+    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mailstack:index:StackSecrets", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        replication = _password("replication-password", 32, self)
+        lookup = _password("lookup-password", 32, self)
+        rspamd = _password("rspamd-controller-password", 32, self)
+        # The stack's own SSH identity for the deploy steps; admins' keys stay theirs.
+        self.deploy_key = tls.PrivateKey("deploy-key", algorithm="ED25519", opts=child)
+        self.dkim_keys = {
+            d: tls.PrivateKey(f"dkim-{d}", algorithm="RSA", rsa_bits=2048, opts=child)
+            for d in settings.domains
+        }
+        self.initial_passwords = {
+            u.address: _password(f"user-{u.address}", 24, self)
+            for u in settings.users if u.password_hash is None
+        }
+        hashes: dict[str, pulumi.Input[str]] = {
+            u.address: pulumi.Output.secret(u.password_hash)
+            for u in settings.users if u.password_hash is not None
+        }
+        hashes.update({a: p.bcrypt_hash for a, p in self.initial_passwords.items()})
+
+        self.value = pulumi.Output.secret(pulumi.Output.all(
+            replication=replication.result,
+            lookup=lookup.result,
+            rspamd=rspamd.result,
+            dkim={d: k.private_key_pem for d, k in self.dkim_keys.items()},
+            hashes=hashes,
+        ).apply(lambda v: Secrets(
+            replication_password=v["replication"],
+            lookup_password=v["lookup"],
+            rspamd_controller_password=v["rspamd"],
+            dkim_keys=dict(v["dkim"]),
+            user_hashes=dict(v["hashes"]),
+        )))
+        self.register_outputs({})
+
+    @property
+    def dkim_public_pems(self) -> pulumi.Output[dict[str, str]]:
+        return pulumi.Output.from_input({d: k.public_key_pem for d, k in self.dkim_keys.items()})
+
+    @property
+    def initial_passwords_output(self) -> pulumi.Output[dict[str, str]]:
+        # Output.all() of nothing is a list; keep the output a mapping.
+        return pulumi.Output.secret(pulumi.Output.from_input(
+            {a: p.result for a, p in self.initial_passwords.items()}))
