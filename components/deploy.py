@@ -15,10 +15,7 @@ from mailstack import deploy
 from mailstack import hosts as H
 from mailstack.settings import Settings
 
-RUN_STDIN = (
-    "umask 077; f=$(mktemp /run/mailstack-step.XXXXXX) && trap 'rm -f \"$f\"' EXIT"
-    " && cat >\"$f\" && bash \"$f\" </dev/null"
-)
+RUN_STDIN = deploy.RUN_PROGRAM
 
 
 def _servers_behind(step: deploy.Step, steps: dict[str, deploy.Step]) -> list[str]:

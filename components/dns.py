@@ -106,7 +106,7 @@ class PublicDns(pulumi.ComponentResource):
         else:
             self.nameservers = pulumi.Output.from_input({})
             self.zone_files = self.records.apply(lambda records: {
-                zone: dns.zone_file(zone, [r for r in records if r.zone == zone])
+                zone: dns.zone_file(zone, [r for r in records if r.zone == zone], nameservers=[])
                 for zone in dns.zones(settings)
             })
         self.register_outputs({})

@@ -15,6 +15,16 @@ from .bundle import Bundle
 from .settings import Settings
 
 
+# How a step's program is run as root on its host, with the program on stdin (Pulumi's
+# remote.Command over SSH and the lab's nsenter both use exactly this). Written to a 0600
+# file first so a tool inside the step that reads stdin (psql, apt) can't swallow the rest
+# of the program, as it could with `bash -s`.
+RUN_PROGRAM = (
+    "umask 077; f=$(mktemp /run/mailstack-step.XXXXXX) && trap 'rm -f \"$f\"' EXIT"
+    " && cat >\"$f\" && bash \"$f\" </dev/null"
+)
+
+
 @dataclass(frozen=True)
 class Secrets:
     """Generated once per stack (pulumi-random / pulumi-tls), or by the lab."""

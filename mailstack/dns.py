@@ -320,12 +320,13 @@ def zone_file(
     mine = [r for r in recs if r.zone == zone]
     ttl = min((r.ttl for r in mine), default=3600)
     rname = hostmaster or f"hostmaster.{zone}."
-    lines = [
-        f"$ORIGIN {zone}.",
-        f"$TTL {ttl}",
-        f"@ {ttl} IN SOA {ns[0]} {rname} {serial} 86400 7200 3600000 300",
-    ]
-    lines += [f"@ {ttl} IN NS {n}" for n in ns]
+    lines = [f"$ORIGIN {zone}.", f"$TTL {ttl}"]
+    if ns:
+        lines.append(f"@ {ttl} IN SOA {ns[0]} {rname} {serial} 86400 7200 3600000 300")
+        lines += [f"@ {ttl} IN NS {n}" for n in ns]
+    else:
+        # For a DNS host we don't manage: its own SOA and NS stay as they are.
+        lines.append("; SOA and NS records: keep the ones your DNS host provides")
     for r in sorted(mine, key=_sort_key):
         lines += [f"{r.name} {r.ttl} IN {r.type} {v}" for v in r.values]
     return "\n".join(lines) + "\n"

@@ -244,6 +244,8 @@ def test_unmanaged_zone_declares_no_dns_resources_and_outputs_zone_files():
     assert set(files) == {"example.org", "example.net"}
     assert "IN MX 10 mx1.example.org." in files["example.org"]
     assert "IN MX 10 mx1.example.org." in files["example.net"]
+    # The other DNS host keeps its own SOA and NS; Hetzner's must not leak in.
+    assert "IN SOA" not in files["example.org"] and "IN NS" not in files["example.org"] and "hetzner" not in files["example.org"].lower()
     assert "zoneFile" in run.outputs["nextSteps"] and "delegate" not in run.outputs["nextSteps"]
     assert run.outputs["nameservers"] == {}
     # PTRs are still the stack's: they live on its IPs, not in the zone.
