@@ -1,0 +1,118 @@
+"""OpenSMTPD: the primary MX and submission on mx1, the backup MX on mx2.
+
+Every mail lookup (domains, recipients, aliases, credentials, allowed senders) is a
+query against the PostgreSQL server on the same host, so the rendered smtpd.conf
+depends on the topology and host names only, never on domains, users or aliases.
+"""
+from __future__ import annotations
+
+from . import hosts as H
+from .bundle import Bundle, File
+from .deploy import Context
+from .templates import read, render
+
+SMTPD_CONF = "/etc/smtpd.conf"
+TABLE_CONF = "/etc/smtpd/pgsql.conf"
+DYNDNS_REGEX = "/etc/smtpd/dyndns.regex"
+TLS_DIR = "/etc/mailstack/tls"
+# mx1's port for our own hosts (mx2's backup queue, imap's Sieve redirects): a separate
+# listener, because the connect filters on port 25 would refuse their private addresses.
+RELAY_PORT = 10025
+FLUSH_SERVICE = "/etc/systemd/system/mailstack-smtpd-flush.service"
+FLUSH_TIMER = "/etc/systemd/system/mailstack-smtpd-flush.timer"
+
+
+def runs_smtpd(host: H.Host) -> bool:
+    return host.runs(H.MX) or host.runs(H.BACKUP_MX)
+
+
+def _role(host: H.Host) -> str:
+    return "mx1" if host.runs(H.MX) else "mx2"
+
+
+def _internal_sources(ctx: Context, host: H.Host) -> list[str]:
+    """Private addresses of the other hosts that hand mail to this MX."""
+    if not host.runs(H.MX):
+        return []
+    return [h.private_ip for h in ctx.hosts.values()
+            if h.role != host.role and (h.runs(H.BACKUP_MX) or h.runs(H.IMAP))]
+
+
+def lmtp_target(ctx: Context, host: H.Host) -> str:
+    imap = ctx.host_for(H.IMAP)
+    return f"{'127.0.0.1' if imap.role == host.role else imap.private_ip}:24"
+
+
+def smtpd_conf(ctx: Context, host: H.Host) -> str:
+    s = ctx.settings
+    role = _role(host)
+    submission = host.runs(H.SUBMISSION)
+    smtp_fqdn = s.fqdn("smtp")
+    pki_names = [host.fqdn] + ([smtp_fqdn] if submission and smtp_fqdn != host.fqdn else [])
+    internal = _internal_sources(ctx, host)
+    imap = ctx.host_for(H.IMAP)
+    return render(
+        "smtpd/smtpd.conf.j2",
+        host=host,
+        role=role,
+        submission=submission,
+        smtp_fqdn=smtp_fqdn,
+        pki_names=pki_names,
+        tls_dir=TLS_DIR,
+        table_conf=TABLE_CONF,
+        dyndns_regex=DYNDNS_REGEX,
+        internal=internal,
+        imap_internal=imap.private_ip if imap.private_ip in internal else "",
+        relay_port=RELAY_PORT,
+        lmtp=lmtp_target(ctx, host) if role == "mx1" else "",
+        primary_relay=(f"{ctx.host_for(H.MX).private_ip}:{RELAY_PORT}" if role == "mx2" else ""),
+    )
+
+
+def _conninfo_value(v: str) -> str:
+    # libpq conninfo: single quotes, with backslash escapes for ' and \.
+    return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def table_conf(ctx: Context, host: H.Host) -> str:
+    from . import database
+
+    conninfo = " ".join([
+        "host=127.0.0.1",
+        "port=5432",
+        f"dbname={database.DB_NAME}",
+        f"user={database.LOOKUP_USER}",
+        f"password={_conninfo_value(ctx.secrets.lookup_password)}",
+    ])
+    # Only the lookups this host's smtpd.conf uses.
+    keys = ["query_alias", "query_domain"] if host.runs(H.MX) else ["query_domain", "query_mailaddr"]
+    if host.runs(H.SUBMISSION):
+        keys += ["query_credentials", "query_mailaddrmap"]
+    queries = []
+    for key in keys:
+        query = " ".join(database.SMTPD_QUERIES[key].split())
+        queries.append((key, query))
+    return render("smtpd/pgsql.conf.j2", conninfo=conninfo, queries=queries)
+
+
+def flush_units(host: H.Host) -> tuple[File, File]:
+    return (
+        File(FLUSH_SERVICE, read("smtpd/mailstack-smtpd-flush.service")),
+        File(FLUSH_TIMER, read("smtpd/mailstack-smtpd-flush.timer")),
+    )
+
+
+def bundle(ctx: Context, host: H.Host) -> Bundle:
+    if not runs_smtpd(host):
+        return Bundle()
+    files = [
+        File(SMTPD_CONF, smtpd_conf(ctx, host)),
+        File(TABLE_CONF, table_conf(ctx, host), mode=0o640, group="opensmtpd", secret=True),
+        File(DYNDNS_REGEX, read("smtpd/dyndns.regex")),
+    ]
+    backup = not host.runs(H.MX)
+    if backup:
+        files += flush_units(host)
+    script = render("smtpd/deploy.sh.j2", backup=backup,
+                    smtpd_conf=SMTPD_CONF, flush_timer=FLUSH_TIMER)
+    return Bundle(tuple(files), script)

@@ -1,0 +1,37 @@
+"""The `services-<role>` step: every daemon a host runs, configured in one bundle.
+
+Order matters: the resolver first (smtpd's rDNS checks and rspamd need it), rspamd
+before smtpd (smtpd's filter-rspamd talks to it), Dovecot before smtpd on a single
+host (LMTP), nginx last.
+"""
+from __future__ import annotations
+
+import importlib
+
+from . import hosts as H
+from . import mx, resolver, spam, web
+from .bundle import Bundle
+from .deploy import Context
+
+
+def _imap_bundle(ctx: Context, host: H.Host) -> Bundle:
+    try:
+        imap = importlib.import_module(f"{__package__}.imap")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.imap":
+            raise
+        return Bundle()  # until mailstack/imap.py lands
+    return imap.bundle(ctx, host)
+
+
+def bundle(ctx: Context, host: H.Host) -> Bundle:
+    b = resolver.bundle(ctx, host)
+    if spam.runs_rspamd(host):
+        b = b + spam.bundle(ctx, host)
+    if host.runs(H.IMAP):
+        b = b + _imap_bundle(ctx, host)
+    if mx.runs_smtpd(host):
+        b = b + mx.bundle(ctx, host)
+    if host.runs(H.WEB):
+        b = b + web.bundle(ctx, host)
+    return b

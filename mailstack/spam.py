@@ -1,0 +1,54 @@
+"""Rspamd on the MX hosts: spam verdicts for inbound mail (both MXes), DKIM signing of
+submitted mail (mx1 only, where the keys are)."""
+from __future__ import annotations
+
+from . import hosts as H
+from .bundle import Bundle, File
+from .deploy import Context
+from .templates import read, render
+
+LOCAL_D = "/etc/rspamd/local.d"
+KEY_DIR = "/var/lib/rspamd/dkim"
+CONTROLLER_INC = f"{LOCAL_D}/worker-controller.inc"
+# Staged only, never installed: the script hashes it (see cloud-init/rspamd/deploy.sh.j2).
+PASSWORD_FILE = "/run/mailstack-secrets/rspamd-controller-password"
+PASSWORD_SUM = "/var/lib/mailstack/rspamd-controller-password.sha256"
+
+
+def runs_rspamd(host: H.Host) -> bool:
+    return host.runs(H.MX) or host.runs(H.BACKUP_MX)
+
+
+def key_path(domain: str, selector: str) -> str:
+    return f"{KEY_DIR}/{domain}.{selector}.key"
+
+
+def dkim_signing_conf(ctx: Context) -> str:
+    s = ctx.settings
+    return render("rspamd/dkim_signing.conf.j2", selector=s.dkim.selector,
+                  key_dir=KEY_DIR, domains=s.domains)
+
+
+def bundle(ctx: Context, host: H.Host) -> Bundle:
+    if not runs_rspamd(host):
+        return Bundle()
+    files = [
+        File(f"{LOCAL_D}/redis.conf", read("rspamd/redis.conf")),
+        File(f"{LOCAL_D}/actions.conf", read("rspamd/actions.conf")),
+        File(f"{LOCAL_D}/milter_headers.conf", read("rspamd/milter_headers.conf")),
+        File(PASSWORD_FILE, ctx.secrets.rspamd_controller_password, 0o600, secret=True),
+    ]
+    if host.runs(H.SUBMISSION):
+        files.append(File(f"{LOCAL_D}/dkim_signing.conf", dkim_signing_conf(ctx)))
+        sel = ctx.settings.dkim.selector
+        for domain in ctx.settings.domains:
+            files.append(File(key_path(domain, sel), ctx.secrets.dkim_keys[domain],
+                              0o640, "root", "_rspamd", secret=True))
+    script = render(
+        "rspamd/deploy.sh.j2",
+        password_file=PASSWORD_FILE,
+        password_sum=PASSWORD_SUM,
+        controller_inc=CONTROLLER_INC,
+        key_dir=KEY_DIR,
+    )
+    return Bundle(tuple(files), script)

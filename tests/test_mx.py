@@ -1,0 +1,413 @@
+"""OpenSMTPD configs, checked by the real smtpd 7.4: `smtpd -n` for every host, and a
+behavioural run of mx1's config against a real PostgreSQL and unbound in a private
+network namespace."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_PASSWORD, make_context, settings_from
+from mailstack import database, mx
+from mailstack import hosts as H
+
+SMTPD = shutil.which("smtpd") or "/usr/sbin/smtpd"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _cert(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=mx1.example.org", "-keyout", d / "privkey.pem", "-out", d / "fullchain.pem"],
+        check=True, capture_output=True)
+
+
+def stage(ctx, host, root: Path, *, rspamd: bool = True) -> Path:
+    """Write host's smtpd files under root, with their paths pointing there."""
+    _cert(root / "tls")
+    (root / "smtpd").mkdir(parents=True, exist_ok=True)
+    b = mx.bundle(ctx, host)
+    table = root / "smtpd" / "pgsql.conf"
+    table.write_text(b.file(mx.TABLE_CONF).content)
+    shutil.chown(table, "root", "opensmtpd")
+    table.chmod(0o640)
+    (root / "smtpd" / "dyndns.regex").write_text(b.file(mx.DYNDNS_REGEX).content)
+    conf = b.file(mx.SMTPD_CONF).content
+    conf = conf.replace("/etc/smtpd/", f"{root}/smtpd/").replace(mx.TLS_DIR, f"{root}/tls")
+    if not rspamd:
+        conf = without_rspamd(conf)
+    path = root / "smtpd.conf"
+    path.write_text(conf)
+    return path
+
+
+def without_rspamd(conf: str) -> str:
+    conf = re.sub(r'^filter "rspamd" .*\n', "", conf, flags=re.M)
+    conf = conf.replace(', "rspamd" }', " }").replace(' filter "rspamd"', "")
+    assert "rspamd" not in re.sub(r"#.*", "", conf)
+    return conf
+
+
+def hosts_of(topology):
+    ctx = make_context(settings_from(topology=topology))
+    return [(topology, h.role) for h in ctx.hosts.values() if mx.runs_smtpd(h)]
+
+
+@pytest.mark.parametrize("topology,role", hosts_of("ha") + hosts_of("single"))
+def test_smtpd_accepts_rendered_config(topology, role, tmp_path):
+    ctx = make_context(settings_from(topology=topology))
+    conf = stage(ctx, ctx.hosts[role], tmp_path)
+    r = subprocess.run([SMTPD, "-n", "-f", conf], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout + r.stderr
+
+
+def test_smtpd_rejects_broken_config(tmp_path, ctx):
+    # Proves the check above can fail: a listener using an undeclared filter.
+    conf = stage(ctx, ctx.hosts["mx1"], tmp_path)
+    conf.write_text(conf.read_text().replace('filter "inbound" chain', 'filter "other" chain'))
+    r = subprocess.run([SMTPD, "-n", "-f", conf], capture_output=True, text=True)
+    assert r.returncode != 0
+
+
+def test_mail_data_never_changes_smtpd_conf():
+    base = make_context(settings_from())
+    other = make_context(settings_from(
+        domains=["example.org", "example.com"],
+        users=[{"address": "zed@example.com"}],
+        aliases=[{"address": "postmaster@example.com", "to": ["zed@example.com"]}],
+    ))
+    for role in ("mx1", "mx2"):
+        a, b = mx.bundle(base, base.hosts[role]), mx.bundle(other, other.hosts[role])
+        assert a.file(mx.SMTPD_CONF).content == b.file(mx.SMTPD_CONF).content
+        assert a.file(mx.TABLE_CONF).content == b.file(mx.TABLE_CONF).content
+
+
+def test_table_file_is_secret_and_readable_by_smtpd(ctx):
+    for role in ("mx1", "mx2"):
+        f = mx.bundle(ctx, ctx.hosts[role]).file(mx.TABLE_CONF)
+        assert (f.owner, f.group, f.mode, f.secret) == ("root", "opensmtpd", 0o640, True)
+        assert ctx.secrets.lookup_password in f.content
+        assert "host=127.0.0.1" in f.content  # always the local server or replica
+    assert ctx.secrets.lookup_password not in mx.bundle(ctx, ctx.hosts["mx1"]).script
+
+
+def test_relay_targets(ctx, single_ctx):
+    mx1 = mx.smtpd_conf(ctx, ctx.hosts["mx1"])
+    mx2 = mx.smtpd_conf(ctx, ctx.hosts["mx2"])
+    single = mx.smtpd_conf(single_ctx, single_ctx.hosts["mx1"])
+    assert f'lmtp "{ctx.hosts["imap"].private_ip}:24"' in mx1
+    assert 'lmtp "127.0.0.1:24"' in single
+    assert f'smtp://{ctx.hosts["mx1"].private_ip}:{mx.RELAY_PORT}' in mx2
+    # mx2 answers for existing recipients only, and never delivers or takes submissions.
+    assert "rcpt-to <pgsql>" in mx2 and "lmtp" not in mx2 and "auth" not in mx2
+    assert f"port {mx.RELAY_PORT}" not in single
+
+
+def test_flush_timer_only_on_backup_mx(ctx):
+    assert mx.FLUSH_TIMER in {f.path for f in mx.bundle(ctx, ctx.hosts["mx2"]).files}
+    assert mx.FLUSH_TIMER not in {f.path for f in mx.bundle(ctx, ctx.hosts["mx1"]).files}
+    service = mx.bundle(ctx, ctx.hosts["mx2"]).file(mx.FLUSH_SERVICE).content
+    assert "smtpctl schedule all" in service
+
+
+# --------------------------------------------------------------------------- behaviour
+
+OUTSIDE_OK = "10.99.0.5"      # PTR good.test, and good.test A points back
+OUTSIDE_NO_PTR = "10.99.0.6"
+OUTSIDE_DYN = "10.99.0.8"     # PTR and A match, but the name is a dial-up pool's
+
+
+class Netns:
+    """A server network + mount namespace (own queue, /run, users and resolver) and a
+    client network namespace joined by a veth pair, so that clients are not local
+    addresses of the server (smtpd treats those as `from local`)."""
+
+    def __init__(self, root: Path, server_ip: str, client_ips: list[str]):
+        self.root = root
+        passwd = root / "passwd"
+        passwd.write_text(Path("/etc/passwd").read_text()
+                          + f"vmail:x:{H.VMAIL_UID}:{H.VMAIL_UID}::/var/vmail:/usr/sbin/nologin\n")
+        group = root / "group"
+        group.write_text(Path("/etc/group").read_text() + f"vmail:x:{H.VMAIL_UID}:\n")
+        (root / "resolv.conf").write_text("nameserver 127.0.0.53\n")
+        self.procs: list[subprocess.Popen] = []
+        self.holders: list[subprocess.Popen] = []
+        self.client = self._holder(["unshare", "-n"], ["ip link set lo up"])
+        self.server = self._holder(["unshare", "-n", "-m"], [
+            "mount --make-rprivate /",
+            "mount -t tmpfs tmpfs /var/spool",
+            "mount -t tmpfs tmpfs /run",
+            f"mount --bind {root}/resolv.conf /etc/resolv.conf",
+            f"mount --bind {passwd} /etc/passwd",
+            f"mount --bind {group} /etc/group",
+            "ip link set lo up",
+            f"ip link add vs type veth peer name vc netns /proc/{self.client.pid}/ns/net",
+            f"ip addr add {server_ip}/32 dev vs",
+            "ip link set vs up",
+            *[f"ip route add {ip}/32 dev vs" for ip in client_ips],
+        ])
+        for cmd in (["ip", "link", "set", "vc", "up"],
+                    *[["ip", "addr", "add", f"{ip}/32", "dev", "vc"] for ip in client_ips],
+                    ["ip", "route", "add", f"{server_ip}/32", "dev", "vc"]):
+            subprocess.run(self.cmd(*cmd, ns=self.client), check=True)
+
+    def _holder(self, unshare: list[str], setup: list[str]) -> subprocess.Popen:
+        script = " && ".join([*setup, "echo ready", "exec sleep infinity"])
+        p = subprocess.Popen([*unshare, "sh", "-c", script], stdout=subprocess.PIPE, text=True)
+        self.holders.append(p)
+        line = p.stdout.readline().strip()
+        assert line == "ready", f"namespace setup failed: {script}"
+        return p
+
+    def cmd(self, *argv, ns=None) -> list[str]:
+        ns = ns or self.server
+        flags = ["-n", "-m"] if ns is self.server else ["-n"]
+        return ["nsenter", "-t", str(ns.pid), *flags, *map(str, argv)]
+
+    def run(self, *argv, client: bool = False, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(self.cmd(*argv, ns=self.client if client else None),
+                              capture_output=True, text=True, timeout=60, **kw)
+
+    def start(self, *argv, log: Path) -> subprocess.Popen:
+        p = subprocess.Popen(self.cmd(*argv), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def wait_port(self, ip: str, port: int, proc: subprocess.Popen, log: Path) -> None:
+        probe = f"import socket; socket.create_connection(('{ip}', {port}), 1).close()"
+        for _ in range(200):
+            if proc.poll() is not None:
+                raise AssertionError(f"{proc.args} exited:\n{log.read_text()}")
+            if self.run("python3", "-c", probe).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"nothing listens on {ip}:{port}:\n{log.read_text()}")
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait()
+        for h in self.holders:
+            h.kill()
+            h.wait()
+
+
+UNBOUND_TEST_CONF = """server:
+  interface: 127.0.0.53
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  pidfile: ""
+  use-syslog: no
+  directory: "{root}"
+  module-config: "iterator"
+  access-control: 127.0.0.0/8 allow
+  access-control: 10.0.0.0/8 allow
+  local-zone: "test." static
+  local-data: "good.test. A {ok}"
+  local-data-ptr: "{ok} good.test"
+  local-data: "dyn-10-99-0-8.pool.isp.test. A {dyn}"
+  local-data-ptr: "{dyn} dyn-10-99-0-8.pool.isp.test"
+  local-zone: "10.in-addr.arpa." static
+  # filter-senderscore asks here; no score is a neutral answer.
+  local-zone: "senderscore.com." static
+"""
+
+
+def swaks(ns: Netns, *args: str) -> str:
+    r = ns.run("swaks", "--hide-informational", "--timeout", "15", *args, client=True)
+    return r.stdout + r.stderr
+
+
+def rcpt_reply(transcript: str) -> str:
+    """The server's reply to RCPT TO (or to whatever ended the session)."""
+    lines = transcript.splitlines()
+    for i, line in enumerate(lines):
+        if re.match(r"^ ?-> RCPT TO", line) or re.match(r"^ ?~> RCPT TO", line):
+            return next(l for l in lines[i + 1:] if re.match(r"^ ?<[~*-]", l))
+    return next((l for l in lines if l.lstrip().startswith("<*")), transcript)
+
+
+@pytest.fixture(scope="module")
+def mx1_running():
+    """mx1's rendered smtpd.conf (HA) with PostgreSQL holding the example stack's
+    accounts. Without the rspamd filter: rspamd needs ~20 s to start (see test_spam)."""
+    ctx = make_context(settings_from())
+    mx1 = ctx.hosts["mx1"]
+    root = Path(tempfile.mkdtemp(prefix=f"mailstack-mx-{uuid.uuid4().hex[:8]}-"))
+    root.chmod(0o755)
+    ns = None
+    try:
+        conf = stage(ctx, mx1, root, rspamd=False)
+        ns = Netns(root, mx1.private_ip,
+                   [ctx.hosts["mx2"].private_ip, OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN])
+        (root / "unbound.conf").write_text(
+            UNBOUND_TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn=OUTSIDE_DYN))
+        unbound = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
+
+        pg = root / "pg"
+        pg.mkdir()
+        shutil.chown(pg, "postgres", "postgres")
+        subprocess.run(["runuser", "-u", "postgres", "--", PG_BIN / "initdb", "-D", pg / "data",
+                        "-A", "trust", "--auth-host=scram-sha-256"], check=True, capture_output=True)
+        postgres = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", pg / "data",
+                            "-k", pg, "-c", "listen_addresses=127.0.0.1", "-c", "port=5432",
+                            log=root / "postgres.log")
+        ns.wait_port("127.0.0.1", 5432, postgres, root / "postgres.log")
+        psql = ["runuser", "-u", "postgres", "--", PG_BIN / "psql", "-h", pg, "-X", "-q",
+                "-v", "ON_ERROR_STOP=1"]
+        for db, sql in (("postgres", database.setup_sql(ctx)),
+                        (database.DB_NAME, database.sync_sql(ctx.settings, ctx.secrets.user_hashes))):
+            r = ns.run(*psql, "-d", db, input=sql)
+            assert r.returncode == 0, r.stderr
+        ns.wait_port("127.0.0.53", 53, unbound, root / "unbound.log")
+
+        smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
+        ns.wait_port(mx1.private_ip, 25, smtpd, root / "smtpd.log")
+        ns.wait_port(mx1.private_ip, mx.RELAY_PORT, smtpd, root / "smtpd.log")
+        yield ctx, ns
+    finally:
+        if ns:
+            ns.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_inbound_accepts_users_and_aliases_only(mx1_running):
+    ctx, ns = mx1_running
+    ip = ctx.hosts["mx1"].private_ip
+    for rcpt in ("alice@example.org", "postmaster@example.org", "team@example.net",
+                 "carol@example.net"):
+        out = swaks(ns, "--server", ip, "--li", OUTSIDE_OK, "--from", "x@good.test",
+                    "--to", rcpt, "--quit-after", "RCPT")
+        assert rcpt_reply(out).strip().startswith("<-  250"), out
+    for rcpt in ("nobody@example.org", "alice@example.com"):
+        out = swaks(ns, "--server", ip, "--li", OUTSIDE_OK, "--from", "x@good.test",
+                    "--to", rcpt, "--quit-after", "RCPT")
+        assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
+
+
+SMTP_CLIENT = r"""
+import json, smtplib, ssl, sys
+a = json.loads(sys.argv[1])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+out = {}
+try:
+    cls = smtplib.SMTP_SSL if a["mode"] == "smtps" else smtplib.SMTP
+    kw = {"context": ctx} if a["mode"] == "smtps" else {}
+    s = cls(a["server"], a["port"], source_address=(a["src"], 0), timeout=15, **kw)
+    s.ehlo("client.test")
+    out["features"] = sorted(s.esmtp_features)
+    if a["mode"] == "starttls":
+        s.starttls(context=ctx)
+        s.ehlo("client.test")
+        out["tls_features"] = sorted(s.esmtp_features)
+    if a.get("user"):
+        try:
+            out["auth"] = s.login(a["user"], a["password"])[0]
+        except smtplib.SMTPAuthenticationError as e:
+            out["auth"] = e.smtp_code
+    out["mail"] = s.mail(a["from"])[0]
+    out["rcpt"] = s.rcpt(a["to"])
+    out["rcpt"] = [out["rcpt"][0], out["rcpt"][1].decode()]
+    s.quit()
+except smtplib.SMTPServerDisconnected as e:
+    out["disconnected"] = str(e)
+except smtplib.SMTPResponseException as e:
+    out["error"] = [e.smtp_code, e.smtp_error.decode()]
+print(json.dumps(out))
+"""
+
+
+def smtp(ns, server, port, src, mode="plain", **kw) -> dict:
+    """One SMTP session from the client namespace (Python's smtplib: real TLS)."""
+    args = dict(server=server, port=port, src=src, mode=mode, **kw)
+    args.setdefault("from", "x@good.test")
+    r = ns.run(sys.executable, "-c", SMTP_CLIENT, json.dumps(args), client=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_no_open_relay(mx1_running):
+    ctx, ns = mx1_running
+    ip = ctx.hosts["mx1"].private_ip
+    for port, mode in ((25, "plain"), (25, "starttls"), (587, "starttls")):
+        r = smtp(ns, ip, port, OUTSIDE_OK, mode, **{"from": "alice@example.org"},
+                 to="someone@elsewhere.test")
+        # Port 25 refuses the recipient; 587 refuses MAIL until AUTH.
+        assert (r["mail"] == 250 and 500 <= r["rcpt"][0] < 600) or r["mail"] == 530, r
+        assert port == 587 or r["mail"] == 250, r
+
+
+def test_connect_filters(mx1_running):
+    ctx, ns = mx1_running
+    ip = ctx.hosts["mx1"].private_ip
+    out = swaks(ns, "--server", ip, "--li", OUTSIDE_NO_PTR, "--to", "alice@example.org",
+                "--quit-after", "RCPT")
+    assert "550 5.7.25 Client host has no reverse DNS" in out, out
+    out = swaks(ns, "--server", ip, "--li", OUTSIDE_DYN, "--to", "alice@example.org",
+                "--quit-after", "RCPT")
+    assert "dynamic address" in out, out
+
+
+def test_submission_requires_tls_auth_and_own_sender(mx1_running):
+    ctx, ns = mx1_running
+    ip = ctx.hosts["mx1"].private_ip
+    auth = dict(user="alice@example.org", password=TEST_PASSWORD)
+    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", **{"from": "alice@example.org"},
+             to="someone@elsewhere.test", **auth)
+    # No AUTH before STARTTLS; after it, a login from the database submits anywhere.
+    assert "auth" not in r["features"] and "starttls" in r["features"], r
+    assert "auth" in r["tls_features"] and r["auth"] == 235, r
+    assert r["rcpt"][0] == 250, r
+    r = smtp(ns, ip, 465, OUTSIDE_NO_PTR, "smtps", **{"from": "alice@example.org"},
+             to="someone@elsewhere.test", **auth)
+    assert r["auth"] == 235 and r["rcpt"][0] == 250, r
+    # Only as herself (or her aliases), and only with the right password.
+    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", **{"from": "bob@example.org"},
+             to="someone@elsewhere.test", **auth)
+    assert r["auth"] == 235 and r["mail"] == 530, r
+    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", to="x@elsewhere.test",
+             user="alice@example.org", password="wrong")
+    assert r["auth"] == 535, r
+    # Without AUTH, submission accepts nothing.
+    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", **{"from": "alice@example.org"},
+             to="bob@example.org")
+    assert r["mail"] == 530 and r["rcpt"][0] >= 500, r
+
+
+def test_internal_port_only_for_our_hosts(mx1_running):
+    ctx, ns = mx1_running
+    ip = ctx.hosts["mx1"].private_ip
+    mx2 = ctx.hosts["mx2"].private_ip
+    # mx2's private address has no PTR, yet its backup queue is taken for our domains...
+    out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", mx2,
+                "--to", "alice@example.org", "--quit-after", "RCPT")
+    assert rcpt_reply(out).strip().startswith("<-  250"), out
+    out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", mx2,
+                "--to", "someone@elsewhere.test", "--quit-after", "RCPT")
+    assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
+    # ...and anyone else reaching that port gets nothing.
+    out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", OUTSIDE_OK,
+                "--to", "alice@example.org", "--quit-after", "RCPT")
+    assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out

@@ -1,0 +1,107 @@
+"""Rspamd local.d files, checked by the real `rspamadm configtest` the way the deploy
+script does it (LOCAL_CONFDIR pointing at the staged files)."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mailstack import spam
+
+
+def stage_local(bundle, root: Path) -> Path:
+    for f in bundle.files:
+        if f.path.startswith(spam.LOCAL_D + "/"):
+            p = root / "etc/rspamd/local.d" / Path(f.path).name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(f.content)
+    return root / "etc/rspamd"
+
+
+def configtest(local_confdir: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["rspamadm", f"--var=LOCAL_CONFDIR={local_confdir}", "configtest"],
+        capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("role", ["mx1", "mx2"])
+def test_rspamd_accepts_rendered_config(ctx, role, tmp_path):
+    r = configtest(stage_local(spam.bundle(ctx, ctx.hosts[role]), tmp_path))
+    assert r.returncode == 0 and "syntax OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_rspamd_rejects_broken_local_file(ctx, tmp_path):
+    confdir = stage_local(spam.bundle(ctx, ctx.hosts["mx1"]), tmp_path)
+    conf = confdir / "local.d/dkim_signing.conf"
+    conf.write_text(conf.read_text().replace("domain {", "domain {{"))
+    assert configtest(confdir).returncode != 0
+
+
+def test_dkim_signing_only_where_mail_is_submitted(ctx, single_ctx):
+    mx1 = spam.bundle(ctx, ctx.hosts["mx1"])
+    mx2 = spam.bundle(ctx, ctx.hosts["mx2"])
+    sel = ctx.settings.dkim.selector
+    for d in ctx.settings.domains:
+        key = mx1.file(spam.key_path(d, sel))
+        assert key.content == ctx.secrets.dkim_keys[d]
+        assert (key.owner, key.group, key.mode, key.secret) == ("root", "_rspamd", 0o640, True)
+        assert f"{d} {{" in mx1.file(f"{spam.LOCAL_D}/dkim_signing.conf").content
+    assert not any("dkim" in f.path for f in mx2.files)
+    assert spam.bundle(single_ctx, single_ctx.hosts["mx1"]).file(
+        f"{spam.LOCAL_D}/dkim_signing.conf")
+    assert spam.bundle(ctx, ctx.hosts["imap"]).files == ()
+
+
+def test_controller_password_is_hashed_on_the_server_only(ctx):
+    b = spam.bundle(ctx, ctx.hosts["mx1"])
+    pw = ctx.secrets.rspamd_controller_password
+    staged = b.file(spam.PASSWORD_FILE)
+    assert staged.secret and staged.mode == 0o600 and staged.content == pw
+    assert pw not in b.script
+    # Staged for hashing, never installed.
+    assert "install_file " + spam.PASSWORD_FILE not in b.script
+    assert not spam.PASSWORD_FILE.startswith(spam.LOCAL_D)
+
+
+def test_controller_hash_script_is_idempotent(ctx, tmp_path):
+    """Run the hashing part of the real script twice against a temporary tree: the
+    first run writes a worker-controller.inc whose hash `rspamadm pw -c` accepts, the
+    second finds the sha256 unchanged and stages nothing."""
+    b = spam.bundle(ctx, ctx.hosts["mx1"])
+    script = b.script.split("# local.d is included")[0]
+    inc, pw_sum = tmp_path / "worker-controller.inc", tmp_path / "pw.sha256"
+    script = script.replace(spam.CONTROLLER_INC, str(inc)).replace(spam.PASSWORD_SUM, str(pw_sum))
+    program = "\n".join([
+        "set -euo pipefail",
+        f"STAGE={tmp_path}/stage; STEP=test",
+        "staged() { printf '%s%s' \"$STAGE\" \"$1\"; }",
+        "log() { echo \"$*\" >&2; }",
+        f"mkdir -p \"$STAGE$(dirname {spam.PASSWORD_FILE})\"",
+        f"printf '%s' {ctx.secrets.rspamd_controller_password!r} > \"$STAGE{spam.PASSWORD_FILE}\"",
+        script,
+        # what install_file would do
+        f"if [ -e \"$STAGE{inc}\" ]; then cp \"$STAGE{inc}\" {inc}; cp \"$STAGE{pw_sum}\" {pw_sum}; echo hashed; fi",
+        "rm -rf \"$STAGE\"",
+    ])
+    first = subprocess.run(["bash", "-c", program], capture_output=True, text=True)
+    assert first.returncode == 0 and first.stdout.strip() == "hashed", first.stderr
+    assert ctx.secrets.rspamd_controller_password not in first.stdout + first.stderr
+    text = inc.read_text()
+    assert ctx.secrets.rspamd_controller_password not in text
+    pw_hash = text.split('password = "')[1].split('"')[0]
+    def verify(password: str) -> bool:
+        # rspamadm pw -c reads the clear text from a terminal only.
+        # script(1) gives it one; the clear text is typed once the prompt can be there.
+        r = subprocess.run(
+            ["bash", "-c", 'for i in 1 2 3 4 5; do sleep 0.2; printf "%s\\n" "$PW"; done '
+             '| script -qec "rspamadm pw -c -p \'$HASH\'" /dev/null'],
+            env={"PW": password, "HASH": pw_hash, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
+            capture_output=True, text=True, timeout=30)
+        return r.returncode == 0 and "password correct" in r.stdout
+
+    assert verify(ctx.secrets.rspamd_controller_password)
+    assert not verify("not-the-password")
+    second = subprocess.run(["bash", "-c", program], capture_output=True, text=True)
+    assert second.returncode == 0 and second.stdout.strip() == "", second.stderr
+    assert inc.read_text() == text
