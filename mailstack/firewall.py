@@ -32,6 +32,8 @@ PUBLIC: dict[str, tuple[tuple[str, int, str], ...]] = {
 PRIVATE: tuple[tuple[str, str, int, tuple[str, ...], str], ...] = (
     (H.IMAP, "tcp", 24, (H.MX, H.SUBMISSION), "LMTP delivery from the MX (no authentication)"),
     (H.DB_PRIMARY, "tcp", 5432, (H.DB_REPLICA,), "PostgreSQL streaming replication"),
+    # mx.RELAY_PORT: unfiltered hand-over from the backup MX (and Sieve mail from imap).
+    (H.MX, "tcp", 10025, (H.BACKUP_MX, H.IMAP), "SMTP relay port for mx2 and imap"),
 )
 
 

@@ -19,7 +19,7 @@ from tests.conftest import settings_from
 
 ANY = ("0.0.0.0/0", "::/0")
 ADMIN = ("203.0.113.0/24", "2001:db8:1234::/48")
-FORBIDDEN = {24, 5432, 11332, 11333, 11334, 6379}
+FORBIDDEN = {24, 5432, 10025, 11332, 11333, 11334, 6379}
 
 
 def _rules(settings, role):
@@ -72,7 +72,7 @@ def test_private_flows(settings, single_settings):
     hs = H.hosts(settings)
     flows = {r: [(f.port, f.sources) for f in F.private_flows(settings, h)] for r, h in hs.items()}
     assert flows == {
-        "mx1": [(5432, ("10.77.1.12", "10.77.1.13"))],
+        "mx1": [(5432, ("10.77.1.12", "10.77.1.13")), (10025, ("10.77.1.12", "10.77.1.13"))],
         "imap": [(24, ("10.77.1.11",))],
         "mx2": [],
     }
@@ -160,7 +160,7 @@ with cf.ThreadPoolExecutor(len(probes)) as ex:
 SRV4, SRV6 = "10.77.1.250", "fd77::250"
 OUT4, OUT6 = "10.77.1.99", "fd77::99"   # an address no rule names: "the internet"
 MX1, IMAP, MX2 = "10.77.1.11", "10.77.1.12", "10.77.1.13"
-PORTS = [22, 24, 25, 80, 443, 465, 587, 993, 4190, 5432, 6379, 11334]
+PORTS = [22, 24, 25, 80, 443, 465, 587, 993, 4190, 5432, 6379, 10025, 11334]
 TIMEOUT = 0.7  # a SYN to a listener on a veth is answered in well under a millisecond
 
 
@@ -258,6 +258,7 @@ def test_rulesets_filter_real_connections(lab):
         (OUT4, 25): "open", (OUT6, 25): "open", (OUT4, 465): "open", (OUT4, 587): "open",
         (OUT4, 443): "open", (OUT4, 80): "open", (IMAP, 24): "dropped", (OUT4, 993): "dropped",
         (OUT4, 11334): "dropped", (OUT4, 6379): "dropped",
+        (MX2, 10025): "open", (IMAP, 10025): "open", (OUT4, 10025): "dropped", (OUT6, 10025): "dropped",
     })
     _expect(lab, F.nftables(ha, hs["mx2"]), {
         (OUT4, 25): "open", (OUT6, 25): "open", (OUT4, 465): "dropped", (IMAP, 5432): "dropped",
