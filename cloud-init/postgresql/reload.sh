@@ -1,0 +1,16 @@
+# reload_or_restart: apply changed config files. A reload is asynchronous, so wait until
+# a new backend sees the new load time before asking which settings still need a
+# restart (listen_addresses, wal_level, the sender/slot limits...).
+reload_or_restart() {
+  local t0
+  t0=$($PSQL -Atc "SELECT pg_conf_load_time()")
+  systemctl reload "$CLUSTER"
+  wait_for 30 "PostgreSQL to reload" conf_loaded_after "$t0"
+  if [ "$($PSQL -Atc "SELECT count(*) FROM pg_settings WHERE pending_restart")" != 0 ]; then
+    log "restarting PostgreSQL for new settings"
+    systemctl restart "$CLUSTER"
+  fi
+}
+conf_loaded_after() {
+  [ "$($PSQL -Atc "SELECT pg_conf_load_time() > '$1'")" = t ]
+}

@@ -1,0 +1,82 @@
+"""Dovecot 2.3 on the IMAP host: IMAPS, LMTP from mx1, Sieve/ManageSieve, quota, users
+from the local PostgreSQL (the replica on imap, the primary in `single`).
+
+One complete dovecot.conf instead of Debian's conf.d: every setting that matters is in
+one rendered file, and no packaged default can change behind it on an upgrade.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import database as D
+from . import hosts as H
+from . import templates
+from .bundle import Bundle, File
+
+ETC = "/etc/dovecot"
+CONF = f"{ETC}/dovecot.conf"
+SQL_CONF = f"{ETC}/dovecot-sql.conf.ext"
+SIEVE_BEFORE = f"{ETC}/sieve/spam-to-junk.sieve"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live. The defaults are the servers'; tests point them at a temp dir
+    and unprivileged ports, and render the very same templates."""
+    etc: str = ETC
+    vmail: str = "/var/vmail"
+    tls_dir: str = "/etc/mailstack/tls"
+    base_dir: str | None = None      # Dovecot's default /run/dovecot
+    state_dir: str | None = None     # Dovecot's default /var/lib/dovecot
+    log_path: str | None = None      # syslog
+    imaps_port: int = 993
+    lmtp_port: int = 24
+    sieve_port: int = 4190
+    db_port: int = 5432
+
+
+def lmtp_address(host: H.Host) -> str:
+    """Where mx1's smtpd delivers: the private IP in ha, loopback when mx1 is imap."""
+    return "127.0.0.1" if host.runs(H.MX) else host.private_ip
+
+
+def dovecot_conf(ctx, host: H.Host, layout: Layout = Layout()) -> str:
+    s = ctx.settings
+    return templates.render(
+        "dovecot/dovecot.conf.j2",
+        L=layout,
+        hostname=host.fqdn,
+        postmaster=f"postmaster@{s.primary_domain}",
+        lmtp_address=lmtp_address(host),
+        vmail_uid=H.VMAIL_UID,
+    )
+
+
+def sql_conf(ctx, layout: Layout = Layout()) -> str:
+    pw = D.check_secret("lookup_password", ctx.secrets.lookup_password)
+    return templates.render(
+        "dovecot/dovecot-sql.conf.ext.j2",
+        connect=f"host=127.0.0.1 port={layout.db_port} dbname={D.DB_NAME} user={D.LOOKUP_USER} password={pw}",
+        password_query=D.DOVECOT_PASSWORD_QUERY,
+        user_query=D.dovecot_user_query(layout.vmail, H.VMAIL_UID),
+        iterate_query=D.DOVECOT_ITERATE_QUERY,
+    )
+
+
+def sieve_before() -> str:
+    return templates.read("dovecot/spam-to-junk.sieve")
+
+
+def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
+    return (
+        File(f"{layout.etc}/dovecot.conf", dovecot_conf(ctx, host, layout), 0o644),
+        File(f"{layout.etc}/dovecot-sql.conf.ext", sql_conf(ctx, layout), 0o640, "root", "dovecot",
+             secret=True),
+        File(f"{layout.etc}/sieve/spam-to-junk.sieve", sieve_before(), 0o644),
+    )
+
+
+def bundle(ctx, host: H.Host) -> Bundle:
+    script = templates.render("dovecot/install.sh.j2", conf=CONF, sql_conf=SQL_CONF,
+                              sieve=SIEVE_BEFORE, vmail=Layout().vmail, vmail_uid=H.VMAIL_UID)
+    return Bundle(files(ctx, host), script)

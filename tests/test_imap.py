@@ -1,0 +1,275 @@
+"""Dovecot 2.3: the rendered config passes `doveconf -n`, and the real daemon, started
+with it (paths and ports moved into a temp dir) against a real PostgreSQL 15 holding the
+synced example stack, logs users in over IMAPS, delivers over LMTP and files spam into
+Junk through the global sieve script."""
+from __future__ import annotations
+
+import base64
+import email.message
+import imaplib
+import os
+import shutil
+import smtplib
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from mailstack import database as D
+from mailstack import hosts as H
+from mailstack import imap
+
+from .conftest import TEST_HASH, TEST_PASSWORD, make_context, settings_from
+from .test_database import free_port, start_primary, wait
+
+needs_dovecot = pytest.mark.skipif(
+    shutil.which("dovecot") is None or os.geteuid() != 0, reason="needs root and Dovecot")
+
+
+def imap_host(ctx) -> H.Host:
+    return ctx.host_for(H.IMAP)
+
+
+@needs_dovecot
+@pytest.mark.parametrize("topology", ["ha", "single"])
+def test_doveconf_accepts_rendered_config(topology, tmp_path):
+    ctx = make_context(settings_from(topology=topology))
+    host = imap_host(ctx)
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text(imap.dovecot_conf(ctx, host))
+    out = subprocess.run(["doveconf", "-n", "-c", conf], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "protocols = imap lmtp sieve" in text
+    assert f"hostname = {host.fqdn}" in text
+    assert "ssl = required" in text
+    # IMAP only over TLS on 993; LMTP only on the address mx1 delivers to.
+    assert "inet_listener imap {\n    port = 0\n  }" in text
+    lmtp_addr = "10.77.1.12" if topology == "ha" else "127.0.0.1"
+    assert f"inet_listener lmtp {{\n    address = {lmtp_addr}\n    port = 24\n  }}" in text
+    assert "port = 4190" in text and "port = 993" in text
+
+
+def test_bundle_files_and_secrets(ctx):
+    b = imap.bundle(ctx, imap_host(ctx))
+    sql = b.file(imap.SQL_CONF)
+    assert (sql.owner, sql.group, sql.mode, sql.secret) == ("root", "dovecot", 0o640, True)
+    assert ctx.secrets.lookup_password in sql.content
+    assert ctx.secrets.lookup_password not in b.file(imap.CONF).content + b.script
+    assert "doveconf -n -c" in b.script and "sievec" in b.script
+    subprocess.run(["bash", "-n"], input=b.shell("t"), text=True, check=True)
+
+
+# --------------------------------------------------------------------------- real daemon
+
+def self_signed(tls: Path, name: str):
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", f"/CN={name}", "-keyout", tls / "privkey.pem",
+         "-out", tls / "fullchain.pem"], check=True, capture_output=True, timeout=30)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture(scope="module")
+def dovecot():
+    settings = settings_from(topology="single")
+    ctx = make_context(settings)
+    host = imap_host(ctx)
+    base = Path(tempfile.mkdtemp(prefix="mailstack-dovecot-"))
+    base.chmod(0o755)
+    primary = None
+    pid_file = base / "run" / "master.pid"
+    try:
+        primary = start_primary(base, ctx)
+        primary.sql(D.sync_sql(settings, ctx.secrets.user_hashes), D.DB_NAME)
+        layout = imap.Layout(
+            etc=str(base / "etc"), vmail=str(base / "vmail"), tls_dir=str(base / "tls"),
+            base_dir=str(base / "run"), state_dir=str(base / "state"),
+            log_path=str(base / "dovecot.log"), imaps_port=free_port(), lmtp_port=free_port(),
+            sieve_port=free_port(), db_port=primary.port)
+        for d in ("etc/sieve", "tls", "state"):
+            (base / d).mkdir(parents=True)
+        (base / "vmail").mkdir(mode=0o750)
+        os.chown(base / "vmail", H.VMAIL_UID, H.VMAIL_UID)
+        self_signed(base / "tls", host.fqdn)
+        for f in imap.files(ctx, host, layout):
+            p = Path(f.path)
+            p.write_text(f.content)
+            shutil.chown(p, f.owner, f.group)
+            p.chmod(f.mode)
+        conf = str(base / "etc" / "dovecot.conf")
+        sieve = base / "etc" / "sieve" / "spam-to-junk.sieve"
+        subprocess.run(["sievec", "-c", conf, sieve], check=True, capture_output=True, timeout=30)
+        # The master daemonizes; its children would hold captured pipes open.
+        subprocess.run(["dovecot", "-c", conf], check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        try:
+            wait(lambda: all(port_open(p) for p in (layout.imaps_port, layout.sieve_port)), "dovecot", 30)
+        except AssertionError:
+            raise AssertionError((base / "dovecot.log").read_text()) from None
+        # LMTP binds 127.0.0.1 in single; in ha it is the private IP (checked above).
+        wait(lambda: port_open(layout.lmtp_port), "lmtp", 10)
+        yield dict(ctx=ctx, layout=layout, base=base, conf=conf, host=host, primary=primary)
+    finally:
+        if pid_file.exists():
+            pid = int(pid_file.read_text())
+            subprocess.run(["doveadm", "-c", str(base / "etc" / "dovecot.conf"), "stop"],
+                           capture_output=True, timeout=30)
+            end = time.monotonic() + 15
+            while time.monotonic() < end and Path(f"/proc/{pid}").exists():
+                time.sleep(0.1)
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, 9)
+        if primary is not None:
+            primary.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def tls_context() -> ssl.SSLContext:
+    c = ssl.create_default_context()
+    c.check_hostname = False
+    c.verify_mode = ssl.CERT_NONE
+    return c
+
+
+class _IMAPS(imaplib.IMAP4_SSL):
+    source = "127.0.0.1"
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection((self.host, self.port), timeout, source_address=(self.source, 0))
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def imap_login(dv, user: str, password: str, source: str = "127.0.0.1") -> str:
+    """Log in and out; returns "OK" or the server's refusal. Failures come from their
+    own loopback address, so Dovecot's per-IP auth penalty never slows the good logins."""
+    conn = type("C", (_IMAPS,), {"source": source})
+    with conn("127.0.0.1", dv["layout"].imaps_port, ssl_context=tls_context(), timeout=30) as c:
+        try:
+            return c.login(user, password)[0]
+        except imaplib.IMAP4.error as exc:
+            return str(exc)
+
+
+def refused_logins(dv, attempts) -> list[str]:
+    """Each failure costs auth_failure_delay (2 s); pay it once, in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [f"127.0.1.{next(_fresh_source)}" for _ in attempts]
+    with ThreadPoolExecutor(len(attempts)) as pool:
+        return list(pool.map(lambda a: imap_login(dv, *a), [(u, p, src) for (u, p), src in zip(attempts, sources)]))
+
+
+_fresh_source = iter(range(1, 255))
+
+
+def maildir(dv, user: str, folder: str = "") -> Path:
+    local, domain = user.split("@")
+    return Path(dv["layout"].vmail) / domain / local / "Maildir" / (f".{folder}" if folder else "")
+
+
+def message(subject: str, **headers) -> str:
+    m = email.message.EmailMessage()
+    m["From"] = "sender@outside.example"
+    m["To"] = "alice@example.org"
+    m["Subject"] = subject
+    for k, v in headers.items():
+        m[k.replace("_", "-")] = v
+    m.set_content(f"body of {subject}\n")
+    return m.as_string()
+
+
+def lmtp(dv, rcpts, msg: str):
+    with smtplib.LMTP("127.0.0.1", dv["layout"].lmtp_port, timeout=20) as c:
+        return c.sendmail("sender@outside.example", rcpts, msg)
+
+
+def new_messages(path: Path) -> list[str]:
+    return [p.read_text() for p in sorted((path / "new").glob("*"))] if (path / "new").exists() else []
+
+
+@needs_dovecot
+def test_imaps_login_with_stored_hash(dovecot):
+    assert TEST_HASH.startswith("$2b$")  # BLF-CRYPT through crypt(), no {SCHEME} prefix
+    with imaplib.IMAP4_SSL("127.0.0.1", dovecot["layout"].imaps_port, ssl_context=tls_context(),
+                           timeout=20) as c:
+        typ, _ = c.login("Alice@Example.org", TEST_PASSWORD)
+        assert typ == "OK"
+        typ, boxes = c.list()
+        listed = b"\n".join(boxes).decode()
+        for box, use in (("Junk", "\\Junk"), ("Sent", "\\Sent"), ("Drafts", "\\Drafts"), ("Trash", "\\Trash")):
+            assert use in listed and box in listed, listed
+        typ, quota = c.getquotaroot("INBOX")
+        # bob has 5120 MB, alice the stack's 10240 MB: the rule comes from users.quota_mb.
+        assert b"STORAGE 0 10485760" in b" ".join(x for x in quota[1] if isinstance(x, bytes)), quota
+    refused = refused_logins(dovecot, [("alice@example.org", "wrong password"),
+                                       ("postmaster@example.org", TEST_PASSWORD)])  # an alias is no login
+    assert all("AUTHENTICATIONFAILED" in r for r in refused), refused
+
+
+@needs_dovecot
+def test_plaintext_login_refused_without_tls(dovecot):
+    """ManageSieve is the one port that starts in clear text: AUTHENTICATE must fail
+    there until STARTTLS. Dovecot trusts a client whose address equals the server's,
+    so connect to 127.0.0.2 (from 127.0.0.1) to look like a remote client."""
+    with socket.create_connection(("127.0.0.2", dovecot["layout"].sieve_port), timeout=20) as s:
+        f = s.makefile("rwb")
+        greeting = b""
+        while not greeting.endswith(b"\r\n") or not greeting.splitlines()[-1].startswith(b"OK"):
+            greeting += f.readline()
+        assert b'"STARTTLS"' in greeting
+        token = base64.b64encode(f"\0alice@example.org\0{TEST_PASSWORD}".encode()).decode()
+        f.write(f'AUTHENTICATE "PLAIN" "{token}"\r\n'.encode())
+        f.flush()
+        reply = f.readline()
+        assert reply.startswith(b"NO"), reply
+
+
+@needs_dovecot
+def test_lmtp_delivery_and_spam_to_junk(dovecot):
+    inbox, junk = maildir(dovecot, "bob@example.org"), maildir(dovecot, "bob@example.org", "Junk")
+    assert lmtp(dovecot, ["bob@example.org"], message("hello bob")) == {}
+    assert lmtp(dovecot, ["bob+lists@example.org"], message("tagged")) == {}
+    assert lmtp(dovecot, ["bob@example.org"], message("buy now", X_Spam="Yes")) == {}
+    inbox_msgs = new_messages(inbox)
+    junk_msgs = new_messages(junk)
+    subjects = sorted(line for m in inbox_msgs for line in m.splitlines() if line.startswith("Subject:"))
+    assert subjects == ["Subject: hello bob", "Subject: tagged"]  # bob+lists@ lands in INBOX
+    assert len(junk_msgs) == 1 and "Subject: buy now" in junk_msgs[0]
+    # Received header names the configured host, not the machine's short name.
+    assert f"by {dovecot['host'].fqdn}" in inbox_msgs[0]
+    st = inbox.parent.stat()
+    assert (st.st_uid, st.st_gid) == (H.VMAIL_UID, H.VMAIL_UID)
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as err:
+        lmtp(dovecot, ["nobody@example.org"], message("lost"))
+    assert err.value.recipients["nobody@example.org"][0] == 550
+
+
+@needs_dovecot
+def test_inactive_user_cannot_log_in_or_receive(dovecot):
+    settings = settings_from(topology="single")
+    primary = dovecot["primary"]
+    hashes = dict(dovecot["ctx"].secrets.user_hashes)
+    users = [u.model_dump(by_alias=True, exclude_none=True) for u in settings.users]
+    for u in users:
+        if u["address"] == "carol@example.net":
+            u["active"] = False
+    aliases = [a.model_dump(by_alias=True) for a in settings.aliases]
+    off = settings_from(topology="single", users=users, aliases=aliases)
+    try:
+        primary.sql(D.sync_sql(off, hashes), D.DB_NAME)
+        refused = refused_logins(dovecot, [("carol@example.net", TEST_PASSWORD)])
+        assert "AUTHENTICATIONFAILED" in refused[0], refused
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            lmtp(dovecot, ["carol@example.net"], message("for carol"))
+    finally:
+        primary.sql(D.sync_sql(settings, hashes), D.DB_NAME)
+    assert imap_login(dovecot, "carol@example.net", TEST_PASSWORD) == "OK"
