@@ -1,0 +1,100 @@
+"""The hosts' only way out: apt-cacher-ng on this machine's loopback, fed from Debian's
+mirror, and a forwarder that exposes just that port inside the lab namespace.
+
+The forwarder (lab/forward.py) listens in the lab namespace and connects from the
+machine's namespace, so the lab needs no route, NAT or forwarding to the real network.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from .util import CACHE, STATE, log, pid_alive, wait_until
+
+ACNG_PORT = 3142
+PROXY_IP = "198.51.100.1"   # the lab internet host: every lab host's apt proxy
+PROXY_URL = f"http://{PROXY_IP}:{ACNG_PORT}"
+LOCAL_URL = f"http://127.0.0.1:{ACNG_PORT}"
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def start_cache() -> None:
+    """Start apt-cacher-ng on 127.0.0.1 unless one already answers (it's shared by runs)."""
+    if _port_open("127.0.0.1", ACNG_PORT):
+        return
+    cache = CACHE / "apt-cacher-ng"
+    logs = CACHE / "apt-cacher-ng-log"
+    for d in (cache, logs):
+        d.mkdir(parents=True, exist_ok=True)
+        os.chown(d, _uid("apt-cacher-ng"), _gid("apt-cacher-ng"))
+    STATE.mkdir(parents=True, exist_ok=True)
+    # Our own config dir: the packaged one remaps deb.debian.org to ftp.debian.org, which
+    # this machine can't reach. Without remapping it caches by URL, as a plain proxy.
+    conf = CACHE / "apt-cacher-ng-conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    (conf / "acng.conf").write_text(
+        f"CacheDir: {cache}\nLogDir: {logs}\nSupportDir: /usr/lib/apt-cacher-ng\n"
+        f"BindAddress: 127.0.0.1\nPort: {ACNG_PORT}\nSocketPath: {cache}/socket\n"
+        "ExThreshold: 0\nVerboseLog: 1\n"
+    )
+    proc = subprocess.Popen(
+        ["/usr/sbin/apt-cacher-ng", "-c", str(conf), "ForeGround=1"],
+        stdout=open(STATE / "acng.out", "a"), stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=_drop_to_acng,
+    )
+    (STATE / "acng.mypid").write_text(str(proc.pid))
+    wait_until(lambda: _port_open("127.0.0.1", ACNG_PORT), 15, "apt-cacher-ng")
+    log(f"apt-cacher-ng on {LOCAL_URL} (cache {cache})")
+
+
+def stop_cache() -> None:
+    _kill_pidfile(STATE / "acng.mypid")
+
+
+def _uid(name: str) -> int:
+    import pwd
+    return pwd.getpwnam(name).pw_uid
+
+
+def _gid(name: str) -> int:
+    import pwd
+    return pwd.getpwnam(name).pw_gid
+
+
+def _drop_to_acng() -> None:
+    os.setgid(_gid("apt-cacher-ng"))
+    os.setuid(_uid("apt-cacher-ng"))
+
+
+def _kill_pidfile(path) -> None:
+    try:
+        pid = int(path.read_text())
+    except (OSError, ValueError):
+        return
+    if pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        for _ in range(20):
+            if not pid_alive(pid):
+                break
+            time.sleep(0.1)
+    path.unlink(missing_ok=True)
+
+
+def start_forwarder() -> None:
+    from . import forward
+    forward.start("apt-forwarder", [(True, PROXY_IP, ACNG_PORT, "127.0.0.1", ACNG_PORT)])
+
+
+def stop_forwarder() -> None:
+    _kill_pidfile(STATE / "apt-forwarder.pid")

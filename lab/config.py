@@ -1,0 +1,87 @@
+"""The lab's settings (the example stack plus lab/stack.yaml), its addresses, and its
+own secrets: generated per run, kept in STATE with mode 0600, never printed."""
+from __future__ import annotations
+
+import json
+import secrets as pysecrets
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from mailstack import hosts as H
+from mailstack.deploy import Context, Secrets
+from mailstack.settings import load_settings
+
+from . import net
+from .util import ROOT, STATE, write_private
+
+EXAMPLE_STACK = ROOT / "config" / "Pulumi.dev.yaml"
+OVERLAY = Path(__file__).resolve().parent / "stack.yaml"
+SECRETS_FILE = STATE / "secrets.json"
+
+
+def stack_config(**overrides) -> dict[str, str]:
+    raw = yaml.safe_load(EXAMPLE_STACK.read_text())["config"]
+    raw.update(yaml.safe_load(OVERLAY.read_text())["config"])
+    raw.update({f"mailstack:{k}": v for k, v in overrides.items()})
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+
+
+def settings(**overrides):
+    return load_settings(stack_config(**overrides))
+
+
+def addresses(s) -> dict[str, H.Address]:
+    return {r: H.Address(net.public_v4(r), net.public_v6(r)) for r in H.hosts(s)}
+
+
+def _rsa_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()).decode()
+
+
+def sha512_crypt(password: str) -> str:
+    # stdin, so the password never shows in a process list
+    return subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n",
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
+    data = json.loads(SECRETS_FILE.read_text()) if SECRETS_FILE.exists() else {}
+    tok = lambda: pysecrets.token_urlsafe(24)
+    data.setdefault("replication_password", tok())
+    data.setdefault("lookup_password", tok())
+    data.setdefault("rspamd_controller_password", tok())
+    dkim = data.setdefault("dkim_keys", {})
+    for d in s.domains:
+        if d not in dkim:
+            dkim[d] = _rsa_pem()
+    pw = data.setdefault("passwords", {})
+    hashes = data.setdefault("hashes", {})
+    for addr in [u.address for u in s.users] + list(extra_users):
+        if addr not in pw:
+            pw[addr] = tok()
+            hashes[addr] = sha512_crypt(pw[addr])
+    write_private(SECRETS_FILE, json.dumps(data))
+    return data
+
+
+def context(s, data: dict | None = None) -> Context:
+    data = data or load_or_make_secrets(s)
+    sec = Secrets(
+        replication_password=data["replication_password"],
+        lookup_password=data["lookup_password"],
+        rspamd_controller_password=data["rspamd_controller_password"],
+        dkim_keys={d: data["dkim_keys"][d] for d in s.domains},
+        user_hashes={u.address: data["hashes"][u.address] for u in s.users},
+    )
+    return Context(s, H.hosts(s), addresses(s), sec)
+
+
+def password(address: str) -> str:
+    return json.loads(SECRETS_FILE.read_text())["passwords"][address]

@@ -1,0 +1,271 @@
+"""The lab's internet host, in the lab namespace itself: knot (authoritative for the
+stack's zones, their reverse zones and the lab's own names), Pebble (ACME; its HTTP-01
+validation really connects to the hosts' port 80) and the outside MTA.
+
+A lab CA (made per run) signs Pebble's HTTPS listener and the outside MTA's certificate;
+the hosts trust it and Pebble's issuing root, written into their overlay before boot.
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from . import net
+from .util import NETNS, ROOT, STATE, log, pid_alive, run, wait_until, write_private
+
+LAB_ZONE = "lab.test"
+OUTSIDE_DOMAIN = "outside.test"
+OUTSIDE_MX = f"mx.{OUTSIDE_DOMAIN}"
+NS_NAME = f"ns1.{LAB_ZONE}."
+ACME_NAME = f"acme.{LAB_ZONE}"
+PEBBLE_DIR = f"https://{net.INTERNET_V4}:14000/dir"
+PEBBLE_MGMT = f"https://{net.INTERNET_V4}:15000"
+CAA_ISSUER = "pebble.lab.test"
+TLSDIR = STATE / "tls"
+
+
+# ------------------------------------------------------------------ lab CA
+
+def _key():
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(k) -> str:
+    return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                           serialization.NoEncryption()).decode()
+
+
+def make_ca() -> None:
+    """A fresh CA per run, and leaf certificates for Pebble and the outside MTA."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = _key()
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailstack lab CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    TLSDIR.mkdir(parents=True, exist_ok=True)
+    (TLSDIR / "lab-ca.pem").write_text(ca.public_bytes(serialization.Encoding.PEM).decode())
+    for name, dns_names, ips in (
+        ("pebble", [ACME_NAME], [net.INTERNET_V4, net.INTERNET_V6]),
+        ("outside", [OUTSIDE_MX], [net.OUTSIDE_V4]),
+    ):
+        k = _key()
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+                .issuer_name(ca_name).public_key(k.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.DNSName(d) for d in dns_names]
+                    + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        (TLSDIR / f"{name}.pem").write_text(cert.public_bytes(serialization.Encoding.PEM).decode())
+        write_private(TLSDIR / f"{name}.key", _pem_key(k))
+
+
+def lab_ca_pem() -> str:
+    return (TLSDIR / "lab-ca.pem").read_text()
+
+
+# ------------------------------------------------------------------ processes
+
+def _spawn(name: str, argv: list[str], env: dict | None = None) -> None:
+    STATE.mkdir(parents=True, exist_ok=True)
+    import os
+    e = dict(os.environ)
+    e.update(env or {})
+    proc = subprocess.Popen(["ip", "netns", "exec", NETNS, *argv], cwd=str(ROOT), env=e,
+                            stdin=subprocess.DEVNULL, stdout=open(STATE / f"{name}.log", "ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    (STATE / f"{name}.pid").write_text(str(proc.pid))
+
+
+def stop(name: str) -> None:
+    import os
+    p = STATE / f"{name}.pid"
+    try:
+        pid = int(p.read_text())
+    except (OSError, ValueError):
+        return
+    if pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        for _ in range(50):
+            if not pid_alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    p.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------ knot
+
+KNOT_DIR = STATE / "knot"
+
+
+def knot_conf(zones: list[str]) -> str:
+    lines = [
+        "server:",
+        f"  rundir: {KNOT_DIR}",
+        f"  listen: [ {net.INTERNET_V4}@53, {net.INTERNET_V6}@53 ]",
+        "database:",
+        f"  storage: {KNOT_DIR}/db",
+        "log:",
+        "  - target: stderr",
+        "    any: info",
+        "template:",
+        "  - id: default",
+        f"    storage: {KNOT_DIR}/zones",
+        '    file: "%s.zone"',
+        "    zonefile-sync: -1",
+        "    journal-content: none",
+        "zone:",
+    ]
+    for z in zones:
+        lines.append(f"  - domain: {z}")
+        if z == ".":
+            lines.append("    file: root.zone")
+    return "\n".join(lines) + "\n"
+
+
+def write_zones(zone_texts: dict[str, str]) -> None:
+    (KNOT_DIR / "zones").mkdir(parents=True, exist_ok=True)
+    for z, text in zone_texts.items():
+        (KNOT_DIR / "zones" / ("root.zone" if z == "." else f"{z}.zone")).write_text(text)
+    (KNOT_DIR / "knot.conf").write_text(knot_conf(sorted(zone_texts)))
+
+
+def start_knot(zone_texts: dict[str, str]) -> None:
+    write_zones(zone_texts)
+    (KNOT_DIR / "db").mkdir(parents=True, exist_ok=True)
+    run(["knotc", "-c", str(KNOT_DIR / "knot.conf"), "conf-check"], capture=True)
+    _spawn("knot", ["knotd", "-c", str(KNOT_DIR / "knot.conf")])
+    wait_until(lambda: knot_answers(next(iter(zone_texts))), 20, "knot to serve the zones")
+    log(f"knot serves {len(zone_texts)} zones on {net.INTERNET_V4}:53")
+
+
+def reload_knot(zone_texts: dict[str, str]) -> None:
+    write_zones(zone_texts)
+    run(["knotc", "-c", str(KNOT_DIR / "knot.conf"), "reload"], capture=True)
+
+
+def knot_answers(zone: str) -> bool:
+    r = run(["kdig", f"@{net.INTERNET_V4}", "+short", "+timeout=1", "+retry=0", zone, "SOA"],
+            netns=True, capture=True, check=False)
+    return r.returncode == 0 and bool(r.stdout.strip())
+
+
+def lab_zones(ptr_extra: list) -> dict[str, str]:
+    """Zones for the lab's own names: the outside MTA's domain and the lab services."""
+    ns = [NS_NAME]
+    return {
+        # A root of the lab's own: resolvers that probe `. NS` for liveness (the unbound
+        # step does) get an answer, and every name outside the lab is NXDOMAIN.
+        ".": "\n".join([
+            "$ORIGIN .", "$TTL 60",
+            f". IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
+            f". IN NS {NS_NAME}",
+        ]) + "\n",
+        LAB_ZONE: "\n".join([
+            f"$ORIGIN {LAB_ZONE}.", "$TTL 60",
+            f"@ IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
+            f"@ IN NS {NS_NAME}",
+            f"ns1 IN A {net.INTERNET_V4}", f"ns1 IN AAAA {net.INTERNET_V6}",
+            f"acme IN A {net.INTERNET_V4}",
+        ]) + "\n",
+        OUTSIDE_DOMAIN: "\n".join([
+            f"$ORIGIN {OUTSIDE_DOMAIN}.", "$TTL 60",
+            f"@ IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
+            f"@ IN NS {ns[0]}",
+            "@ IN MX 10 mx",
+            f'@ IN TXT "v=spf1 ip4:{net.OUTSIDE_V4} ip6:{net.OUTSIDE_V6} -all"',
+            f"mx IN A {net.OUTSIDE_V4}", f"mx IN AAAA {net.OUTSIDE_V6}",
+        ]) + "\n",
+    }
+
+
+# ------------------------------------------------------------------ pebble
+
+def start_pebble() -> None:
+    d = STATE / "pebble"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"pebble": {
+        "listenAddress": f"{net.INTERNET_V4}:14000",
+        "managementListenAddress": f"{net.INTERNET_V4}:15000",
+        "certificate": str(TLSDIR / "pebble.pem"),
+        "privateKey": str(TLSDIR / "pebble.key"),
+        "httpPort": 80,
+        "tlsPort": 443,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+    }}, indent=2))
+    _spawn("pebble", ["pebble", "-config", str(d / "config.json"),
+                      "-dnsserver", f"{net.INTERNET_V4}:53", "-strict=false"],
+           env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
+                "PEBBLE_AUTHZREUSE": "100"})
+    wait_until(lambda: _pebble_root() is not None, 20, "pebble")
+    log(f"pebble ACME directory {PEBBLE_DIR}")
+
+
+def _pebble_get(path: str) -> str:
+    from .netns import inside
+    ctx = ssl.create_default_context(cafile=str(TLSDIR / "lab-ca.pem"))
+    with inside():
+        with urllib.request.urlopen(f"{PEBBLE_MGMT}{path}", context=ctx, timeout=5) as r:
+            return r.read().decode()
+
+
+def _pebble_root() -> str | None:
+    try:
+        return _pebble_get("/roots/0")
+    except OSError:
+        return None
+
+
+def pebble_roots() -> str:
+    """Pebble's issuing root and intermediate (new every Pebble start)."""
+    return _pebble_get("/roots/0") + _pebble_get("/intermediates/0")
+
+
+# ------------------------------------------------------------------ outside MTA
+
+OUTSIDE_SPOOL = STATE / "outside-mail"
+
+
+def start_outside_mta() -> None:
+    OUTSIDE_SPOOL.mkdir(parents=True, exist_ok=True)
+    _spawn("outside-mta", [sys.executable, "-m", "lab", "_outside_mta"])
+    from .netns import inside
+    import socket
+
+    def up():
+        with inside():
+            with socket.create_connection((net.OUTSIDE_V4, 25), timeout=1):
+                return True
+    wait_until(up, 10, "outside MTA")
+    log(f"outside MTA {OUTSIDE_MX} on {net.OUTSIDE_V4}:25")

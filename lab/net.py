@@ -1,0 +1,75 @@
+"""The lab's network, all inside one network namespace so nothing touches this machine's
+real interfaces: a "public" bridge (documentation ranges, standing in for the internet
+and the servers' primary IPs) where the lab internet host lives, and a "private" bridge
+with the stack's private network (10.77.1.0/24), like Hetzner's cloud network.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .util import NETNS, log, run
+
+PUB_BRIDGE = "lab-pub"
+PRIV_BRIDGE = "lab-priv"
+PUB4_PREFIX = "198.51.100"
+PUB6_PREFIX = "2001:db8:100"
+INTERNET_V4 = f"{PUB4_PREFIX}.1"      # knot, pebble, apt proxy; the hosts' gateway
+INTERNET_V6 = f"{PUB6_PREFIX}::1"
+OUTSIDE_V4 = f"{PUB4_PREFIX}.25"      # the outside MTA (mx.outside.test)
+OUTSIDE_V6 = f"{PUB6_PREFIX}::25"
+HOST_NUM = {"mx1": 11, "imap": 12, "mx2": 13}
+
+
+def public_v4(role: str) -> str:
+    return f"{PUB4_PREFIX}.{HOST_NUM[role]}"
+
+
+def public_v6(role: str) -> str:
+    return f"{PUB6_PREFIX}::{HOST_NUM[role]}"
+
+
+def mac(role: str, which: str) -> str:
+    return f"02:77:00:00:{HOST_NUM[role]:02x}:{1 if which == 'pub' else 2:02x}"
+
+
+def exists() -> bool:
+    return Path(f"/run/netns/{NETNS}").exists()
+
+
+def ip(*args: str, check: bool = True):
+    return run(["ip", "-n", NETNS, *args], check=check, capture=True)
+
+
+def up() -> None:
+    run(["ip", "netns", "add", NETNS])
+    sysctl = lambda k, v: run(["sysctl", "-q", "-w", f"{k}={v}"], netns=True, capture=True)
+    # Duplicate address detection would delay every address by seconds, for nothing here.
+    sysctl("net.ipv6.conf.all.accept_dad", 0)
+    sysctl("net.ipv6.conf.default.accept_dad", 0)
+    ip("link", "set", "lo", "up")
+    for br in (PUB_BRIDGE, PRIV_BRIDGE):
+        ip("link", "add", br, "type", "bridge")
+        ip("link", "set", br, "up")
+    for a in (f"{INTERNET_V4}/24", f"{OUTSIDE_V4}/24", f"{INTERNET_V6}/64", f"{OUTSIDE_V6}/64"):
+        ip("addr", "add", a, "dev", PUB_BRIDGE)
+    log(f"network namespace {NETNS}: {PUB_BRIDGE} {PUB4_PREFIX}.0/24 {PUB6_PREFIX}::/64, {PRIV_BRIDGE}")
+
+
+def add_host_links(role: str) -> tuple[str, str]:
+    """Fresh veth pairs for one boot of a host (they die with the container's namespace).
+    Returns the container-side names, to hand to systemd-nspawn --network-interface."""
+    names = []
+    for which, br in (("pub", PUB_BRIDGE), ("priv", PRIV_BRIDGE)):
+        outer, inner = f"{which[:2]}-{role}", f"{which[:2]}c-{role}"
+        ip("link", "del", outer, check=False)
+        ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+        ip("link", "set", inner, "address", mac(role, which))
+        ip("link", "set", outer, "master", br)
+        ip("link", "set", outer, "up")
+        names.append(inner)
+    return names[0], names[1]
+
+
+def down() -> None:
+    if exists():
+        run(["ip", "netns", "del", NETNS], check=False)

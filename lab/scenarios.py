@@ -1,0 +1,396 @@
+"""What the lab proves: each scenario drives real mail through the real hosts from the
+lab's internet and checks where it lands. Every one returns pass/fail with a message;
+run_all() runs them in order and table() prints the summary."""
+from __future__ import annotations
+
+import email
+import imaplib
+import re
+import secrets
+import smtplib
+import socket
+import ssl
+import time
+import traceback
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+import dns.resolver
+
+from . import config, internet, machines, net, steps
+from .netns import inside
+from .util import STATE, log, wait_until
+
+S = None  # settings, loaded once
+
+
+def _s():
+    global S
+    if S is None:
+        import json
+        ov = {}
+        if (STATE / "overrides.json").exists():
+            ov = json.loads((STATE / "overrides.json").read_text())
+        S = config.settings(**ov)
+    return S
+
+
+# ------------------------------------------------------------------ clients
+
+def tls_context() -> ssl.SSLContext:
+    """Trusts only Pebble's roots: a pass means the host serves its ACME certificate."""
+    ctx = ssl.create_default_context(cafile=str(STATE / "tls" / "pebble-roots.pem"))
+    return ctx
+
+
+class LabSMTP(smtplib.SMTP):
+    """smtplib that connects to an IP in the lab but verifies TLS against a host name."""
+
+    def __init__(self, name: str, ip: str, port: int, **kw):
+        self._ip = ip
+        kw.setdefault("source_address", (net.OUTSIDE_V4, 0))
+        kw.setdefault("local_hostname", internet.OUTSIDE_MX)
+        kw.setdefault("timeout", 30)
+        super().__init__(name, port, **kw)
+
+    def _get_socket(self, host, port, timeout):
+        return socket.create_connection((self._ip, port), timeout, self.source_address)
+
+
+class LabSMTPS(LabSMTP):
+    def _get_socket(self, host, port, timeout):
+        raw = socket.create_connection((self._ip, port), timeout, self.source_address)
+        return tls_context().wrap_socket(raw, server_hostname=host)
+
+
+class LabIMAP(imaplib.IMAP4_SSL):
+    def __init__(self, name: str, ip: str):
+        self._ip = ip
+        super().__init__(name, 993, ssl_context=tls_context(), timeout=30)
+
+    def _create_socket(self, timeout):
+        raw = socket.create_connection((self._ip, self.port), timeout)
+        return self.ssl_context.wrap_socket(raw, server_hostname=self.host)
+
+
+def _host_ip(role: str) -> str:
+    return net.public_v4(role)
+
+
+def _imap_role() -> str:
+    return "imap" if "imap" in machines_roles() else "mx1"
+
+
+def machines_roles() -> list[str]:
+    from mailstack import hosts as H
+    return list(H.hosts(_s()))
+
+
+def message(frm: str, to: str, token: str, body: str = "hello from the lab\n") -> EmailMessage:
+    m = EmailMessage()
+    m["From"], m["To"], m["Subject"] = frm, to, f"lab {token}"
+    m["Message-ID"] = f"<{token}@{frm.split('@')[1]}>"
+    m["Date"] = email.utils.formatdate()
+    m.set_content(body)
+    return m
+
+
+def inbound(to: str, token: str, role: str = "mx1", body: str = "hello\n") -> None:
+    s = _s()
+    with inside():
+        with LabSMTP(s.fqdn(role), _host_ip(role), 25) as c:
+            c.starttls(context=tls_context())
+            c.ehlo()
+            c.send_message(message(f"sender@{internet.OUTSIDE_DOMAIN}", to, token, body))
+
+
+def imap_count(address: str, token: str, mailbox: str = "INBOX") -> int:
+    s = _s()
+    with inside():
+        c = LabIMAP(s.fqdn("imap"), _host_ip(_imap_role()))
+        try:
+            c.login(address, config.password(address))
+            typ, _ = c.select(f'"{mailbox}"', readonly=True)
+            if typ != "OK":
+                return 0
+            typ, data = c.search(None, "SUBJECT", f'"{token}"')
+            return len(data[0].split()) if typ == "OK" and data[0] else 0
+        finally:
+            try:
+                c.logout()
+            except Exception:
+                pass
+
+
+def wait_imap(address: str, token: str, mailbox: str = "INBOX", timeout: float = 60) -> None:
+    wait_until(lambda: imap_count(address, token, mailbox) > 0, timeout,
+               f"message {token} in {address}'s {mailbox}")
+
+
+def outside_messages(token: str) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(internet.OUTSIDE_SPOOL.glob("*.eml"))
+            if token.encode() in p.read_bytes()]
+
+
+def lab_dns_txt(name: bytes | str, timeout: int = 5) -> bytes | None:
+    r = dns.resolver.Resolver(configure=False)
+    r.nameservers = [net.INTERNET_V4]
+    n = name.decode() if isinstance(name, bytes) else name
+    with inside():
+        try:
+            ans = r.resolve(n.rstrip("."), "TXT", lifetime=timeout)
+        except Exception:
+            return None
+    return b"".join(b"".join(rd.strings) for rd in ans)
+
+
+def _port_open(ip: str, port: int, timeout: float = 2) -> bool:
+    with inside():
+        try:
+            with socket.create_connection((ip, port), timeout, (net.OUTSIDE_V4, 0)):
+                return True
+        except OSError:
+            return False
+
+
+def _host_can_connect(role: str, ip: str, port: int) -> bool:
+    r = machines.sh(role, f"timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'", timeout=20)
+    return r.returncode == 0
+
+
+def _expect(cond: bool, msg: str) -> None:
+    if not cond:
+        raise AssertionError(msg)
+
+
+def _token() -> str:
+    return "t" + secrets.token_hex(6)
+
+
+# ------------------------------------------------------------------ scenarios
+
+def s_inbound() -> str:
+    """(1) outside MTA -> mx1:25 STARTTLS (Pebble cert verified) -> user and alias -> IMAPS."""
+    t1, t2 = _token(), _token()
+    inbound("alice@example.org", t1)
+    inbound("team@example.net", t2)
+    wait_imap("alice@example.org", t1)
+    for who in ("alice@example.org", "bob@example.org", "carol@example.net"):
+        wait_imap(who, t2)
+    r = machines.sh(_imap_role(), f"grep -rl {t1} /var/vmail/example.org/alice/Maildir/ | head -1")
+    _expect(r.stdout.strip() != "", f"{t1} not in /var/vmail/example.org/alice/Maildir")
+    return "user and alias (3 members) delivered; Maildir path and IMAPS checked"
+
+
+def s_submission() -> str:
+    """(2) AUTH on 587 (STARTTLS) and 465, DKIM verifies in lab DNS, spoofing refused."""
+    import dkim
+    s = _s()
+    pw = config.password("alice@example.org")
+    toks = []
+    with inside():
+        for port in (587, 465):
+            tok = _token()
+            toks.append(tok)
+            if port == 587:
+                c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
+                c.starttls(context=tls_context())
+                c.ehlo()
+            else:
+                c = LabSMTPS(s.fqdn("smtp"), _host_ip("mx1"), 465)
+                c.ehlo()
+            with c:
+                c.login("alice@example.org", pw)
+                c.send_message(message("alice@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", tok))
+        # spoofed envelope sender
+        c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
+        c.starttls(context=tls_context())
+        c.ehlo()
+        c.login("alice@example.org", pw)
+        try:
+            c.sendmail("bob@example.org", [f"friend@{internet.OUTSIDE_DOMAIN}"],
+                       message("bob@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", _token()).as_bytes())
+            spoof = None
+        except (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError) as e:
+            spoof = e
+        finally:
+            c.close()
+    _expect(spoof is not None, "spoofed envelope sender bob@ accepted for alice's login")
+    for tok in toks:
+        wait_until(lambda: outside_messages(tok), 60, f"outside MTA to receive {tok}")
+        raw = outside_messages(tok)[0]
+        raw = b"\r\n".join(l for l in raw.split(b"\r\n") if not l.startswith(b"X-Lab-"))
+        _expect(b"DKIM-Signature" in raw, f"{tok}: no DKIM-Signature header")
+        _expect(dkim.verify(raw, dnsfunc=lab_dns_txt), f"{tok}: DKIM signature does not verify")
+    return f"587+465 delivered and DKIM-verified; spoof refused ({getattr(spoof, 'smtp_code', '?')})"
+
+
+def s_no_open_relay() -> str:
+    """(6) no relay from outside on mx1/mx2 port 25 or unauthenticated 587; no AUTH before TLS."""
+    s = _s()
+    notes = []
+    with inside():
+        for role in [r for r in ("mx1", "mx2") if r in machines_roles()]:
+            with LabSMTP(s.fqdn(role), _host_ip(role), 25) as c:
+                c.ehlo()
+                _expect(not c.has_extn("auth"), f"{role}:25 offers AUTH before STARTTLS")
+                c.mail(f"x@{internet.OUTSIDE_DOMAIN}")
+                code, _ = c.rcpt("victim@elsewhere.test")
+                _expect(code >= 500, f"{role}:25 relays to elsewhere.test ({code})")
+                notes.append(f"{role}:25 {code}")
+        with LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587) as c:
+            c.ehlo()
+            _expect(not c.has_extn("auth"), "587 offers AUTH before STARTTLS")
+            c.starttls(context=tls_context())
+            c.ehlo()
+            _expect(c.has_extn("auth"), "587 offers no AUTH after STARTTLS")
+            try:
+                c.mail(f"x@{internet.OUTSIDE_DOMAIN}")
+                code, _ = c.rcpt("victim@elsewhere.test")
+            except smtplib.SMTPException as e:
+                code = getattr(e, "smtp_code", 550)
+            _expect(code >= 500, f"587 without AUTH relays ({code})")
+            notes.append(f"587 unauth {code}")
+    return ", ".join(notes)
+
+
+def s_spam() -> str:
+    """(3) GTUBE is rejected at DATA."""
+    gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\n"
+    try:
+        inbound("alice@example.org", _token(), body=gtube)
+        code = None
+    except smtplib.SMTPDataError as e:
+        code = e.smtp_code
+    _expect(code is not None and code >= 500, f"GTUBE not rejected (got {code})")
+    return f"GTUBE rejected with {code} (spammy-not-reject -> Junk: not covered)"
+
+
+def s_backup_mx() -> str:
+    """(4) mx1 down: mx2 queues for valid users, 550 for unknown; mx1 back: delivered once."""
+    if "mx2" not in machines_roles():
+        return "skipped: single topology"
+    s = _s()
+    tok = _token()
+    machines.stop("mx1")
+    try:
+        inbound("alice@example.org", tok, role="mx2")
+        with inside():
+            with LabSMTP(s.fqdn("mx2"), _host_ip("mx2"), 25) as c:
+                c.starttls(context=tls_context())
+                c.ehlo()
+                c.mail(f"x@{internet.OUTSIDE_DOMAIN}")
+                code, _ = c.rcpt("nobody-here@example.org")
+        _expect(code == 550, f"mx2 answered {code} for an unknown user (want 550)")
+        q = machines.sh("mx2", "smtpctl show queue").stdout
+        _expect(tok in q or "alice@example.org" in q, "mx2 queue does not hold the message")
+    finally:
+        machines.start("mx1")
+    machines.wait_booted("mx1")
+    wait_until(lambda: _port_open(_host_ip("mx1"), 25), 120, "mx1:25 after restart")
+    t0 = time.monotonic()
+    for _ in range(2):  # the first call can miss envelopes in flight
+        machines.sh("mx2", "smtpctl schedule all")
+        time.sleep(1)
+    wait_imap("alice@example.org", tok, timeout=60)
+    dt = time.monotonic() - t0
+    time.sleep(3)
+    n = imap_count("alice@example.org", tok)
+    _expect(n == 1, f"message arrived {n} times")
+    return f"queued on mx2, unknown user 550, drained in {dt:.0f}s, exactly once"
+
+
+def s_replication() -> str:
+    """(5) a user added through mail-sync logs in on imap and receives mail."""
+    s = _s()
+    new = "dave@example.org"
+    users = [u.model_dump(by_alias=True, exclude_none=True) for u in s.users] + [{"address": new}]
+    import json
+    ov = json.loads((STATE / "overrides.json").read_text()) if (STATE / "overrides.json").exists() else {}
+    s2 = config.settings(users=users, **ov)
+    data = config.load_or_make_secrets(s2)
+    ctx2 = config.context(s2, data)
+    steps.run_plan(ctx2, only={"mail-sync"})
+    wait_until(lambda: imap_count(new, "nothing") == 0, 60, f"{new} to log in on imap")
+    tok = _token()
+    inbound(new, tok)
+    wait_imap(new, tok)
+    return f"{new} synced, replicated, logged in and received mail"
+
+
+def s_firewall() -> str:
+    """(7) only intended ports answer from outside; LMTP/PG only between the right hosts."""
+    roles = machines_roles()
+    want_open = {"mx1": [25, 465, 587, 80], "imap": [993, 80], "mx2": [25, 80]}
+    closed = [22, 24, 5432, 11332, 11333, 11334, 6379]
+    for role in roles:
+        for p in want_open.get(role, []):
+            _expect(_port_open(_host_ip(role), p), f"{role}:{p} does not answer from outside")
+        for p in closed:
+            _expect(not _port_open(_host_ip(role), p, 1.5), f"{role}:{p} answers from outside")
+    if "imap" in roles:
+        ip_imap, ip_mx1 = "10.77.1.12", "10.77.1.11"
+        _expect(_host_can_connect("mx1", ip_imap, 24), "mx1 cannot reach imap LMTP")
+        _expect(not _host_can_connect("mx2", ip_imap, 24), "mx2 reaches imap LMTP")
+        _expect(_host_can_connect("imap", ip_mx1, 5432), "imap cannot reach mx1 PostgreSQL")
+        _expect(_host_can_connect("mx2", ip_mx1, 5432), "mx2 cannot reach mx1 PostgreSQL")
+    return "outside: only mail/web ports; LMTP mx1->imap only; PG replicas->mx1"
+
+
+def s_reboot() -> str:
+    """(8) every host reboots and mail flows again."""
+    for role in machines_roles():
+        old = machines.leader(role)
+        machines.sh(role, "systemctl reboot")
+        wait_until(lambda: machines.leader(role) != old, 120, f"{role} to restart")
+        machines.wait_booted(role, 180)
+    s = _s()
+    wait_until(lambda: _port_open(_host_ip("mx1"), 25), 120, "mx1:25 after reboot")
+    tok = _token()
+    wait_until(lambda: (inbound("alice@example.org", tok) or True), 120, "mx1 to accept mail")
+    wait_imap("alice@example.org", tok, timeout=120)
+    return "all hosts rebooted; inbound delivery and IMAPS work"
+
+
+SCENARIOS = [
+    ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
+    ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
+    ("firewall", s_firewall), ("reboot", s_reboot),
+]
+
+
+@dataclass
+class Result:
+    name: str
+    ok: bool
+    seconds: float
+    message: str
+
+
+def run_one(name: str) -> Result:
+    fn = dict(SCENARIOS)[name]
+    t = time.monotonic()
+    log(f"scenario {name}: {fn.__doc__.strip().splitlines()[0]}")
+    try:
+        msg = fn()
+        ok = True
+    except Exception as exc:
+        ok = False
+        msg = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    r = Result(name, ok, time.monotonic() - t, msg)
+    log(f"scenario {name}: {'PASS' if ok else 'FAIL'} ({r.seconds:.1f}s) {msg}")
+    return r
+
+
+def run_all(only: list[str] | None = None) -> list[Result]:
+    return [run_one(n) for n, _ in SCENARIOS if not only or n in only]
+
+
+def table(results: list[Result]) -> str:
+    lines = ["", f"{'scenario':<15} {'result':<6} {'seconds':>7}  detail"]
+    for r in results:
+        lines.append(f"{r.name:<15} {'PASS' if r.ok else 'FAIL':<6} {r.seconds:7.1f}  {r.message[:200]}")
+    passed = sum(r.ok for r in results)
+    lines.append(f"{passed}/{len(results)} scenarios passed")
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""Bring the whole lab up and take it down again; every phase timed."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+from mailstack import cloudinit, dns
+
+from . import aptcache, config, forward, internet, machines, net, rootfs, steps
+from .util import STATE, log, pid_alive, run, wait_until
+
+ROLES_FILE = STATE / "roles.json"
+TIMINGS_FILE = STATE / "timings.json"
+# Loopback ports for `make lab-up`: mail clients on this machine reach the lab hosts.
+LOOPBACK = [
+    ("mx1", 25, 10025), ("mx1", 587, 10587), ("mx1", 465, 10465),
+    ("imap", 993, 10993), ("imap", 143, 10143), ("mx2", 25, 10026),
+]
+
+
+def _roles() -> list[str]:
+    try:
+        return json.loads(ROLES_FILE.read_text())
+    except (OSError, ValueError):
+        return ["mx1", "imap", "mx2"]
+
+
+def zone_texts(s, data) -> dict[str, str]:
+    addrs = config.addresses(s)
+    pubs = {d: dns.dkim_public_from_private(pem) for d, pem in data["dkim_keys"].items() if d in s.domains}
+    recs = dns.records(s, addrs, pubs)
+    out = {z: dns.zone_file(z, recs, [internet.NS_NAME]) for z in dns.zones(s)}
+    ptrs = dns.ptr_records(s, addrs) + [
+        dns.Ptr(net.OUTSIDE_V4, f"{internet.OUTSIDE_MX}.", "outside", 4),
+        dns.Ptr(net.OUTSIDE_V6, f"{internet.OUTSIDE_MX}.", "outside", 6),
+    ]
+    out.update(dns.reverse_zone_files(ptrs, [internet.NS_NAME]))
+    out.update(internet.lab_zones([]))
+    return out
+
+
+def up(topology: str | None = None) -> dict:
+    t_start = time.monotonic()
+    timings: dict[str, float] = {}
+    down(quiet=True)
+    STATE.mkdir(parents=True, exist_ok=True)
+    overrides = {"topology": topology} if topology else {}
+    s = config.settings(**overrides)
+    if overrides:
+        (STATE / "overrides.json").write_text(json.dumps(overrides))
+    roles = list(s and __import__("mailstack.hosts", fromlist=["hosts"]).hosts(s))
+    ROLES_FILE.write_text(json.dumps(roles))
+
+    t = time.monotonic()
+    aptcache.start_cache()
+    base = rootfs.ensure()
+    timings["rootfs (cached after first run)"] = time.monotonic() - t
+
+    t = time.monotonic()
+    net.up()
+    aptcache.start_forwarder()
+    data = config.load_or_make_secrets(s)
+    ctx = config.context(s, data)
+    internet.make_ca()
+    internet.start_knot(zone_texts(s, data))
+    internet.start_pebble()
+    internet.start_outside_mta()
+    ca = {"mailstack-lab-ca": internet.lab_ca_pem()}
+    roots = internet.pebble_roots()
+    (STATE / "tls" / "pebble-roots.pem").write_text(roots)
+    for i, pem in enumerate(_split_pems(roots)):
+        ca[f"mailstack-lab-pebble-{i}"] = pem
+    timings["internet host"] = time.monotonic() - t
+
+    t = time.monotonic()
+    booted: dict[str, float] = {}
+    for role, h in ctx.hosts.items():
+        machines.prepare(role, base, h.fqdn, cloudinit.user_data(s, h),
+                         machines.network_config(role, h.private_ip), ca)
+        machines.start(role)
+    log(f"booting {', '.join(roles)}; cloud-init installs the mail packages")
+    pending = set(roles)
+    deadline = time.monotonic() + 900
+    while pending and time.monotonic() < deadline:
+        for role in sorted(pending):
+            if not machines.running(role):
+                raise RuntimeError(f"{role}: container exited during boot; see {machines.host_dir(role)}/console.log")
+            try:
+                r = machines.exec_in(role, ["cloud-init", "status"], timeout=20)
+            except (LookupError, OSError, ValueError):
+                continue
+            st = r.stdout.strip().removeprefix("status:").strip()
+            if st in ("done", "error", "degraded done"):
+                booted[role] = time.monotonic() - t
+                pending.discard(role)
+                log(f"{role}: cloud-init {st} after {booted[role]:.1f}s")
+                if st != "done":
+                    detail = machines.sh(role, "cloud-init status --long; tail -n 30 /var/log/cloud-init-output.log").stdout
+                    raise RuntimeError(f"{role}: cloud-init finished with {st}:\n{detail}")
+        time.sleep(1)
+    if pending:
+        raise TimeoutError(f"cloud-init did not finish on {sorted(pending)} within 900s")
+    timings["boot + cloud-init (all hosts)"] = time.monotonic() - t
+    for role, dt in booted.items():
+        timings[f"  {role} boot-to-cloud-init-done"] = dt
+
+    t = time.monotonic()
+    step_times = steps.run_plan(ctx)
+    timings["deploy steps"] = time.monotonic() - t
+    for name, dt in step_times.items():
+        timings[f"  step {name}"] = dt
+    for role, dt in booted.items():
+        timings[f"  {role} boot-to-mail-ready"] = dt + sum(
+            v for k, v in step_times.items() if k.endswith(f"-{role}") or
+            (k in ("postgres-primary", "mail-sync") and role == "mx1"))
+
+    forward.start("loopback-forwarder", [
+        (False, "127.0.0.1", lp, net.public_v4(role), port)
+        for role, port, lp in LOOPBACK if role in roles])
+    timings["lab up total"] = time.monotonic() - t_start
+    TIMINGS_FILE.write_text(json.dumps(timings))
+    return timings
+
+
+def _split_pems(text: str) -> list[str]:
+    end = "-----END CERTIFICATE-----"
+    return [p.strip() + "\n" + end + "\n" for p in text.split(end) if p.strip()]
+
+
+def access_text() -> str:
+    roles = _roles()
+    lines = ["lab is up. From this machine:"]
+    for role, port, lp in LOOPBACK:
+        if role in roles:
+            lines.append(f"  {role}:{port:<4} -> 127.0.0.1:{lp}")
+    lines += [
+        "  e.g. swaks --server 127.0.0.1:10587 --tls --auth-user alice@example.org ... "
+        "(passwords: /run/mailstack-lab/secrets.json, root only)",
+        "  openssl s_client -connect 127.0.0.1:10993   (certificate from Pebble)",
+        "shell on a host:  .venv/bin/python -m lab shell mx1   (or: nsenter -t <pid> -a bash)",
+    ]
+    for role in roles:
+        try:
+            lines.append(f"  {role}: nsenter -t {machines.leader(role)} -a bash   (pid changes on reboot)")
+        except (LookupError, OSError, ValueError):
+            pass
+    lines.append("the lab internet (knot, pebble, outside MTA): ip netns exec mailstack-lab bash")
+    lines.append("take it down: make lab-down")
+    return "\n".join(lines)
+
+
+def down(quiet: bool = False) -> None:
+    """Remove everything a run made, also after an interrupted one; safe to repeat."""
+    for role in _roles() + ["mx1", "imap", "mx2"]:
+        if machines.host_dir(role).exists() or (STATE / f"supervisor-{role}.pid").exists():
+            machines.teardown(role)
+    for name in ("loopback-forwarder", "apt-forwarder", "outside-mta", "pebble", "knot"):
+        internet.stop(name)
+    aptcache.stop_cache()
+    net.down()
+    if machines.HOSTS_DIR.exists():
+        for d in machines.HOSTS_DIR.iterdir():
+            if os.path.ismount(d / "merged"):
+                run(["umount", "-l", str(d / "merged")], check=False)
+        run(["rm", "-rf", "--one-file-system", str(machines.HOSTS_DIR)], check=False)
+    if STATE.exists():
+        shutil.rmtree(STATE, ignore_errors=True)
+    if not quiet:
+        log("lab is down")

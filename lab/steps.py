@@ -1,0 +1,61 @@
+"""Walk deploy.plan(settings) on the lab hosts, exactly as Pulumi's remote commands do,
+but over nsenter instead of SSH: each step's bash program goes to `bash -s` on stdin."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from mailstack import deploy
+
+from . import machines
+from .util import log
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def _stream(pipe, prefix: str, sink: list[str]) -> None:
+    for line in iter(pipe.readline, ""):
+        sink.append(line)
+        print(f"  {prefix} {line.rstrip()}", file=sys.stderr, flush=True)
+
+
+def run_step(ctx: deploy.Context, step: deploy.Step, timeout: float = 900) -> float:
+    program = step.render(ctx).shell(step.name)
+    t0 = time.monotonic()
+    cmd = ["nsenter", "-t", str(machines.leader(step.host)), "-a",
+           "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+           "HOME=/root", "LANG=C.UTF-8", "bash", "-s"]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    ts = [threading.Thread(target=_stream, args=(p.stdout, f"{step.name}|", lines), daemon=True),
+          threading.Thread(target=_stream, args=(p.stderr, f"{step.name}!", lines), daemon=True)]
+    for t in ts:
+        t.start()
+    p.stdin.write(program)
+    p.stdin.close()
+    try:
+        rc = p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        raise StepFailed(f"step {step.name} on {step.host} timed out after {timeout:.0f}s")
+    for t in ts:
+        t.join(5)
+    dt = time.monotonic() - t0
+    if rc != 0:
+        raise StepFailed(f"step {step.name} on {step.host} failed (exit {rc}) after {dt:.1f}s; "
+                         f"last output:\n" + "".join(lines[-15:]))
+    log(f"step {step.name} on {step.host}: ok in {dt:.1f}s")
+    return dt
+
+
+def run_plan(ctx: deploy.Context, only: set[str] | None = None) -> dict[str, float]:
+    times = {}
+    for step in deploy.plan(ctx.settings):
+        if only is not None and step.name not in only:
+            continue
+        times[step.name] = run_step(ctx, step)
+    return times

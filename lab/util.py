@@ -1,0 +1,78 @@
+"""Paths, logging and process helpers shared by the lab modules."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+CACHE = Path(os.environ.get("MAILSTACK_LAB_CACHE", "/var/cache/mailstack-lab"))
+# Everything a run creates lives here (and in the netns), so `down` can find it all
+# again after an interrupted run.
+STATE = Path(os.environ.get("MAILSTACK_LAB_STATE", "/run/mailstack-lab"))
+NETNS = "mailstack-lab"
+ROOT = Path(__file__).resolve().parent.parent
+
+_t0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[lab {time.monotonic() - _t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: list[str], *, check: bool = True, capture: bool = False, input: str | None = None,
+        netns: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
+    if netns:
+        cmd = ["ip", "netns", "exec", NETNS, *cmd]
+    return subprocess.run(
+        cmd, check=check, text=True, input=input, timeout=timeout,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+    )
+
+
+def out(cmd: list[str], **kw) -> str:
+    return run(cmd, capture=True, **kw).stdout
+
+
+def write_private(path: Path, data: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+@contextmanager
+def timed(timings: dict[str, float], name: str):
+    t = time.monotonic()
+    try:
+        yield
+    finally:
+        timings[name] = time.monotonic() - t
+
+
+def wait_until(fn, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            r = fn()
+            if r:
+                return r
+        except Exception as exc:  # the condition's own error is the best diagnostic
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
