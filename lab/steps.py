@@ -1,5 +1,6 @@
 """Walk deploy.plan(settings) on the lab hosts, exactly as Pulumi's remote commands do,
-but over nsenter instead of SSH: each step's bash program goes to `bash -s` on stdin."""
+but over nsenter instead of SSH: each step's bash program goes on stdin to the same
+`deploy.RUN_PROGRAM` command line that the Pulumi component runs."""
 from __future__ import annotations
 
 import subprocess
@@ -28,7 +29,7 @@ def run_step(ctx: deploy.Context, step: deploy.Step, timeout: float = 900) -> fl
     t0 = time.monotonic()
     cmd = ["nsenter", "-t", str(machines.leader(step.host)), "-a",
            "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "HOME=/root", "LANG=C.UTF-8", "bash", "-s"]
+           "HOME=/root", "LANG=C.UTF-8", "bash", "-c", deploy.RUN_PROGRAM]
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     ts = [threading.Thread(target=_stream, args=(p.stdout, f"{step.name}|", lines), daemon=True),

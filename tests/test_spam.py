@@ -61,6 +61,8 @@ def test_controller_password_is_hashed_on_the_server_only(ctx):
     assert pw not in b.script
     # Staged for hashing, never installed.
     assert "install_file " + spam.PASSWORD_FILE not in b.script
+    # The clear text never goes on a command line (visible in /proc to every process).
+    assert "rspamadm pw -q -p" not in b.script and "$(cat \"$(staged" not in b.script
     assert not spam.PASSWORD_FILE.startswith(spam.LOCAL_D)
 
 
