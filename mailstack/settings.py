@@ -181,6 +181,13 @@ class Resolver(_Model):
     forward_to: tuple[str, ...] = ()
 
 
+class Spam(_Model):
+    # rspamd's GTUBE-like test strings for "add header" and "no action". Off in
+    # production (anyone could use them to push mail past the filter); the lab turns it on
+    # to prove that spam lands in Junk.
+    test_patterns: bool = False
+
+
 class Dkim(_Model):
     selector: str = "mail"
 
@@ -199,6 +206,7 @@ class Settings(_Model):
     dns: Dns = Dns()
     dkim: Dkim = Dkim()
     resolver: Resolver = Resolver()
+    spam: Spam = Spam()
 
     _norm_domains = field_validator("domains", mode="before")(
         lambda v: [_lower(x) for x in v] if isinstance(v, (list, tuple)) else v

@@ -107,3 +107,20 @@ def test_controller_hash_script_is_idempotent(ctx, tmp_path):
     second = subprocess.run(["bash", "-c", program], capture_output=True, text=True)
     assert second.returncode == 0 and second.stdout.strip() == "", second.stderr
     assert inc.read_text() == text
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_test_patterns_only_when_asked(enabled, tmp_path):
+    """rspamd itself reads the option from options.inc (configdump), and only when the
+    stack asks for it: production keeps the GTUBE-like shortcuts off."""
+    from tests.conftest import make_context, settings_from
+
+    c = make_context(settings_from(spam={"testPatterns": enabled}))
+    confdir = stage_local(spam.bundle(c, c.hosts["mx1"]), tmp_path)
+    assert configtest(confdir).returncode == 0
+    dump = subprocess.run(
+        ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "options"],
+        capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0, dump.stderr
+    assert ("enable_test_patterns = true" in dump.stdout) is enabled, dump.stdout
+    assert '"127.0.0.1:53"' in dump.stdout
