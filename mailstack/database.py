@@ -225,6 +225,15 @@ def sync_sql(settings: Settings, user_hashes: Mapping[str, str]) -> str:
 
 # --------------------------------------------------------------------------- bundles
 
+def config_check(data_dir: str = PG_DATA, config_file: str = f"{PG_ETC}/postgresql.conf") -> str:
+    """A command that exits non-zero if the config files on disk hold any error.
+    pg_file_settings can't be used for this: it reports an invalid value and a valid
+    restart-only change with the same 'setting could not be applied'. `postgres -C`
+    parses and validates everything, and works beside the running server."""
+    return (f"runuser -u postgres -- /usr/lib/postgresql/{PG_VERSION}/bin/postgres "
+            f"-D {data_dir} -c config_file={config_file} -C wal_level")
+
+
 def _psql(db: str = "postgres") -> str:
     return f"runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -v VERBOSITY=terse -d {db}"
 
@@ -236,7 +245,8 @@ def primary_bundle(ctx, host: H.Host) -> Bundle:
         File(SETUP_SQL, setup_sql(ctx), 0o600, secret=True),
     )
     script = templates.render("postgresql/primary.sh.j2", conf=PG_CONF, hba=PG_HBA,
-                              setup_sql=SETUP_SQL, psql=_psql(), version=PG_VERSION)
+                              setup_sql=SETUP_SQL, psql=_psql(), version=PG_VERSION,
+                              config_check=config_check())
     return Bundle(files, script)
 
 

@@ -450,3 +450,27 @@ def test_schema_rejects_bad_rows(lab):
     ]:
         res = primary.sql(sql, D.DB_NAME, check=False)
         assert res.returncode != 0, sql
+
+
+def test_config_check_ignores_restart_only_changes_but_catches_errors(lab):
+    """The primary step's check of new config files, run beside the running server: a
+    changed restart-only setting is fine, an invalid value (even of a restart-only
+    setting, which pg_file_settings can't tell apart) is an error."""
+    primary = lab["primary"]
+    script = D.primary_bundle(lab["ctx"], D.primary_host(lab["ctx"])).script
+    assert D.config_check() in script
+    check = D.config_check(str(primary.data), str(primary.dir / "postgresql.conf"))
+    before = (primary.dir / "mailstack.conf").read_text()
+
+    def ok(text: str) -> bool:
+        primary.write("mailstack.conf", text)
+        return subprocess.run(["bash", "-c", check], capture_output=True, timeout=30).returncode == 0
+
+    try:
+        assert ok(before)
+        assert ok(before.replace("max_wal_senders = 10", "max_wal_senders = 12"))
+        assert not ok(before + "\nwal_level = bogus\n")
+        assert not ok(before + "\nwork_mem = lots\n")
+        assert not ok(before + "\nthis is not a setting\n")
+    finally:
+        primary.write("mailstack.conf", before)
