@@ -18,6 +18,8 @@ def main(argv: list[str]) -> int:
         x.add_argument("--topology", choices=["ha", "single"], default=None)
     r.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     r.add_argument("--only", nargs="*", help="scenario names to run")
+    d = sub.add_parser("deploy", help="run the deploy steps again on the running lab")
+    d.add_argument("--from", dest="start", help="first step to run (default: all)")
     sub.add_parser("down", help="remove everything the lab made")
     sh = sub.add_parser("shell", help="a root shell on a lab host")
     sh.add_argument("role")
@@ -29,6 +31,15 @@ def main(argv: list[str]) -> int:
     from . import stand
     if a.cmd == "down":
         stand.down()
+        return 0
+    if a.cmd == "deploy":
+        from . import steps
+        try:
+            times = stand.redeploy(a.start)
+        except steps.StepFailed as exc:
+            print(f"deploy failed: {exc}", file=sys.stderr)
+            return 1
+        _print_timings({f"step {k}": v for k, v in times.items()})
         return 0
     if a.cmd == "shell":
         from . import machines

@@ -124,6 +124,23 @@ def up(topology: str | None = None) -> dict:
     return timings
 
 
+def _lab_settings():
+    overrides = json.loads((STATE / "overrides.json").read_text()) if (STATE / "overrides.json").exists() else {}
+    return config.settings(**overrides)
+
+
+def redeploy(start: str | None = None) -> dict[str, float]:
+    """The deploy steps again, on the running lab (from `start` on): a rerun with nothing
+    changed must change nothing."""
+    s = _lab_settings()
+    ctx = config.context(s, config.load_or_make_secrets(s))
+    names = [st.name for st in __import__("mailstack.deploy", fromlist=["plan"]).plan(s)]
+    if start is not None and start not in names:
+        raise SystemExit(f"no step {start!r}; steps are {', '.join(names)}")
+    only = set(names[names.index(start):]) if start else None
+    return steps.run_plan(ctx, only)
+
+
 def _split_pems(text: str) -> list[str]:
     end = "-----END CERTIFICATE-----"
     return [p.strip() + "\n" + end + "\n" for p in text.split(end) if p.strip()]

@@ -474,3 +474,29 @@ def test_config_check_ignores_restart_only_changes_but_catches_errors(lab):
         assert not ok(before + "\nthis is not a setting\n")
     finally:
         primary.write("mailstack.conf", before)
+
+
+def test_config_pending_asks_the_server(lab):
+    """reload.sh's config_pending: true while the server hasn't loaded the files on disk
+    (e.g. a previous run died between install and reload), false once it has."""
+    from mailstack import templates
+
+    primary = lab["primary"]
+    conf = primary.dir / "mailstack.conf"
+    program = "\n".join([
+        f"PSQL='runuser -u postgres -- {PG_BIN}/psql -X -q -h {primary.dir} -p {primary.port} -d postgres'",
+        templates.read("postgresql/reload.sh"),
+        f"if config_pending {conf}; then echo pending; else echo applied; fi",
+    ])
+
+    def state() -> str:
+        r = subprocess.run(["bash", "-c", program], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    primary.reload()
+    wait(lambda: state() == "applied", "the reload to be seen")
+    primary.write("mailstack.conf", conf.read_text())  # newer than the last load
+    assert state() == "pending"
+    primary.reload()
+    wait(lambda: state() == "applied", "the reload to be seen")
