@@ -20,6 +20,8 @@ def main(argv: list[str]) -> int:
     r.add_argument("--only", nargs="*", help="scenario names to run")
     d = sub.add_parser("deploy", help="run the deploy steps again on the running lab")
     d.add_argument("--from", dest="start", help="first step to run (default: all)")
+    c = sub.add_parser("check", help="run the scenarios against the running lab")
+    c.add_argument("--only", nargs="*", help="scenario names to run")
     sub.add_parser("down", help="remove everything the lab made")
     sh = sub.add_parser("shell", help="a root shell on a lab host")
     sh.add_argument("role")
@@ -41,6 +43,11 @@ def main(argv: list[str]) -> int:
             return 1
         _print_timings({f"step {k}": v for k, v in times.items()})
         return 0
+    if a.cmd == "check":
+        from . import scenarios
+        results = scenarios.run_all(a.only)
+        print(scenarios.table(results))
+        return 0 if all(r.ok for r in results) else 1
     if a.cmd == "shell":
         from . import machines
         os.execvp("nsenter", ["nsenter", "-t", str(machines.leader(a.role)), "-a", "bash", "-l"])

@@ -25,7 +25,9 @@ install_file() {
      && [ "$(stat -c '%a %U %G' "$path")" = "$mode $owner $group" ]; then
     return 1
   fi
-  mkdir -p "$(dirname "$path")"
+  # New parent directories are world-searchable like any packaged /etc directory (the
+  # step's umask 077 would lock daemons out); the file's own mode guards its content.
+  (umask 022; mkdir -p "$(dirname "$path")")
   tmp=$(mktemp "$path.mailstack.XXXXXX")
   cat "$STAGE$path" > "$tmp"
   chown "$owner:$group" "$tmp"
