@@ -141,3 +141,67 @@ def test_unbound_accepts_rendered_config(forward_to, tmp_path):
         assert f"forward-addr: {ip}" in conf.read_text()
     conf.write_text(conf.read_text() + "  no-such-option: yes\n")
     assert subprocess.run(["unbound-checkconf", conf], capture_output=True).returncode != 0
+
+
+def _unbound_ptr(conf_text: str, knot_port: int, tmp_path) -> str:
+    """Run the rendered unbound (ports moved off 53) forwarding to a knot on loopback;
+    return the rcode of a PTR query for a documentation-range address."""
+    import socket as _socket
+    import time as _time
+
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import dns.reversename
+
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf_text = (conf_text.replace("port: 53", f"port: {port}")
+                 .replace("forward-addr: 127.0.0.1", f"forward-addr: 127.0.0.1@{knot_port}")
+                 .replace("interface: ::1\n", ""))
+    (tmp_path / "mailstack.conf").write_text(conf_text)
+    (tmp_path / "unbound.conf").write_text(
+        f'server:\n  chroot: ""\n  username: ""\n  directory: "{tmp_path}"\n'
+        f'  pidfile: "{tmp_path}/pid"\n  use-syslog: no\n  logfile: ""\n'
+        f'include: "{tmp_path}/mailstack.conf"\n')
+    proc = subprocess.Popen(["unbound", "-d", "-c", tmp_path / "unbound.conf"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        q = dns.message.make_query(dns.reversename.from_address("198.51.100.25"), "PTR")
+        deadline = _time.monotonic() + 15
+        while True:
+            try:
+                r = dns.query.udp(q, "127.0.0.1", port=port, timeout=1)
+                return dns.rcode.to_text(r.rcode()) + " " + " ".join(
+                    rd.to_text() for rr in r.answer for rd in rr)
+            except (OSError, dns.exception.Timeout):
+                if _time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(f"unbound did not answer: {proc.stderr.read() if proc.poll() is not None else ''}")
+                _time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_forwarding_resolver_asks_upstream_for_private_reverse_zones(tmp_path):
+    """unbound answers reverse lookups for private and documentation ranges itself
+    ("no such name") unless told otherwise; with forwarders, smtpd's rDNS filters need
+    the forwarder's answer (the lab's outside host lives in 198.51.100.0/24)."""
+    from tests.test_dns import Knot
+
+    zone = "100.51.198.in-addr.arpa"
+    knot = Knot({zone: f"$ORIGIN {zone}.\n$TTL 60\n@ IN SOA ns.lab.test. h.lab.test. 1 60 60 60 60\n"
+                       "@ IN NS ns.lab.test.\n25 IN PTR mx.outside.test.\n"})
+    knot.start()
+    try:
+        ctx = make_context(settings_from(resolver={"forwardTo": ["127.0.0.1"]}))
+        rendered = resolver.bundle(ctx, ctx.hosts["mx1"]).file(resolver.CONF).content
+        (tmp_path / "a").mkdir()
+        assert _unbound_ptr(rendered, knot.port, tmp_path / "a") == "NOERROR mx.outside.test."
+        # Control: without the unblock lines unbound answers by itself.
+        blocked = rendered.replace("unblock-lan-zones: yes", "").replace("insecure-lan-zones: yes", "")
+        (tmp_path / "b").mkdir()
+        assert _unbound_ptr(blocked, knot.port, tmp_path / "b").startswith("NXDOMAIN")
+    finally:
+        knot.stop()
