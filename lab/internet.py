@@ -26,14 +26,15 @@ from cryptography.x509.oid import NameOID
 from . import net
 from .util import NETNS, ROOT, STATE, log, pid_alive, run, wait_until, write_private
 
-LAB_ZONE = "lab.test"
-OUTSIDE_DOMAIN = "outside.test"
+# Not under .test: unbound answers the special-use names (.test, .invalid) itself.
+LAB_ZONE = "lab.example.com"
+OUTSIDE_DOMAIN = "outside.example.com"
 OUTSIDE_MX = f"mx.{OUTSIDE_DOMAIN}"
 NS_NAME = f"ns1.{LAB_ZONE}."
 ACME_NAME = f"acme.{LAB_ZONE}"
 PEBBLE_DIR = f"https://{net.INTERNET_V4}:14000/dir"
 PEBBLE_MGMT = f"https://{net.INTERNET_V4}:15000"
-CAA_ISSUER = "pebble.lab.test"
+CAA_ISSUER = "pebble.lab.example.com"
 TLSDIR = STATE / "tls"
 
 

@@ -15,7 +15,7 @@ PUB4_PREFIX = "198.51.100"
 PUB6_PREFIX = "2001:db8:100"
 INTERNET_V4 = f"{PUB4_PREFIX}.1"      # knot, pebble, apt proxy; the hosts' gateway
 INTERNET_V6 = f"{PUB6_PREFIX}::1"
-OUTSIDE_V4 = f"{PUB4_PREFIX}.25"      # the outside MTA (mx.outside.test)
+OUTSIDE_V4 = f"{PUB4_PREFIX}.25"      # the outside MTA (mx.outside.example.com)
 OUTSIDE_V6 = f"{PUB6_PREFIX}::25"
 HOST_NUM = {"mx1": 11, "imap": 12, "mx2": 13}
 

@@ -1,4 +1,4 @@
-"""The outside MTA's receiving side (mx.outside.test): enough ESMTP with STARTTLS to take
+"""The outside MTA's receiving side (mx.outside.example.com): enough ESMTP with STARTTLS to take
 mail the stack sends out, stored with its envelope for the scenarios to check. It
 accepts only its own domain, so a relay attempt through it would show up as a 550.
 Sending into the stack is done by the scenarios with smtplib from the same address."""

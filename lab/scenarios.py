@@ -235,8 +235,8 @@ def s_no_open_relay() -> str:
                 c.ehlo()
                 _expect(not c.has_extn("auth"), f"{role}:25 offers AUTH before STARTTLS")
                 c.mail(f"x@{internet.OUTSIDE_DOMAIN}")
-                code, _ = c.rcpt("victim@elsewhere.test")
-                _expect(code >= 500, f"{role}:25 relays to elsewhere.test ({code})")
+                code, _ = c.rcpt("victim@elsewhere.example.com")
+                _expect(code >= 500, f"{role}:25 relays to elsewhere.example.com ({code})")
                 notes.append(f"{role}:25 {code}")
         with LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587) as c:
             c.ehlo()
@@ -246,7 +246,7 @@ def s_no_open_relay() -> str:
             _expect(c.has_extn("auth"), "587 offers no AUTH after STARTTLS")
             try:
                 c.mail(f"x@{internet.OUTSIDE_DOMAIN}")
-                code, _ = c.rcpt("victim@elsewhere.test")
+                code, _ = c.rcpt("victim@elsewhere.example.com")
             except smtplib.SMTPException as e:
                 code = getattr(e, "smtp_code", 550)
             _expect(code >= 500, f"587 without AUTH relays ({code})")
