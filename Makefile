@@ -11,13 +11,13 @@ setup:
 # Debian 12 daemons (smtpd -n, doveconf, rspamadm, nft, cloud-init schema, PostgreSQL
 # replication). The lab scenarios are marked `lab` and run with `make test-lab`.
 test: setup
-	$(PY) -m pytest -m "not lab"
+	$(PY) -m pytest
 
 test-lab: setup
 	$(PY) -m pytest -m lab
 
 test-all: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -m ""
 
 # The main job: bring up mx1, imap and mx2 locally, run the scenarios, tear down.
 lab: setup
