@@ -105,7 +105,9 @@ def supervise(role: str) -> int:
     child = None
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    quick_failures = 0
     while True:
+        started = time.monotonic()
         pub, priv = net.add_host_links(role)
         # Not `ip netns exec`: its fresh /sys hides the cgroup mounts nspawn needs. A
         # private mount namespace gets a read-only sysfs of the lab namespace (nspawn takes
@@ -127,8 +129,17 @@ def supervise(role: str) -> int:
         (STATE / f"nspawn-{role}.pid").write_text(str(child.pid))
         rc = child.wait()
         print(f"mailstack-lab: {role} container exited with {rc}", flush=True)
-        if rc != 133 or stop:
+        if stop:
             return 0
+        # Whatever the exit status, the host comes back unless the lab stopped it: nspawn
+        # reports a reboot as a failure (not 133) when it can't move the renamed veths
+        # back, and right after a poweroff it can fail at once while the kernel still
+        # tears down the old namespace. Only a crash loop ends the supervisor.
+        quick_failures = quick_failures + 1 if time.monotonic() - started < 10 else 0
+        if quick_failures > 5:
+            print(f"mailstack-lab: {role} keeps failing to start; giving up", flush=True)
+            return 1
+        time.sleep(1)
 
 
 def running(role: str) -> bool:

@@ -95,6 +95,9 @@ def table_conf(ctx: Context, host: H.Host) -> str:
     return render("smtpd/pgsql.conf.j2", conninfo=conninfo, queries=queries)
 
 
+UNIT_DROPIN = "/etc/systemd/system/opensmtpd.service.d/mailstack.conf"
+
+
 def flush_units(host: H.Host) -> tuple[File, File]:
     return (
         File(FLUSH_SERVICE, read("smtpd/mailstack-smtpd-flush.service")),
@@ -109,10 +112,11 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         File(SMTPD_CONF, smtpd_conf(ctx, host)),
         File(TABLE_CONF, table_conf(ctx, host), mode=0o640, group="opensmtpd", secret=True),
         File(DYNDNS_REGEX, read("smtpd/dyndns.regex")),
+        File(UNIT_DROPIN, read("smtpd/opensmtpd.service.d.conf")),
     ]
     backup = not host.runs(H.MX)
     if backup:
         files += flush_units(host)
-    script = render("smtpd/deploy.sh.j2", backup=backup,
+    script = render("smtpd/deploy.sh.j2", backup=backup, unit_dropin=UNIT_DROPIN,
                     smtpd_conf=SMTPD_CONF, flush_timer=FLUSH_TIMER)
     return Bundle(tuple(files), script)

@@ -411,3 +411,20 @@ def test_internal_port_only_for_our_hosts(mx1_running):
     out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", OUTSIDE_OK,
                 "--to", "alice@example.org", "--quit-after", "RCPT")
     assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
+
+
+def test_smtpd_waits_for_its_database_and_comes_back(ctx):
+    """At boot smtpd must start after the local PostgreSQL (table-postgres exits, taking
+    smtpd with it, if the database isn't up), and return if the database restarts."""
+    import configparser
+
+    from mailstack import mx
+
+    for role in ("mx1", "mx2"):
+        b = mx.bundle(ctx, ctx.hosts[role])
+        unit = configparser.ConfigParser(strict=False)
+        unit.read_string(b.file(mx.UNIT_DROPIN).content)
+        assert "postgresql@15-main.service" in unit["Unit"]["After"].split()
+        assert "postgresql@15-main.service" in unit["Unit"]["Wants"].split()
+        assert unit["Service"]["Restart"] == "on-failure"
+        assert f"install_file {mx.UNIT_DROPIN}" in b.script and "daemon-reload" in b.script
