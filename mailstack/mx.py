@@ -64,6 +64,7 @@ def smtpd_conf(ctx: Context, host: H.Host) -> str:
         internal=internal,
         imap_internal=imap.private_ip if imap.private_ip in internal else "",
         relay_port=RELAY_PORT,
+        rspamd_filter=RSPAMD_FILTER,
         lmtp=lmtp_target(ctx, host) if role == "mx1" else "",
         primary_relay=(f"{ctx.host_for(H.MX).private_ip}:{RELAY_PORT}" if role == "mx2" else ""),
     )
@@ -96,6 +97,7 @@ def table_conf(ctx: Context, host: H.Host) -> str:
 
 
 UNIT_DROPIN = "/etc/systemd/system/opensmtpd.service.d/mailstack.conf"
+RSPAMD_FILTER = "/usr/local/libexec/mailstack/filter-rspamd"
 
 
 def flush_units(host: H.Host) -> tuple[File, File]:
@@ -113,10 +115,12 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         File(TABLE_CONF, table_conf(ctx, host), mode=0o640, group="opensmtpd", secret=True),
         File(DYNDNS_REGEX, read("smtpd/dyndns.regex")),
         File(UNIT_DROPIN, read("smtpd/opensmtpd.service.d.conf")),
+        File(RSPAMD_FILTER, read("smtpd/filter-rspamd-compat.sh"), mode=0o755),
     ]
     backup = not host.runs(H.MX)
     if backup:
         files += flush_units(host)
     script = render("smtpd/deploy.sh.j2", backup=backup, unit_dropin=UNIT_DROPIN,
+                    rspamd_filter=RSPAMD_FILTER,
                     smtpd_conf=SMTPD_CONF, flush_timer=FLUSH_TIMER)
     return Bundle(tuple(files), script)

@@ -428,3 +428,31 @@ def test_smtpd_waits_for_its_database_and_comes_back(ctx):
         assert "postgresql@15-main.service" in unit["Unit"]["Wants"].split()
         assert unit["Service"]["Restart"] == "on-failure"
         assert f"install_file {mx.UNIT_DROPIN}" in b.script and "daemon-reload" in b.script
+
+
+def test_rspamd_filter_shim_hands_the_login_to_filter_rspamd(ctx, tmp_path):
+    """OpenSMTPD 7.4 reports link-auth as result|user (captured in the lab); filter-rspamd
+    0.1.7 reads user|result. The shim swaps exactly those two fields (run for real, with
+    `cat` standing in for the filter binary it execs), and smtpd.conf uses the shim."""
+    from mailstack import mx
+
+    b = mx.bundle(ctx, ctx.hosts["mx1"])
+    shim = b.file(mx.RSPAMD_FILTER)
+    assert shim.mode == 0o755
+    assert f'filter "rspamd" proc-exec "{mx.RSPAMD_FILTER}"' in b.file(mx.SMTPD_CONF).content
+    script = tmp_path / "shim"
+    script.write_text(shim.content.replace("exec /usr/libexec/opensmtpd/filter-rspamd", "exec cat"))
+    lines = [
+        "report|0.7|1795630616.532135|smtp-in|link-auth|db16fae9bf8806b2|pass|alice@example.org",
+        "report|0.7|1795630616.532135|smtp-in|link-auth|db16fae9bf8806b2|fail|mallory@example.org",
+        "report|0.7|1795630616.479446|smtp-in|link-connect|db16fae9bf8806b2|mx.example|pass|198.51.100.25:46395|0.0.0.0:587",
+        "filter|0.7|1795630616.6|smtp-in|data-line|db16fae9bf8806b2|tok|link-auth|x|pass|y",
+    ]
+    out = subprocess.run(["sh", script], input="\n".join(lines) + "\n", capture_output=True,
+                         text=True, timeout=10).stdout.splitlines()
+    assert out == [
+        "report|0.7|1795630616.532135|smtp-in|link-auth|db16fae9bf8806b2|alice@example.org|pass",
+        "report|0.7|1795630616.532135|smtp-in|link-auth|db16fae9bf8806b2|mallory@example.org|fail",
+        lines[2],
+        lines[3],
+    ]
