@@ -427,6 +427,9 @@ def test_smtpd_waits_for_its_database_and_comes_back(ctx):
         assert "postgresql@15-main.service" in unit["Unit"]["After"].split()
         assert "postgresql@15-main.service" in unit["Unit"]["Wants"].split()
         assert unit["Service"]["Restart"] == "on-failure"
+        # Foreground, so a restart stops the real main process.
+        assert unit["Service"]["Type"] == "simple"
+        assert unit["Service"]["ExecStart"].split("\n")[-1].strip() == "/usr/sbin/smtpd -F"
         assert f"install_file {mx.UNIT_DROPIN}" in b.script and "daemon-reload" in b.script
 
 
