@@ -278,7 +278,9 @@ def s_no_open_relay() -> str:
 
 def s_spam() -> str:
     """(3) GTUBE is rejected at DATA; a spammy-but-not-rejected message lands in Junk."""
-    gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\n"
+    # A line after the pattern: filter-rspamd drops the body's final newline, and rspamd
+    # only looks for GTUBE in a text part longer than the pattern itself.
+    gtube = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\nThis is a test.\n"
     try:
         inbound("alice@example.org", _token(), body=gtube)
         code = None
@@ -288,7 +290,7 @@ def s_spam() -> str:
     # rspamd's "add header" test string (mailstack:spam.testPatterns, on in the lab): the
     # verdict is add_header, so the message is accepted with X-Spam: Yes, and Dovecot's
     # sieve_before script files it in Junk.
-    spammy = "YJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\n"
+    spammy = "YJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\nThis is a test.\n"
     tok = _token()
     inbound("alice@example.org", tok, body=spammy)
     wait_imap("alice@example.org", tok, mailbox="Junk")
