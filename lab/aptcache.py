@@ -7,12 +7,11 @@ machine's namespace, so the lab needs no route, NAT or forwarding to the real ne
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import time
 
-from .util import CACHE, STATE, log, pid_alive, wait_until
+from .util import CACHE, STATE, log, stop_pidfile, wait_until
 
 ACNG_PORT = 3142
 PROXY_IP = "198.51.100.1"   # the lab internet host: every lab host's apt proxy
@@ -56,7 +55,7 @@ def start_cache() -> None:
 
 
 def stop_cache() -> None:
-    _kill_pidfile(STATE / "acng.mypid")
+    stop_pidfile(STATE / "acng.mypid", 2.0)
 
 
 def _uid(name: str) -> int:
@@ -74,27 +73,10 @@ def _drop_to_acng() -> None:
     os.setuid(_uid("apt-cacher-ng"))
 
 
-def _kill_pidfile(path) -> None:
-    try:
-        pid = int(path.read_text())
-    except (OSError, ValueError):
-        return
-    if pid_alive(pid):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        for _ in range(20):
-            if not pid_alive(pid):
-                break
-            time.sleep(0.1)
-    path.unlink(missing_ok=True)
-
-
 def start_forwarder() -> None:
     from . import forward
     forward.start("apt-forwarder", [(True, PROXY_IP, ACNG_PORT, "127.0.0.1", ACNG_PORT)])
 
 
 def stop_forwarder() -> None:
-    _kill_pidfile(STATE / "apt-forwarder.pid")
+    stop_pidfile(STATE / "apt-forwarder.pid", 2.0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import signal
 import ssl
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from . import net
-from .util import NETNS, ROOT, STATE, log, pid_alive, run, wait_until, write_private
+from .util import NETNS, ROOT, STATE, log, run, stop_pidfile, wait_until, write_private
 
 # Not under .test: unbound answers the special-use names (.test, .invalid) itself.
 LAB_ZONE = "lab.example.com"
@@ -101,27 +100,7 @@ def _spawn(name: str, argv: list[str], env: dict | None = None) -> None:
 
 
 def stop(name: str) -> None:
-    import os
-    p = STATE / f"{name}.pid"
-    try:
-        pid = int(p.read_text())
-    except (OSError, ValueError):
-        return
-    if pid_alive(pid):
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        for _ in range(50):
-            if not pid_alive(pid):
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    p.unlink(missing_ok=True)
+    stop_pidfile(STATE / f"{name}.pid")
 
 
 # ------------------------------------------------------------------ knot

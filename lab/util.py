@@ -76,3 +76,26 @@ def wait_until(fn, timeout: float, what: str, interval: float = 0.5):
             last = exc
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+def stop_pidfile(path: Path, grace: float = 5.0) -> None:
+    """Stop the process group whose leader's pid is in `path` (TERM, then KILL after
+    `grace` seconds) and remove the file; quiet if it is already gone."""
+    import signal
+
+    try:
+        pid = int(path.read_text())
+    except (OSError, ValueError):
+        return
+    if pid_alive(pid):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + grace
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not pid_alive(pid):
+                break
+    path.unlink(missing_ok=True)
