@@ -170,9 +170,13 @@ def access_text() -> str:
 
 def down(quiet: bool = False) -> None:
     """Remove everything a run made, also after an interrupted one; safe to repeat."""
-    for role in _roles() + ["mx1", "imap", "mx2"]:
-        if machines.host_dir(role).exists() or (STATE / f"supervisor-{role}.pid").exists():
-            machines.teardown(role)
+    # Power the hosts off together: each clean shutdown takes up to half a minute.
+    from concurrent.futures import ThreadPoolExecutor
+
+    roles = [r for r in dict.fromkeys(_roles() + ["mx1", "imap", "mx2"])
+             if machines.host_dir(r).exists() or (STATE / f"supervisor-{r}.pid").exists()]
+    with ThreadPoolExecutor(max_workers=max(1, len(roles))) as pool:
+        list(pool.map(machines.teardown, roles))
     for name in ("loopback-forwarder", "apt-forwarder", "outside-mta", "pebble", "knot"):
         internet.stop(name)
     aptcache.stop_cache()
