@@ -306,6 +306,38 @@ def load_settings(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) ->
     return settings
 
 
+def load_stack(config: Mapping[str, Any], secret_keys: Iterable[str],
+               environ: Mapping[str, str]) -> Settings:
+    """What the Pulumi program runs: load_settings plus the provider's own secret, so a
+    missing or clear-text Hetzner token is reported with everything else, before any
+    resource exists."""
+    secret_keys = set(secret_keys)
+    problems = provider_problems(config, secret_keys, environ)
+    try:
+        settings = load_settings(config, secret_keys)
+    except SettingsError as exc:
+        raise SettingsError(exc.problems + problems) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def provider_problems(config: Mapping[str, Any], secret_keys: set[str],
+                      environ: Mapping[str, str]) -> list[str]:
+    token = config.get("hcloud:token")
+    if token is None and not environ.get("HCLOUD_TOKEN"):
+        return ["hcloud:token: is not set; create an API token (read/write) in the Hetzner "
+                "Cloud console and run `pulumi config set --secret hcloud:token <token>` "
+                "(or export HCLOUD_TOKEN)"]
+    if token is not None and "hcloud:token" not in secret_keys:
+        return ["hcloud:token: is stored in clear text in the stack file; remove it and run "
+                "`pulumi config set --secret hcloud:token <token>`"]
+    if token is not None and not re.fullmatch(r"[A-Za-z0-9]{64}", str(token)):
+        return ["hcloud:token: <hidden> is not a Hetzner Cloud API token (64 letters and "
+                "digits); copy it again from the Hetzner Cloud console"]
+    return []
+
+
 def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]:
     p: list[str] = []
     ns = NAMESPACE

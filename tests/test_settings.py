@@ -262,3 +262,51 @@ def test_hosts_ha_and_single():
 ])
 def test_ipv6_host_address(given, expected):
     assert H.ipv6_host_address(given) == expected
+
+
+# --------------------------------------------------------------------------- provider token
+
+from mailstack.settings import load_stack  # noqa: E402
+
+TOKEN = "A1" * 32
+
+
+def test_stack_with_secret_token_loads():
+    cfg = stack_config()
+    cfg["hcloud:token"] = TOKEN
+    assert load_stack(cfg, {"hcloud:token"}, {}).domains[0] == "example.org"
+
+
+def test_token_from_environment_is_enough():
+    assert load_stack(stack_config(), set(), {"HCLOUD_TOKEN": TOKEN}).topology == "ha"
+
+
+def test_missing_token_is_named_with_the_fix():
+    with pytest.raises(SettingsError) as exc:
+        load_stack(stack_config(), set(), {})
+    (msg,) = exc.value.problems
+    assert msg.startswith("hcloud:token: is not set") and "pulumi config set --secret hcloud:token" in msg
+
+
+def test_clear_text_token_is_refused():
+    cfg = stack_config()
+    cfg["hcloud:token"] = TOKEN
+    with pytest.raises(SettingsError) as exc:
+        load_stack(cfg, set(), {})
+    assert "clear text" in exc.value.problems[0] and TOKEN not in str(exc.value)
+
+
+def test_malformed_token_is_refused_without_echoing_it():
+    cfg = stack_config()
+    cfg["hcloud:token"] = "not-a-token"
+    with pytest.raises(SettingsError) as exc:
+        load_stack(cfg, {"hcloud:token"}, {})
+    assert "not a Hetzner Cloud API token" in str(exc.value) and "not-a-token" not in str(exc.value)
+
+
+def test_token_problem_is_reported_with_the_others():
+    cfg = stack_config(topology="cluster")
+    with pytest.raises(SettingsError) as exc:
+        load_stack(cfg, set(), {})
+    keys = [p.split(":")[0] + ":" + p.split(":")[1] for p in exc.value.problems]
+    assert "mailstack:topology" in keys and "hcloud:token" in keys

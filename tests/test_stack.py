@@ -354,6 +354,17 @@ def test_invalid_config_stops_before_any_resource():
     assert monitors and monitors[0].registered == []
 
 
+def test_missing_token_stops_the_program_before_any_resource(monkeypatch):
+    monkeypatch.delenv("HCLOUD_TOKEN", raising=False)
+    config, _ = example_config()
+    del config["hcloud:token"]
+    monitors = []
+    with pytest.raises(SettingsError) as err:
+        run_program(config, (), monitors=monitors)
+    assert err.value.problems[0].startswith("hcloud:token: is not set")
+    assert monitors and monitors[0].registered == []
+
+
 # --------------------------------------------------------------------------- snapshot
 
 
