@@ -385,7 +385,10 @@ def s_firewall() -> str:
     roles = machines_roles()
     # 22 answers here because the lab has no Hetzner firewall in front: on Hetzner the
     # cloud firewall narrows SSH to mailstack:admin.sshCidrs (tests/test_stack.py).
-    want_open = {"mx1": [22, 25, 80, 443, 465, 587], "imap": [22, 80, 993, 4190], "mx2": [22, 25, 80]}
+    if roles == ["mx1"]:  # single: everything on one host
+        want_open = {"mx1": [22, 25, 80, 443, 465, 587, 993, 4190]}
+    else:
+        want_open = {"mx1": [22, 25, 80, 443, 465, 587], "imap": [22, 80, 993, 4190], "mx2": [22, 25, 80]}
     closed = [24, 143, 5432, 6379, 10025, 11332, 11333, 11334]
     for role in roles:
         for p in want_open.get(role, []):
