@@ -406,6 +406,29 @@ def s_firewall() -> str:
     return "outside: only mail/web/ssh ports; LMTP mx1->imap only; PG and relay port only from peers"
 
 
+def s_sieve() -> str:
+    """(extra) a user's Sieve redirect leaves imap through mx1 and reaches the outside."""
+    user, home = "bob@example.org", "/var/vmail/example.org/bob"
+    target = f"friend@{internet.OUTSIDE_DOMAIN}"
+    script = f'require ["copy"];\nredirect :copy "{target}";\n'
+    machines.sh(_imap_role(), (
+        f"install -d -o vmail -g vmail -m 0700 {home}/sieve && "
+        f"printf '%s' '{script}' > {home}/sieve/lab.sieve && "
+        f"chown vmail:vmail {home}/sieve/lab.sieve && "
+        f"ln -sfn sieve/lab.sieve {home}/.dovecot.sieve && chown -h vmail:vmail {home}/.dovecot.sieve"))
+    try:
+        tok = _token()
+        inbound(user, tok)
+        wait_imap(user, tok)  # :copy keeps it in the mailbox too
+        wait_until(lambda: outside_messages(tok), 90, f"redirected {tok} at the outside MTA")
+        raw = outside_messages(tok)[0]
+        rcpt = re.search(rb"^X-Lab-Rcpt-To: (.*)$", raw, re.M).group(1).decode().strip()
+        _expect(rcpt == target, f"redirect went to {rcpt!r}")
+    finally:
+        machines.sh(_imap_role(), f"rm -f {home}/.dovecot.sieve {home}/sieve/lab.sieve")
+    return f"Sieve redirect of {user}'s mail reached {target} through mx1"
+
+
 def _service_state(role: str) -> str:
     """Start times of the host's mail services and a checksum of their config files."""
     cmd = ("for u in opensmtpd rspamd redis-server dovecot nginx unbound postgresql@15-main; do "
@@ -448,7 +471,7 @@ def s_reboot() -> str:
 SCENARIOS = [
     ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
-    ("firewall", s_firewall), ("redeploy", s_redeploy), ("reboot", s_reboot),
+    ("sieve", s_sieve), ("firewall", s_firewall), ("redeploy", s_redeploy), ("reboot", s_reboot),
 ]
 
 

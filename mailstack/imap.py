@@ -49,7 +49,20 @@ def dovecot_conf(ctx, host: H.Host, layout: Layout = Layout()) -> str:
         postmaster=f"postmaster@{s.primary_domain}",
         lmtp_address=lmtp_address(host),
         vmail_uid=H.VMAIL_UID,
+        submission_host=submission_host(ctx, host),
     )
+
+
+def submission_host(ctx, host: H.Host) -> str:
+    """Where Sieve redirects and vacation replies go: mx1's private relay port, which
+    accepts mail from imap for any destination (there is no sendmail on imap). Empty
+    when one host runs everything: Dovecot then uses the local sendmail of OpenSMTPD."""
+    from . import mx
+
+    mx_host = ctx.host_for(H.MX)
+    if mx_host.role == host.role:
+        return ""
+    return f"{mx_host.private_ip}:{mx.RELAY_PORT}"
 
 
 def sql_conf(ctx, layout: Layout = Layout()) -> str:
