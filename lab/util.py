@@ -46,13 +46,26 @@ def write_private(path: Path, data: str) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Running, not merely a zombie (a stopped child of ours that nobody reaped yet: kill(0)
+    still succeeds on it, and waiting for it to go away would wait forever)."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    if state == "Z":
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return True
 
 
 @contextmanager
