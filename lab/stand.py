@@ -16,7 +16,7 @@ TIMINGS_FILE = STATE / "timings.json"
 # Loopback ports for `make lab-up`: mail clients on this machine reach the lab hosts.
 LOOPBACK = [
     ("mx1", 25, 10025), ("mx1", 587, 10587), ("mx1", 465, 10465),
-    ("imap", 993, 10993), ("imap", 143, 10143), ("mx2", 25, 10026),
+    ("imap", 993, 10993), ("imap", 4190, 14190), ("mx2", 25, 10026),
 ]
 
 
@@ -35,6 +35,9 @@ def zone_texts(s, data) -> dict[str, str]:
     ptrs = dns.ptr_records(s, addrs) + [
         dns.Ptr(net.OUTSIDE_V4, f"{internet.OUTSIDE_MX}.", "outside", 4),
         dns.Ptr(net.OUTSIDE_V6, f"{internet.OUTSIDE_MX}.", "outside", 6),
+        # The loopback forwarder of `make lab-up` connects from here: with forward-confirmed
+        # rDNS, a mail client on this machine passes mx1's connect filters on port 25.
+        dns.Ptr(net.INTERNET_V4, internet.NS_NAME, "internet", 4),
     ]
     out.update(dns.reverse_zone_files(ptrs, [internet.NS_NAME]))
     out.update(internet.lab_zones([]))

@@ -35,6 +35,7 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     files = [
         File(f"{LOCAL_D}/redis.conf", read("rspamd/redis.conf")),
         File(f"{LOCAL_D}/actions.conf", read("rspamd/actions.conf")),
+        File(f"{LOCAL_D}/greylist.conf", read("rspamd/greylist.conf")),
         File(f"{LOCAL_D}/milter_headers.conf", read("rspamd/milter_headers.conf")),
         File(f"{LOCAL_D}/options.inc", render("rspamd/options.inc.j2", settings=ctx.settings)),
         File(PASSWORD_FILE, ctx.secrets.rspamd_controller_password, 0o600, secret=True),

@@ -124,3 +124,13 @@ def test_test_patterns_only_when_asked(enabled, tmp_path):
     assert dump.returncode == 0, dump.stderr
     assert ("enable_test_patterns = true" in dump.stdout) is enabled, dump.stdout
     assert '"127.0.0.1:53"' in dump.stdout
+
+
+def test_greylisting_is_off(ctx, tmp_path):
+    """rspamd itself reports the greylist module disabled with the rendered local.d."""
+    confdir = stage_local(spam.bundle(ctx, ctx.hosts["mx1"]), tmp_path)
+    dump = subprocess.run(
+        ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "greylist"],
+        capture_output=True, text=True, timeout=60)
+    assert dump.returncode == 0, dump.stderr
+    assert "enabled = false" in dump.stdout, dump.stdout
