@@ -1,9 +1,8 @@
 """One `remote.Command` per deploy step of `mailstack.deploy.plan`.
 
 The program travels on stdin (a secret input), never on the command line, so neither the
-Pulumi log nor the server's process list shows its secrets. The command writes it to a
-0600 file and runs it with stdin on /dev/null, so a tool inside a step that reads stdin
-(psql, apt) can't swallow the rest of the program as `bash -s` would let it.
+Pulumi log nor the server's process list shows its secrets; `deploy.RUN_PROGRAM`, shared
+with the lab, runs it.
 """
 from __future__ import annotations
 
@@ -14,8 +13,6 @@ from pulumi_command import remote
 from mailstack import deploy
 from mailstack import hosts as H
 from mailstack.settings import Settings
-
-RUN_STDIN = deploy.RUN_PROGRAM
 
 
 def _servers_behind(step: deploy.Step, steps: dict[str, deploy.Step]) -> list[str]:
@@ -63,7 +60,7 @@ class DeploySteps(pulumi.ComponentResource):
             self.commands[step.name] = remote.Command(
                 step.name,
                 connection=connection,
-                create=RUN_STDIN,
+                create=deploy.RUN_PROGRAM,
                 stdin=pulumi.Output.secret(bundle.apply(lambda b, n=step.name: b.shell(n))),
                 triggers=[
                     *(servers[r].id for r in _servers_behind(step, by_name)),

@@ -32,6 +32,15 @@ def settings(**overrides):
     return load_settings(stack_config(**overrides))
 
 
+OVERRIDES_FILE = STATE / "overrides.json"
+
+
+def running_settings(**extra):
+    """The settings of the lab that is up: `lab up --topology ...` records its overrides."""
+    recorded = json.loads(OVERRIDES_FILE.read_text()) if OVERRIDES_FILE.exists() else {}
+    return settings(**{**recorded, **extra})
+
+
 def addresses(s) -> dict[str, H.Address]:
     return {r: H.Address(net.public_v4(r), net.public_v6(r)) for r in H.hosts(s)}
 

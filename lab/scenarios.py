@@ -27,11 +27,7 @@ S = None  # settings, loaded once
 def _s():
     global S
     if S is None:
-        import json
-        ov = {}
-        if (STATE / "overrides.json").exists():
-            ov = json.loads((STATE / "overrides.json").read_text())
-        S = config.settings(**ov)
+        S = config.running_settings()
     return S
 
 
@@ -367,9 +363,7 @@ def s_replication() -> str:
     s = _s()
     new = "dave@example.org"
     users = [u.model_dump(by_alias=True, exclude_none=True) for u in s.users] + [{"address": new}]
-    import json
-    ov = json.loads((STATE / "overrides.json").read_text()) if (STATE / "overrides.json").exists() else {}
-    s2 = config.settings(users=users, **ov)
+    s2 = config.running_settings(users=users)
     data = config.load_or_make_secrets(s2)
     ctx2 = config.context(s2, data)
     steps.run_plan(ctx2, only={"mail-sync"})
@@ -445,8 +439,9 @@ def s_redeploy() -> str:
     """(extra) running every deploy step again with no change restarts and rewrites nothing."""
     roles = machines_roles()
     before = {r: _service_state(r) for r in roles}
-    s = _s()
-    times = steps.run_plan(config.context(s, config.load_or_make_secrets(s)))
+    from .stand import redeploy
+
+    times = redeploy()
     after = {r: _service_state(r) for r in roles}
     for r in roles:
         if before[r] != after[r]:

@@ -6,7 +6,8 @@ import os
 import shutil
 import time
 
-from mailstack import cloudinit, dns
+from mailstack import cloudinit, deploy, dns
+from mailstack import hosts as H
 
 from . import aptcache, config, forward, internet, machines, net, rootfs, steps
 from .util import STATE, log, pid_alive, run, wait_until
@@ -52,8 +53,8 @@ def up(topology: str | None = None) -> dict:
     overrides = {"topology": topology} if topology else {}
     s = config.settings(**overrides)
     if overrides:
-        (STATE / "overrides.json").write_text(json.dumps(overrides))
-    roles = list(s and __import__("mailstack.hosts", fromlist=["hosts"]).hosts(s))
+        config.OVERRIDES_FILE.write_text(json.dumps(overrides))
+    roles = list(H.hosts(s))
     ROLES_FILE.write_text(json.dumps(roles))
 
     t = time.monotonic()
@@ -127,17 +128,12 @@ def up(topology: str | None = None) -> dict:
     return timings
 
 
-def _lab_settings():
-    overrides = json.loads((STATE / "overrides.json").read_text()) if (STATE / "overrides.json").exists() else {}
-    return config.settings(**overrides)
-
-
 def redeploy(start: str | None = None) -> dict[str, float]:
     """The deploy steps again, on the running lab (from `start` on): a rerun with nothing
     changed must change nothing."""
-    s = _lab_settings()
+    s = config.running_settings()
     ctx = config.context(s, config.load_or_make_secrets(s))
-    names = [st.name for st in __import__("mailstack.deploy", fromlist=["plan"]).plan(s)]
+    names = [st.name for st in deploy.plan(s)]
     if start is not None and start not in names:
         raise SystemExit(f"no step {start!r}; steps are {', '.join(names)}")
     only = set(names[names.index(start):]) if start else None

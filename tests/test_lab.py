@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from lab.scenarios import SCENARIOS
+
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
@@ -37,6 +39,6 @@ def _check(name: str) -> None:
 
 
 # In the lab's own order: backup-mx, redeploy and reboot come after the basic flow.
-@pytest.mark.parametrize("name", [n for n, _ in __import__("lab.scenarios", fromlist=["x"]).SCENARIOS])
+@pytest.mark.parametrize("name", [n for n, _ in SCENARIOS])
 def test_scenario(lab, name):
     _check(name)
