@@ -32,6 +32,13 @@ def mac(role: str, which: str) -> str:
     return f"02:77:00:00:{HOST_NUM[role]:02x}:{1 if which == 'pub' else 2:02x}"
 
 
+# A bridge without its own address takes the lowest MAC of its ports, so it changed
+# whenever a host's veth was recreated (a host restart). The internet host's addresses
+# live on the bridge: the other hosts kept the old MAC in their neighbour cache and could
+# not answer it for several seconds after any restart.
+BRIDGE_MAC = {PUB_BRIDGE: "02:77:00:00:00:01", PRIV_BRIDGE: "02:77:00:00:00:02"}
+
+
 def exists() -> bool:
     return Path(f"/run/netns/{NETNS}").exists()
 
@@ -48,7 +55,7 @@ def up() -> None:
     sysctl("net.ipv6.conf.default.accept_dad", 0)
     ip("link", "set", "lo", "up")
     for br in (PUB_BRIDGE, PRIV_BRIDGE):
-        ip("link", "add", br, "type", "bridge")
+        ip("link", "add", br, "address", BRIDGE_MAC[br], "type", "bridge")
         ip("link", "set", br, "up")
     for a in (f"{INTERNET_V4}/24", f"{OUTSIDE_V4}/24", f"{INTERNET_V6}/64", f"{OUTSIDE_V6}/64"):
         ip("addr", "add", a, "dev", PUB_BRIDGE)

@@ -386,7 +386,10 @@ def s_firewall() -> str:
     closed = [24, 143, 5432, 6379, 10025, 11332, 11333, 11334]
     for role in roles:
         for p in want_open.get(role, []):
-            _expect(_port_open(_host_ip(role), p), f"{role}:{p} does not answer from outside")
+            if not _port_open(_host_ip(role), p):
+                listening = machines.sh(role, f"ss -Hltn 'sport = :{p}'", timeout=20).stdout
+                raise AssertionError(f"{role}:{p} does not answer from outside "
+                                     f"(listening on the host: {listening.strip() or 'nothing'})")
         for p in closed + [p for r, ps in want_open.items() for p in ps if p not in want_open[role]]:
             _expect(not _port_open(_host_ip(role), p, 1.5), f"{role}:{p} answers from outside")
     if "imap" in roles:
