@@ -23,7 +23,9 @@ SECRETS_FILE = STATE / "secrets.json"
 
 def stack_config(**overrides) -> dict[str, str]:
     raw = yaml.safe_load(EXAMPLE_STACK.read_text())["config"]
-    raw.update(yaml.safe_load(OVERLAY.read_text())["config"])
+    overlay = yaml.safe_load(OVERLAY.read_text())
+    raw.update(overlay["config"])
+    raw["mailstack:aliases"] = [*raw.get("mailstack:aliases", []), *overlay.get("extraAliases", [])]
     raw.update({f"mailstack:{k}": v for k, v in overrides.items()})
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
 

@@ -17,8 +17,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import TEST_PASSWORD, make_context, settings_from
+from tests.conftest import EXAMPLE_STACK, TEST_PASSWORD, make_context, settings_from
 from mailstack import database, mx
 from mailstack import hosts as H
 
@@ -247,11 +248,16 @@ def rcpt_reply(transcript: str) -> str:
     return next((l for l in lines if l.lstrip().startswith("<*")), transcript)
 
 
+EXAMPLE_ALIASES = yaml.safe_load(EXAMPLE_STACK.read_text())["config"]["mailstack:aliases"]
+# An alias that forwards outside as well as inside, as people keep for a family address.
+FORWARD_ALIAS = {"address": "family@example.org", "to": ["alice@example.org", "grandma@elsewhere.test"]}
+
+
 @pytest.fixture(scope="module")
 def mx1_running():
     """mx1's rendered smtpd.conf (HA) with PostgreSQL holding the example stack's
     accounts. Without the rspamd filter: rspamd needs ~20 s to start (see test_spam)."""
-    ctx = make_context(settings_from())
+    ctx = make_context(settings_from(aliases=[*EXAMPLE_ALIASES, FORWARD_ALIAS]))
     mx1 = ctx.hosts["mx1"]
     root = Path(tempfile.mkdtemp(prefix=f"mailstack-mx-{uuid.uuid4().hex[:8]}-"))
     root.chmod(0o755)
@@ -259,7 +265,8 @@ def mx1_running():
     try:
         conf = stage(ctx, mx1, root, rspamd=False)
         ns = Netns(root, mx1.private_ip,
-                   [ctx.hosts["mx2"].private_ip, OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN])
+                   [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
+                    OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN])
         (root / "unbound.conf").write_text(
             UNBOUND_TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn=OUTSIDE_DYN))
         unbound = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
@@ -295,7 +302,7 @@ def test_inbound_accepts_users_and_aliases_only(mx1_running):
     ctx, ns = mx1_running
     ip = ctx.hosts["mx1"].private_ip
     for rcpt in ("alice@example.org", "postmaster@example.org", "team@example.net",
-                 "carol@example.net"):
+                 "carol@example.net", FORWARD_ALIAS["address"]):
         out = swaks(ns, "--server", ip, "--li", OUTSIDE_OK, "--from", "x@good.test",
                     "--to", rcpt, "--quit-after", "RCPT")
         assert rcpt_reply(out).strip().startswith("<-  250"), out
@@ -404,6 +411,14 @@ def test_internal_port_only_for_our_hosts(mx1_running):
     out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", mx2,
                 "--to", "alice@example.org", "--quit-after", "RCPT")
     assert rcpt_reply(out).strip().startswith("<-  250"), out
+    # Aliases too, including one that forwards outside, from mx2's queue and from imap's
+    # Sieve redirects: smtpd matches what an alias expands to as mail "from local", not
+    # from the peer (this bounced mail once).
+    for peer in (mx2, ctx.hosts["imap"].private_ip):
+        for rcpt in ("team@example.net", FORWARD_ALIAS["address"]):
+            out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", peer,
+                        "--to", rcpt, "--quit-after", "RCPT")
+            assert rcpt_reply(out).strip().startswith("<-  250"), (peer, rcpt, out)
     out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", mx2,
                 "--to", "someone@elsewhere.test", "--quit-after", "RCPT")
     assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
