@@ -62,12 +62,17 @@ def up() -> None:
     log(f"network namespace {NETNS}: {PUB_BRIDGE} {PUB4_PREFIX}.0/24 {PUB6_PREFIX}::/64, {PRIV_BRIDGE}")
 
 
+def link_names(role: str, which: str) -> tuple[str, str]:
+    """(bridge side, container side) of a host's veth pair on the "pub" or "priv" bridge."""
+    return f"{which[:2]}-{role}", f"{which[:2]}c-{role}"
+
+
 def add_host_links(role: str) -> tuple[str, str]:
     """Fresh veth pairs for one boot of a host (they die with the container's namespace).
     Returns the container-side names, to hand to systemd-nspawn --network-interface."""
     names = []
     for which, br in (("pub", PUB_BRIDGE), ("priv", PRIV_BRIDGE)):
-        outer, inner = f"{which[:2]}-{role}", f"{which[:2]}c-{role}"
+        outer, inner = link_names(role, which)
         ip("link", "del", outer, check=False)
         ip("link", "add", outer, "type", "veth", "peer", "name", inner)
         ip("link", "set", inner, "address", mac(role, which))

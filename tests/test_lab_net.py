@@ -33,13 +33,14 @@ def test_bridge_mac_survives_a_host_restart(labns):
     # bridge had none of its own; recreating it (a host restart) would change it again.
     before = {br: _mac(br) for br in net.BRIDGE_MAC}
     assert before == net.BRIDGE_MAC
+    outer = [net.link_names("mx1", which)[0] for which in ("pub", "priv")]
     for _ in range(2):
-        pub, priv = net.add_host_links("mx1")
-        net.ip("link", "set", "pu-mx1", "address", "00:00:00:00:00:01")
-        net.ip("link", "set", "pr-mx1", "address", "00:00:00:00:00:01")
+        net.add_host_links("mx1")
+        for link in outer:
+            net.ip("link", "set", link, "address", "00:00:00:00:00:01")
         assert {br: _mac(br) for br in net.BRIDGE_MAC} == before
-    net.ip("link", "del", "pu-mx1")
-    net.ip("link", "del", "pr-mx1")
+    for link in outer:
+        net.ip("link", "del", link)
     assert {br: _mac(br) for br in net.BRIDGE_MAC} == before
 
 
