@@ -24,7 +24,9 @@ Suites: bookworm-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-  apt-get update -q
+  # Several checkouts may set up at once (worktrees): wait for dpkg's lock instead of failing.
+  apt_wait=(-o DPkg::Lock::Timeout=900)
+  apt-get "${apt_wait[@]}" update -q
   # The host only needs the binaries; its postinst scripts must not start daemons
   # that would bind 25/143/5432 on the test machine.
   restore_policy=""
@@ -36,7 +38,7 @@ SRC
   chmod 755 /usr/sbin/policy-rc.d
   trap 'if [ -n "$restore_policy" ]; then mv /usr/sbin/policy-rc.d.mailstack-saved /usr/sbin/policy-rc.d; else rm -f /usr/sbin/policy-rc.d; fi' EXIT
   echo "opensmtpd opensmtpd/mailname string localhost" | debconf-set-selections
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+  DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -q --no-install-recommends \
     opensmtpd/bookworm-backports \
     opensmtpd-extras opensmtpd-filter-rspamd opensmtpd-filter-senderscore \
     rspamd redis-server \
