@@ -1,221 +1,40 @@
-"""What the lab proves: each scenario drives real mail through the real hosts from the
-lab's internet and checks where it lands. Every one returns pass/fail with a message;
-run_all() runs them in order and table() prints the summary."""
+"""The mail-flow scenarios: inbound, submission, relay, spam, backup MX, replication,
+firewall, Sieve, redeploy and reboot, each driving real mail through the lab hosts."""
 from __future__ import annotations
 
-import email
-import imaplib
 import re
-import secrets
 import smtplib
-import socket
-import ssl
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
-from email.message import EmailMessage
 
-import dns.resolver
-
-from . import config, internet, machines, net, steps
-from .netns import inside
-from .util import STATE, log, wait_until
-
-S = None  # settings, loaded once
-
-
-def _s():
-    global S
-    if S is None:
-        S = config.running_settings()
-    return S
-
-
-# ------------------------------------------------------------------ clients
-
-def tls_context() -> ssl.SSLContext:
-    """Trusts only Pebble's roots: a pass means the host serves its ACME certificate."""
-    ctx = ssl.create_default_context(cafile=str(STATE / "tls" / "pebble-roots.pem"))
-    return ctx
-
-
-class LabSMTP(smtplib.SMTP):
-    """smtplib that connects to an IP in the lab but verifies TLS against a host name."""
-
-    def __init__(self, name: str, ip: str, port: int, **kw):
-        self._ip = ip
-        kw.setdefault("source_address", (net.OUTSIDE_V4, 0))
-        kw.setdefault("local_hostname", internet.OUTSIDE_MX)
-        kw.setdefault("timeout", 30)
-        super().__init__(name, port, **kw)
-
-    def _get_socket(self, host, port, timeout):
-        return socket.create_connection((self._ip, port), timeout, self.source_address)
-
-
-class LabSMTPS(LabSMTP):
-    def _get_socket(self, host, port, timeout):
-        raw = socket.create_connection((self._ip, port), timeout, self.source_address)
-        return tls_context().wrap_socket(raw, server_hostname=host)
-
-
-class LabIMAP(imaplib.IMAP4_SSL):
-    def __init__(self, name: str, ip: str):
-        self._ip = ip
-        super().__init__(name, 993, ssl_context=tls_context(), timeout=30)
-
-    def _create_socket(self, timeout):
-        raw = socket.create_connection((self._ip, self.port), timeout)
-        return self.ssl_context.wrap_socket(raw, server_hostname=self.host)
-
-
-def _host_ip(role: str) -> str:
-    return net.public_v4(role)
-
-
-def _imap_role() -> str:
-    return "imap" if "imap" in machines_roles() else "mx1"
-
-
-def machines_roles() -> list[str]:
-    from mailstack import hosts as H
-    return list(H.hosts(_s()))
-
-
-def message(frm: str, to: str, token: str, body: str = "hello from the lab\n") -> EmailMessage:
-    m = EmailMessage()
-    m["From"], m["To"], m["Subject"] = frm, to, f"lab {token}"
-    m["Message-ID"] = f"<{token}@{frm.split('@')[1]}>"
-    m["Date"] = email.utils.formatdate()
-    m.set_content(body)
-    return m
-
-
-def inbound(to: str, token: str, role: str = "mx1", body: str = "hello\n") -> None:
-    s = _s()
-    with inside():
-        with LabSMTP(s.fqdn(role), _host_ip(role), 25) as c:
-            c.starttls(context=tls_context())
-            c.ehlo()
-            c.send_message(message(f"sender@{internet.OUTSIDE_DOMAIN}", to, token, body))
-
-
-@contextmanager
-def imap_session(address: str):
-    """A logged-in IMAPS session on imap; raises imaplib.IMAP4.error if the login fails."""
-    with inside():
-        c = LabIMAP(_s().fqdn("imap"), _host_ip(_imap_role()))
-        try:
-            c.login(address, config.password(address))
-            yield c
-        finally:
-            try:
-                c.logout()
-            except Exception:
-                pass
-
-
-def _imap_login_ok(address: str) -> bool:
-    try:
-        with imap_session(address):
-            return True
-    except imaplib.IMAP4.error:
-        return False
-
-
-def imap_count(address: str, token: str, mailbox: str = "INBOX") -> int:
-    with imap_session(address) as c:
-        typ, _ = c.select(f'"{mailbox}"', readonly=True)
-        if typ != "OK":
-            return 0
-        typ, data = c.search(None, "SUBJECT", f'"{token}"')
-        return len(data[0].split()) if typ == "OK" and data[0] else 0
-
-
-def wait_imap(address: str, token: str, mailbox: str = "INBOX", timeout: float = 60) -> None:
-    wait_until(lambda: imap_count(address, token, mailbox) > 0, timeout,
-               f"message {token} in {address}'s {mailbox}")
-
-
-def outside_messages(token: str) -> list[bytes]:
-    return [p.read_bytes() for p in sorted(internet.OUTSIDE_SPOOL.glob("*.eml"))
-            if token.encode() in p.read_bytes()]
-
-
-def lab_dns_txt(name: bytes | str, timeout: int = 5) -> bytes | None:
-    r = dns.resolver.Resolver(configure=False)
-    r.nameservers = [net.INTERNET_V4]
-    n = name.decode() if isinstance(name, bytes) else name
-    with inside():
-        try:
-            ans = r.resolve(n.rstrip("."), "TXT", lifetime=timeout)
-        except Exception:
-            return None
-    return b"".join(b"".join(rd.strings) for rd in ans)
-
-
-def spf_check(ip: str, sender: str, helo: str) -> str:
-    """The receiving side's SPF verdict (pyspf), asked of the lab DNS."""
-    import spf
-
-    r = dns.resolver.Resolver(configure=False)
-    r.nameservers = [net.INTERNET_V4]
-    saved = dns.resolver.default_resolver
-    dns.resolver.default_resolver = r
-    try:
-        with inside():
-            result, _explanation = spf.check2(i=ip, s=sender, h=helo)
-    finally:
-        dns.resolver.default_resolver = saved
-    return result
-
-
-def _port_open(ip: str, port: int, timeout: float = 2) -> bool:
-    with inside():
-        try:
-            with socket.create_connection((ip, port), timeout, (net.OUTSIDE_V4, 0)):
-                return True
-        except OSError:
-            return False
-
-
-def _host_can_connect(role: str, ip: str, port: int) -> bool:
-    r = machines.sh(role, f"timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/{port}'", timeout=20)
-    return r.returncode == 0
-
-
-def _expect(cond: bool, msg: str) -> None:
-    if not cond:
-        raise AssertionError(msg)
-
-
-def _token() -> str:
-    return "t" + secrets.token_hex(6)
-
-
-# ------------------------------------------------------------------ scenarios
-
-TEAM = "team@example.net"       # the example stack's alias with three members
-FORWARD = "family@example.org"  # lab/stack.yaml: a user and an address at the outside MTA
-
-
-def copies(address: str) -> tuple[list[str], list[str]]:
-    """Where mail to a user or alias lands, from the running settings: (our mailboxes,
-    outside addresses)."""
-    s = _s()
-    to = next((a.to for a in s.aliases if a.address == address), (address,))
-    ours = [m for m in to if m.rsplit("@", 1)[1] in s.domains]
-    return ours, [m for m in to if m not in ours]
-
-
-def wait_delivered(address: str, token: str, timeout: float = 60) -> None:
-    ours, outside = copies(address)
-    for who in ours:
-        wait_imap(who, token, timeout=timeout)
-    for who in outside:
-        wait_until(lambda: outside_messages(token), timeout, f"{address}'s copy for {who}")
+from .. import config, internet, machines, steps
+from ..netns import inside
+from ..util import wait_until
+from .clients import (
+    FORWARD,
+    LabSMTP,
+    LabSMTPS,
+    TEAM,
+    _expect,
+    _host_can_connect,
+    _host_ip,
+    _imap_login_ok,
+    _imap_role,
+    _port_open,
+    _s,
+    _token,
+    copies,
+    imap_count,
+    inbound,
+    lab_dns_txt,
+    machines_roles,
+    message,
+    outside_messages,
+    spf_check,
+    tls_context,
+    wait_delivered,
+    wait_imap,
+)
 
 
 def s_inbound() -> str:
@@ -535,55 +354,3 @@ def s_reboot() -> str:
     return "all hosts rebooted; inbound delivery and IMAPS work"
 
 
-SCENARIOS = [
-    ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
-    ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
-    ("sieve", s_sieve), ("firewall", s_firewall), ("redeploy", s_redeploy), ("reboot", s_reboot),
-]
-
-
-@dataclass
-class Result:
-    name: str
-    ok: bool
-    seconds: float
-    message: str
-
-    @property
-    def skipped(self) -> bool:
-        return self.ok and self.message.startswith("skipped")
-
-    @property
-    def verdict(self) -> str:
-        return "SKIP" if self.skipped else "PASS" if self.ok else "FAIL"
-
-
-def run_one(name: str) -> Result:
-    fn = dict(SCENARIOS)[name]
-    t = time.monotonic()
-    log(f"scenario {name}: {fn.__doc__.strip().splitlines()[0]}")
-    try:
-        msg = fn()
-        ok = True
-    except Exception as exc:
-        ok = False
-        msg = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
-    r = Result(name, ok, time.monotonic() - t, msg)
-    log(f"scenario {name}: {r.verdict} ({r.seconds:.1f}s) {msg}")
-    return r
-
-
-def run_all(only: list[str] | None = None) -> list[Result]:
-    return [run_one(n) for n, _ in SCENARIOS if not only or n in only]
-
-
-def table(results: list[Result]) -> str:
-    lines = ["", f"{'scenario':<15} {'result':<6} {'seconds':>7}  detail"]
-    for r in results:
-        lines.append(f"{r.name:<15} {r.verdict:<6} {r.seconds:7.1f}  {r.message[:200]}")
-    passed = sum(r.ok and not r.skipped for r in results)
-    skipped = sum(r.skipped for r in results)
-    lines.append(f"{passed}/{len(results) - skipped} scenarios passed"
-                 + (f" ({skipped} skipped for this topology)" if skipped else ""))
-    return "\n".join(lines)

@@ -1,0 +1,77 @@
+"""What the lab proves: each scenario drives real mail through the real hosts from the
+lab's internet and checks where it lands. Every one returns pass/fail with a message;
+run_all() runs them in order and table() prints the summary.
+
+One module per group of scenarios; the list below is their order in a run."""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+
+from ..util import log
+from .mailflow import (
+    s_inbound,
+    s_submission,
+    s_no_open_relay,
+    s_spam,
+    s_backup_mx,
+    s_replication,
+    s_firewall,
+    s_sieve,
+    s_redeploy,
+    s_reboot,
+)
+
+SCENARIOS = [
+    ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
+    ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
+    ("sieve", s_sieve), ("firewall", s_firewall), ("redeploy", s_redeploy), ("reboot", s_reboot),
+]
+
+
+@dataclass
+class Result:
+    name: str
+    ok: bool
+    seconds: float
+    message: str
+
+    @property
+    def skipped(self) -> bool:
+        return self.ok and self.message.startswith("skipped")
+
+    @property
+    def verdict(self) -> str:
+        return "SKIP" if self.skipped else "PASS" if self.ok else "FAIL"
+
+
+def run_one(name: str) -> Result:
+    fn = dict(SCENARIOS)[name]
+    t = time.monotonic()
+    log(f"scenario {name}: {fn.__doc__.strip().splitlines()[0]}")
+    try:
+        msg = fn()
+        ok = True
+    except Exception as exc:
+        ok = False
+        msg = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+    r = Result(name, ok, time.monotonic() - t, msg)
+    log(f"scenario {name}: {r.verdict} ({r.seconds:.1f}s) {msg}")
+    return r
+
+
+def run_all(only: list[str] | None = None) -> list[Result]:
+    return [run_one(n) for n, _ in SCENARIOS if not only or n in only]
+
+
+def table(results: list[Result]) -> str:
+    lines = ["", f"{'scenario':<15} {'result':<6} {'seconds':>7}  detail"]
+    for r in results:
+        lines.append(f"{r.name:<15} {r.verdict:<6} {r.seconds:7.1f}  {r.message[:200]}")
+    passed = sum(r.ok and not r.skipped for r in results)
+    skipped = sum(r.skipped for r in results)
+    lines.append(f"{passed}/{len(results) - skipped} scenarios passed"
+                 + (f" ({skipped} skipped for this topology)" if skipped else ""))
+    return "\n".join(lines)
