@@ -64,7 +64,8 @@ def smtpd_conf(ctx: Context, host: H.Host) -> str:
         internal=internal,
         imap_internal=imap.private_ip if imap.private_ip in internal else "",
         relay_port=RELAY_PORT,
-        rspamd_filter=RSPAMD_FILTER,
+        filter_guard=FILTER_GUARD,
+        filter_dir=FILTER_DIR,
         lmtp=lmtp_target(ctx, host) if role == "mx1" else "",
         primary_relay=(f"{ctx.host_for(H.MX).private_ip}:{RELAY_PORT}" if role == "mx2" else ""),
     )
@@ -96,8 +97,12 @@ def table_conf(ctx: Context, host: H.Host) -> str:
     return render("smtpd/pgsql.conf.j2", conninfo=conninfo, queries=queries)
 
 
-UNIT_DROPIN = "/etc/systemd/system/opensmtpd.service.d/mailstack.conf"
-RSPAMD_FILTER = "/usr/local/libexec/mailstack/filter-rspamd"
+UNIT = "opensmtpd.service"
+UNIT_DROPIN = f"/etc/systemd/system/{UNIT}.d/mailstack.conf"
+# Every filter process runs behind this guard (cloud-init/smtpd/filter-guard.py): a
+# filter that exits takes smtpd down with it.
+FILTER_GUARD = "/usr/local/libexec/mailstack/filter-guard"
+FILTER_DIR = "/usr/libexec/opensmtpd"
 
 
 def flush_units(host: H.Host) -> tuple[File, File]:
@@ -115,12 +120,12 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         File(TABLE_CONF, table_conf(ctx, host), mode=0o640, group="opensmtpd", secret=True),
         File(DYNDNS_REGEX, read("smtpd/dyndns.regex")),
         File(UNIT_DROPIN, read("smtpd/opensmtpd.service.d.conf")),
-        File(RSPAMD_FILTER, read("smtpd/filter-rspamd-compat.sh"), mode=0o755),
+        File(FILTER_GUARD, read("smtpd/filter-guard.py"), mode=0o755),
     ]
     backup = not host.runs(H.MX)
     if backup:
         files += flush_units(host)
     script = render("smtpd/deploy.sh.j2", backup=backup, unit_dropin=UNIT_DROPIN,
-                    rspamd_filter=RSPAMD_FILTER,
+                    filter_guard=FILTER_GUARD,
                     smtpd_conf=SMTPD_CONF, flush_timer=FLUSH_TIMER)
     return Bundle(tuple(files), script)

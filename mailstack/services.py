@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from . import hosts as H
-from . import mx, resolver, spam, web
+from . import mx, resolver, spam, supervision, web
 from .bundle import Bundle
 from .deploy import Context
 
@@ -25,7 +25,8 @@ def _imap_bundle(ctx: Context, host: H.Host) -> Bundle:
 
 
 def bundle(ctx: Context, host: H.Host) -> Bundle:
-    b = resolver.bundle(ctx, host)
+    # Supervision first: a daemon that a later part restarts is already supervised.
+    b = supervision.bundle(host) + resolver.bundle(ctx, host)
     if spam.runs_rspamd(host):
         b = b + spam.bundle(ctx, host)
     if host.runs(H.IMAP):

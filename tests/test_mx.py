@@ -45,8 +45,12 @@ def stage(ctx, host, root: Path, *, rspamd: bool = True) -> Path:
     shutil.chown(table, "root", "opensmtpd")
     table.chmod(0o640)
     (root / "smtpd" / "dyndns.regex").write_text(b.file(mx.DYNDNS_REGEX).content)
+    guard = root / "filter-guard"
+    guard.write_text(b.file(mx.FILTER_GUARD).content)
+    guard.chmod(0o755)
     conf = b.file(mx.SMTPD_CONF).content
-    conf = conf.replace("/etc/smtpd/", f"{root}/smtpd/").replace(mx.TLS_DIR, f"{root}/tls")
+    conf = (conf.replace("/etc/smtpd/", f"{root}/smtpd/").replace(mx.TLS_DIR, f"{root}/tls")
+            .replace(mx.FILTER_GUARD, str(guard)))
     if not rspamd:
         conf = without_rspamd(conf)
     path = root / "smtpd.conf"
@@ -179,8 +183,9 @@ class Netns:
         return ["nsenter", "-t", str(ns.pid), *flags, *map(str, argv)]
 
     def run(self, *argv, client: bool = False, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("timeout", 60)
         return subprocess.run(self.cmd(*argv, ns=self.client if client else None),
-                              capture_output=True, text=True, timeout=60, **kw)
+                              capture_output=True, text=True, **kw)
 
     def start(self, *argv, log: Path) -> subprocess.Popen:
         p = subprocess.Popen(self.cmd(*argv), stdout=open(log, "w"), stderr=subprocess.STDOUT,
@@ -441,36 +446,67 @@ def test_smtpd_waits_for_its_database_and_comes_back(ctx):
         unit.read_string(b.file(mx.UNIT_DROPIN).content)
         assert "postgresql@15-main.service" in unit["Unit"]["After"].split()
         assert "postgresql@15-main.service" in unit["Unit"]["Wants"].split()
-        assert unit["Service"]["Restart"] == "on-failure"
+        assert "Restart" not in unit["Service"]  # mailstack-supervision.conf (test_supervision)
         # Foreground, so a restart stops the real main process.
         assert unit["Service"]["Type"] == "simple"
         assert unit["Service"]["ExecStart"].split("\n")[-1].strip() == "/usr/sbin/smtpd -F"
         assert f"install_file {mx.UNIT_DROPIN}" in b.script and "daemon-reload" in b.script
 
 
-def test_rspamd_filter_shim_hands_the_login_to_filter_rspamd(ctx, tmp_path):
-    """OpenSMTPD 7.4 reports link-auth as result|user (captured in the lab); filter-rspamd
-    0.1.7 reads user|result. The shim swaps exactly those two fields (run for real, with
-    `cat` standing in for the filter binary it execs), and smtpd.conf uses the shim."""
-    from mailstack import mx
+def _guard(ctx, tmp_path, lines, *options):
+    """Runs the rendered filter guard for real, with `cat` standing in for the filter."""
+    script = tmp_path / "guard"
+    script.write_text(mx.bundle(ctx, ctx.hosts["mx1"]).file(mx.FILTER_GUARD).content)
+    r = subprocess.run([sys.executable, script, *options, "cat"], input="\n".join(lines).encode() + b"\n",
+                       capture_output=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.decode("latin-1").splitlines()
 
+
+def test_filters_run_behind_the_guard(ctx):
     b = mx.bundle(ctx, ctx.hosts["mx1"])
-    shim = b.file(mx.RSPAMD_FILTER)
-    assert shim.mode == 0o755
-    assert f'filter "rspamd" proc-exec "{mx.RSPAMD_FILTER}"' in b.file(mx.SMTPD_CONF).content
-    script = tmp_path / "shim"
-    script.write_text(shim.content.replace("exec /usr/libexec/opensmtpd/filter-rspamd", "exec cat"))
+    assert b.file(mx.FILTER_GUARD).mode == 0o755
+    conf = b.file(mx.SMTPD_CONF).content
+    assert (f'filter "rspamd" proc-exec "{mx.FILTER_GUARD} --swap-login-fields '
+            f'{mx.FILTER_DIR}/filter-rspamd"') in conf
+    assert f'filter "senderscore" proc-exec "{mx.FILTER_GUARD} {mx.FILTER_DIR}/filter-senderscore ' in conf
+
+
+def test_guard_hands_the_login_to_filter_rspamd(ctx, tmp_path):
+    """OpenSMTPD 7.4 reports link-auth as result|user (captured in the lab); filter-rspamd
+    0.1.7 reads user|result. With --swap-login-fields the guard swaps exactly those two."""
     lines = [
         "report|0.7|1795630616.532135|smtp-in|link-auth|db16fae9bf8806b2|pass|alice@example.org",
         "report|0.7|1795630616.532135|smtp-in|link-auth|db16fae9bf8806b2|fail|mallory@example.org",
         "report|0.7|1795630616.479446|smtp-in|link-connect|db16fae9bf8806b2|mx.example|pass|198.51.100.25:46395|0.0.0.0:587",
         "filter|0.7|1795630616.6|smtp-in|data-line|db16fae9bf8806b2|tok|link-auth|x|pass|y",
     ]
-    out = subprocess.run(["sh", script], input="\n".join(lines) + "\n", capture_output=True,
-                         text=True, timeout=10).stdout.splitlines()
-    assert out == [
+    assert _guard(ctx, tmp_path, lines, "--swap-login-fields") == [
         "report|0.7|1795630616.532135|smtp-in|link-auth|db16fae9bf8806b2|alice@example.org|pass",
         "report|0.7|1795630616.532135|smtp-in|link-auth|db16fae9bf8806b2|mallory@example.org|fail",
         lines[2],
         lines[3],
     ]
+    assert _guard(ctx, tmp_path, lines[:1]) == lines[:1]
+
+
+def test_guard_keeps_strangers_fields_in_their_place(ctx, tmp_path):
+    """A '|' in a failed login's user name, a HELO name or a PTR name must not add
+    fields (the filters exit on that); a data line over Go's 64 KiB line is cut."""
+    sid = "report|0.7|1.0|smtp-in"
+    out = _guard(ctx, tmp_path, [
+        f"{sid}|link-auth|s1|fail|a|b|c@x",
+        f"{sid}|link-identify|s1|EHLO|evil|host",
+        f"{sid}|link-connect|s1|a|b.evil.test|pass|10.0.0.1:1|10.0.0.2:25",
+        "filter|0.7|1.0|smtp-in|data-line|s1|tok|" + "x" * 65520,
+        "filter|0.7|1.0|smtp-in|data-line|s1|tok|a|b\x00c",
+    ], "--swap-login-fields")
+    assert out[:3] == [
+        f"{sid}|link-auth|s1|a%7Cb%7Cc@x|fail",
+        f"{sid}|link-identify|s1|EHLO|evil%7Chost",
+        f"{sid}|link-connect|s1|a%7Cb.evil.test|pass|10.0.0.1:1|10.0.0.2:25",
+    ]
+    pieces = out[3:-1]
+    assert len(pieces) == 2 and all(len(p) < 64 * 1024 for p in pieces)
+    assert "".join(p.rsplit("|", 1)[1] for p in pieces) == "x" * 65520
+    assert out[-1] == "filter|0.7|1.0|smtp-in|data-line|s1|tok|a|b\x00c"

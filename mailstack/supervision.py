@@ -1,0 +1,43 @@
+"""Supervision: every daemon a host runs comes back by itself, whatever stopped it.
+
+One systemd drop-in per unit, installed by the services step (not user-data, so a
+change never replaces a server). The units are derived from what the host runs; the
+status check reads their restart counts. Decisions: docs/mail-flow.md.
+"""
+from __future__ import annotations
+
+from . import database, mx, spam
+from . import hosts as H
+from .bundle import Bundle, File
+from .templates import render
+
+DROPIN = "mailstack-supervision.conf"
+RESTART_SEC = 2
+# At most BURST starts in INTERVAL seconds: a daemon that can't start at all ends up
+# failed (and visible) instead of looping, while a crash now and then never does.
+START_LIMIT_INTERVAL = 60
+START_LIMIT_BURST = 10
+
+
+def units(host: H.Host) -> list[str]:
+    """The long-running daemons of a host, as systemd units."""
+    out = ["unbound.service", "nginx.service", database.PG_UNIT]
+    if spam.runs_rspamd(host):
+        out += ["rspamd.service", "redis-server.service"]
+    if mx.runs_smtpd(host):
+        out.append(mx.UNIT)
+    if host.runs(H.IMAP):
+        out.append("dovecot.service")
+    return out
+
+
+def dropin_path(unit: str) -> str:
+    return f"/etc/systemd/system/{unit}.d/{DROPIN}"
+
+
+def bundle(host: H.Host) -> Bundle:
+    files = tuple(
+        File(dropin_path(u), render("supervision/restart.conf.j2", unit=u, restart_sec=RESTART_SEC,
+                                    interval=START_LIMIT_INTERVAL, burst=START_LIMIT_BURST))
+        for u in units(host))
+    return Bundle(files, render("supervision/deploy.sh.j2", paths=[f.path for f in files]))
