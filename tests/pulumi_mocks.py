@@ -3,7 +3,8 @@
 The mocks stand in for the engine and the providers only: every resource's inputs, options
 and dependencies are captured as the engine would receive them, and providers answer with
 deterministic IDs and the provider-computed outputs the program reads (IP addresses, zone
-nameservers, generated passwords and keys). Generated secrets carry recognisable markers
+nameservers, generated passwords and keys), and the Hetzner catalogue data sources with a
+small fixed catalogue. Generated secrets carry recognisable markers
 so a test can look for them anywhere they must not be.
 """
 from __future__ import annotations
