@@ -406,7 +406,8 @@ def _refused(preview: bool = True, **overrides) -> tuple[list[str], list]:
 
 
 def _hetzner(**changes) -> dict:
-    hz = settings_of().hetzner.model_dump(by_alias=True)
+    """The example stack's `mailstack:hetzner` with `changes` (roles: their server type)."""
+    hz = load_settings(*example_config()).hetzner.model_dump(by_alias=True)
     for key, value in changes.items():
         if key in H.ROLES:
             hz["serverTypes"][key] = value
@@ -506,3 +507,14 @@ def test_example_stack_previews_deployable(topology):
     # Nothing else is protected: servers, records and steps must stay replaceable.
     protected = {r.type for r in run.resources if r.protect}
     assert protected == {PRIMARY_IP, VOLUME, ZONE}
+
+
+def test_server_type_out_of_capacity_in_the_location_is_refused(monkeypatch):
+    types = {name: dict(t) for name, t in MOCK_SERVER_TYPES.items()}
+    types["cx23"]["locations"] = [dict(o, available=o["name"] != "fsn1") for o in types["cx23"]["locations"]]
+    monkeypatch.setattr(pulumi_mocks, "MOCK_SERVER_TYPES", types)
+    problems, _ = _refused(hetzner=_hetzner(imap="cx33"))
+    assert [p.split(":", 2)[1].split(" ")[0] for p in problems] == [
+        "hetzner.serverTypes.mx1", "hetzner.serverTypes.mx2"]
+    assert "'cx23' is temporarily unavailable in 'fsn1'" in problems[0]
+    assert "e.g. cpx22, cx33" in problems[0]  # not cx23 itself
