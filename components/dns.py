@@ -83,7 +83,9 @@ class PublicDns(pulumi.ComponentResource):
                 self.zones[zone] = hcloud.Zone(
                     zone, name=zone, mode="primary", ttl=settings.dns.ttl,
                     delete_protection=True, labels=labels,
-                    opts=pulumi.ResourceOptions(parent=self))
+                    # Without its zone no mail arrives, so Pulumi refuses to delete it;
+                    # the records come from code, so nothing needs retaining.
+                    opts=pulumi.ResourceOptions(parent=self, protect=True))
             for key in sorted(shape):
                 zone, rname, rtype = key
                 if (rname, rtype) in _ENGINE_OWNED:

@@ -7,6 +7,7 @@ import pulumi
 
 from mailstack import dns
 from mailstack import hosts as H
+from mailstack.catalogue import Location
 from mailstack.settings import Settings
 
 from .deploy import DeploySteps
@@ -25,7 +26,10 @@ def _label(value: str) -> str:
 class MailStack(pulumi.ComponentResource):
     outputs: dict[str, pulumi.Input]
 
-    def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, settings: Settings, location: Location,
+                 opts: pulumi.ResourceOptions | None = None):
+        """`location`: the stack's location as Hetzner's catalogue describes it
+        (`components.catalogue.check`)."""
         super().__init__("mailstack:index:MailStack", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         stack = pulumi.get_stack()
@@ -34,7 +38,7 @@ class MailStack(pulumi.ComponentResource):
         hosts = H.hosts(settings)
 
         secrets = StackSecrets("secrets", settings, opts=child)
-        net = PrivateNetwork(prefix, settings, labels, opts=child)
+        net = PrivateNetwork(prefix, settings, location.network_zone, labels, opts=child)
         firewalls = Firewalls(prefix, settings, hosts, labels, opts=child)
         servers = Servers(
             prefix, settings, hosts, network=net.network, subnet=net.subnet,

@@ -18,6 +18,14 @@ from mailstack.settings import Settings
 USER_DATA_LIMIT = 32 * 1024  # Hetzner rejects larger user-data
 
 
+def kept(parent: pulumi.Resource) -> pulumi.ResourceOptions:
+    """For what can't be rebuilt from code: the addresses (their sending reputation and
+    PTRs took months) and the mail. `protect` makes Pulumi refuse to delete or replace
+    them; `retain_on_delete` keeps them in Hetzner even once unprotected and deleted
+    from the stack. Retiring a stack on purpose: README, "Retire a stack"."""
+    return pulumi.ResourceOptions(parent=parent, protect=True, retain_on_delete=True)
+
+
 def checked_user_data(settings: Settings, host: H.Host) -> str:
     data = cloudinit.user_data(settings, host)
     size = len(data.encode())
@@ -60,10 +68,13 @@ class Servers(pulumi.ComponentResource):
         for role, host in hosts.items():
             role_labels = {**labels, "role": role}
             for family, table in (("ipv4", self.ipv4), ("ipv6", self.ipv6)):
+                # Unassigned at creation: the server's public_nets assigns it. An
+                # assignee_type without an assignee_id is unused and, since the API reads
+                # an unassigned IP back as "unassigned", a diff on every run.
                 table[role] = hcloud.PrimaryIp(
                     f"{role}-{family}", name=f"{host.fqdn}-{family}", type=family,
-                    location=hz.location, assignee_type="server", auto_delete=False,
-                    delete_protection=True, labels=role_labels, opts=child)
+                    location=hz.location, auto_delete=False,
+                    delete_protection=True, labels=role_labels, opts=kept(self))
 
             self.servers[role] = hcloud.Server(
                 role,
@@ -97,8 +108,7 @@ class Servers(pulumi.ComponentResource):
         self.volume = hcloud.Volume(
             "mail-store", name=f"{name}-mail", size=hz.mail_volume_gb, format="ext4",
             location=hz.location, automount=False, delete_protection=True,
-            labels={**labels, "role": store.role},
-            opts=pulumi.ResourceOptions(parent=self, protect=True))
+            labels={**labels, "role": store.role}, opts=kept(self))
         self.volume_attachment = hcloud.VolumeAttachment(
             "mail-store", volume_id=self.volume.id.apply(int),
             server_id=self.servers[store.role].id.apply(int), automount=False, opts=child)

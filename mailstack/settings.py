@@ -12,6 +12,9 @@ import json
 import re
 from typing import Any, Iterable, Literal, Mapping
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,22 +26,11 @@ from pydantic.alias_generators import to_camel
 
 NAMESPACE = "mailstack"
 
-# Hetzner Cloud catalogue as of 2026; an unknown string is almost always a typo, and
-# the API would only reject it halfway through an update.
-LOCATIONS = {
-    "fsn1": "eu-central",
-    "nbg1": "eu-central",
-    "hel1": "eu-central",
-    "ash": "us-east",
-    "hil": "us-west",
-    "sin": "ap-southeast",
-}
-SERVER_TYPES = frozenset(
-    """cx22 cx32 cx42 cx52 cx23 cx33 cx43 cx53
-    cpx11 cpx21 cpx31 cpx41 cpx51 cpx12 cpx22 cpx32 cpx42 cpx52 cpx62
-    cax11 cax21 cax31 cax41
-    ccx13 ccx23 ccx33 ccx43 ccx53 ccx63""".split()
-)
+# What Hetzner offers (server types, locations, images) is not kept here: it changes
+# (cx22-cx52 and cpx11-cpx51 were retired in January 2026), so the program asks the
+# provider's data sources at preview time (`mailstack.catalogue`, `components/catalogue.py`).
+# This is the one default; `hcloud server-type list` shows what else a location offers.
+DEFAULT_SERVER_TYPE = "cx23"
 SUPPORTED_IMAGES = frozenset({"debian-12"})
 LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
@@ -48,10 +40,8 @@ _HOSTLABEL_RE = re.compile(rf"^{_LABEL}$")
 _LOCALPART_RE = re.compile(r"^[a-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _SHA512_CRYPT_RE = re.compile(r"^\$6\$(rounds=\d{4,9}\$)?[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}$")
 _BCRYPT_RE = re.compile(r"^\$2[aby]\$\d{2}\$[./0-9A-Za-z]{53}$")
-_SSH_KEY_RE = re.compile(
-    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com)"
-    r" [A-Za-z0-9+/]+={0,3}( .*)?$"
-)
+# sshd on Debian 12 (OpenSSH 9.2) no longer accepts DSA; RSA below 2048 bits is too weak.
+MIN_RSA_BITS = 2048
 HASH_FIX = (
     "run `make hash-password`, then store the printed hash with "
     "`pulumi config set --secret --path '{key}' '<hash>'`"
@@ -129,9 +119,9 @@ class Hostnames(_Model):
 
 
 class ServerTypes(_Model):
-    mx1: str = "cx22"
-    imap: str = "cx22"
-    mx2: str = "cx22"
+    mx1: str = DEFAULT_SERVER_TYPE
+    imap: str = DEFAULT_SERVER_TYPE
+    mx2: str = DEFAULT_SERVER_TYPE
 
 
 class Hetzner(_Model):
@@ -140,10 +130,6 @@ class Hetzner(_Model):
     server_types: ServerTypes = ServerTypes()
     private_cidr: str = "10.77.0.0/16"
     mail_volume_gb: int = Field(default=20, ge=10, le=10240)
-
-    @property
-    def network_zone(self) -> str:
-        return LOCATIONS[self.location]
 
 
 class Admin(_Model):
@@ -424,17 +410,9 @@ def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]
     p += _alias_loops(s)
 
     h = s.hetzner
-    if h.location not in LOCATIONS:
-        p.append(f"{ns}:hetzner.location: {h.location!r} is not a Hetzner location; use one of {', '.join(sorted(LOCATIONS))}")
+    # Location and server types are checked against the live catalogue at preview time.
     if h.image not in SUPPORTED_IMAGES:
         p.append(f"{ns}:hetzner.image: {h.image!r} is not supported; use 'debian-12' (the configs target Dovecot 2.3 and PostgreSQL 15)")
-    for role in ("mx1", "imap", "mx2"):
-        t = getattr(h.server_types, role)
-        if t not in SERVER_TYPES:
-            p.append(
-                f"{ns}:hetzner.serverTypes.{role}: {t!r} is not a Hetzner server type; "
-                f"use one of {', '.join(sorted(SERVER_TYPES))}"
-            )
     try:
         net = ipaddress.ip_network(h.private_cidr)
         if net.version != 4 or not net.is_private or net.prefixlen > 24:
@@ -442,9 +420,7 @@ def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]
     except ValueError:
         p.append(f"{ns}:hetzner.privateCidr: {h.private_cidr!r} is not a private IPv4 network of /24 or larger; use e.g. '10.77.0.0/16'")
 
-    for i, key in enumerate(s.admin.ssh_keys):
-        if not _SSH_KEY_RE.match(key.strip()):
-            p.append(f"{ns}:admin.sshKeys[{i}]: {_fmt(key)} is not an OpenSSH public key; paste the line from ~/.ssh/id_ed25519.pub")
+    p += _ssh_key_problems(s.admin.ssh_keys)
     for i, cidr in enumerate(s.admin.ssh_cidrs):
         try:
             ipaddress.ip_network(cidr, strict=True)
@@ -469,6 +445,31 @@ def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]
             p.append(f"{ns}:resolver.forwardTo[{i}]: {ip!r} is not an IP address; use e.g. '192.0.2.53' or leave the list empty")
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", s.dkim.selector):
         p.append(f"{ns}:dkim.selector: {s.dkim.selector!r} is not a DNS label; use e.g. 'mail'")
+    return p
+
+
+def _ssh_key_problems(keys: tuple[str, ...]) -> list[str]:
+    """Each admin key parsed by a real OpenSSH public key parser; Hetzner refuses a key
+    it can't parse, and a project can hold a key only once."""
+    p: list[str] = []
+    fix = "paste the whole line from ~/.ssh/id_ed25519.pub (create one with `ssh-keygen -t ed25519`)"
+    seen: dict[str, int] = {}
+    for i, line in enumerate(keys):
+        key = f"{NAMESPACE}:admin.sshKeys[{i}]"
+        try:
+            parsed = load_ssh_public_key(line.strip().encode())
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            p.append(f"{key}: {_fmt(line)} is not an OpenSSH public key ({exc}); {fix}")
+            continue
+        if isinstance(parsed, dsa.DSAPublicKey):
+            p.append(f"{key}: {_fmt(line)} is a DSA key, which sshd on Debian 12 refuses; {fix}")
+        elif isinstance(parsed, rsa.RSAPublicKey) and parsed.key_size < MIN_RSA_BITS:
+            p.append(f"{key}: {_fmt(line)} is a {parsed.key_size}-bit RSA key (at least {MIN_RSA_BITS} bits); {fix}")
+        blob = line.split()[1]
+        if blob in seen:
+            p.append(f"{key}: is the same key as {NAMESPACE}:admin.sshKeys[{seen[blob]}] "
+                     "(Hetzner holds a key once per project); remove one of them")
+        seen.setdefault(blob, i)
     return p
 
 

@@ -3,7 +3,8 @@
 The mocks stand in for the engine and the providers only: every resource's inputs, options
 and dependencies are captured as the engine would receive them, and providers answer with
 deterministic IDs and the provider-computed outputs the program reads (IP addresses, zone
-nameservers, generated passwords and keys). Generated secrets carry recognisable markers
+nameservers, generated passwords and keys), and the Hetzner catalogue data sources with a
+small fixed catalogue. Generated secrets carry recognisable markers
 so a test can look for them anywhere they must not be.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pulumi
 from pulumi.runtime import rpc
 from pulumi.runtime.mocks import MockMonitor
@@ -114,12 +116,81 @@ def _bcrypt_like(name: str) -> str:
     return "$2a$10$" + (SECRET_MARK + "HASH" + tail)[:53]
 
 
+# What Hetzner's API answers to the catalogue data sources, shaped as the provider returns
+# it: a current type, one available only in some locations, an Arm type, and a type that
+# was retired in January 2026. Test data for the engine boundary, not a catalogue the
+# program relies on.
+EU = ("fsn1", "nbg1", "hel1")
+RETIRED = {"deprecationAnnounced": "2025-10-16T09:00:00Z", "unavailableAfter": "2026-01-01T00:00:00Z"}
+MOCK_LOCATIONS = {"fsn1": "eu-central", "nbg1": "eu-central", "hel1": "eu-central",
+                  "ash": "us-east", "hil": "us-west", "sin": "ap-southeast"}
+
+
+def _server_type(name: str, arch: str, cores: int, memory: float, locations, retired=False):
+    dates = RETIRED if retired else {"deprecationAnnounced": "", "unavailableAfter": ""}
+    return {
+        "id": zlib.crc32(name.encode()) % 1000, "name": name, "architecture": arch,
+        "cores": cores, "memory": memory, "disk": 40, "cpuType": "shared", "category": "x",
+        "storageType": "local", "description": name.upper(), "includedTraffic": 0,
+        "isDeprecated": retired, **dates,
+        "locations": [{"id": i, "name": loc, "available": True, "recommended": not retired,
+                       "isDeprecated": retired, **dates} for i, loc in enumerate(locations)],
+    }
+
+
+MOCK_SERVER_TYPES = {t["name"]: t for t in (
+    _server_type("cx23", "x86", 2, 4, EU),
+    _server_type("cx33", "x86", 4, 8, EU),
+    _server_type("cpx22", "x86", 2, 4, tuple(MOCK_LOCATIONS)),
+    _server_type("cax11", "arm", 2, 4, EU),
+    _server_type("cx22", "x86", 2, 4, EU, retired=True),
+)}
+MOCK_IMAGES = {("debian-12", "x86"), ("debian-12", "arm")}
+
+
+class CatalogueMiss(grpc.RpcError):
+    """How the engine reports a data source that failed (a name Hetzner doesn't know): a
+    gRPC error from the monitor, which the SDK raises from the invoke call."""
+
+    def __init__(self, details: str):
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNKNOWN
+
+    def details(self) -> str:
+        return self._details
+
+
 class StackMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.secrets: dict[str, str] = {}  # what a provider would generate, by resource name
+        self.invokes: list[tuple[str, dict]] = []
 
     def call(self, args: pulumi.runtime.MockCallArgs):
-        return {}, None
+        # A dict is the invoke's result; CatalogueMiss is how the engine refuses one.
+        token, given = args.token, {k: v for k, v in args.args.items() if v is not None}
+        self.invokes.append((token, given))
+        if token == "hcloud:index/getServerType:getServerType":
+            if given.get("name") not in MOCK_SERVER_TYPES:
+                raise CatalogueMiss(f"no Server Type found with name {given.get('name')}")
+            return MOCK_SERVER_TYPES[given["name"]]
+        if token == "hcloud:index/getServerTypes:getServerTypes":
+            return {"id": "types", "serverTypes": list(MOCK_SERVER_TYPES.values())}
+        if token == "hcloud:index/getLocation:getLocation":
+            name = given.get("name")
+            if name not in MOCK_LOCATIONS:
+                raise CatalogueMiss(f"no Location found with name {name}")
+            return {"id": 1, "name": name, "networkZone": MOCK_LOCATIONS[name], "city": "x",
+                    "country": "x", "description": name, "latitude": 0, "longitude": 0}
+        if token == "hcloud:index/getImage:getImage":
+            key = (given.get("name"), given.get("withArchitecture", "x86"))
+            if key not in MOCK_IMAGES:
+                raise CatalogueMiss(f"no Image found matching the selection {key}")
+            return {"id": 114690387, "name": key[0], "architecture": key[1], "type": "system",
+                    "osFlavor": "debian", "osVersion": "12", "deprecated": ""}
+        raise AssertionError(f"the program invoked {token}, which the mocks don't answer")
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
         inputs, _ = unwrap(args.inputs)
@@ -175,6 +246,7 @@ class Registered:
     dependencies: list[str]
     property_dependencies: dict[str, list[str]]
     protect: bool
+    retain_on_delete: bool
     delete_before_replace: bool
     ignore_changes: list[str]
     additional_secret_outputs: list[str]
@@ -203,6 +275,7 @@ class RecordingMonitor(MockMonitor):
                 property_dependencies={
                     k: sorted(set(v.urns)) for k, v in request.propertyDependencies.items()},
                 protect=bool(request.protect),
+                retain_on_delete=bool(request.retainOnDelete),
                 delete_before_replace=bool(request.deleteBeforeReplace),
                 ignore_changes=list(request.ignoreChanges),
                 additional_secret_outputs=list(request.additionalSecretOutputs),
@@ -232,14 +305,15 @@ class Run:
 
 
 def run_program(config: dict[str, str], secret_keys: tuple[str, ...] = (), stack: str = "dev",
-                monitors: list | None = None) -> Run:
-    """Run __main__.py under mocks with `config` as the stack config. `monitors`, if given,
-    receives the recording monitor even when the program raises."""
+                monitors: list | None = None, preview: bool = False) -> Run:
+    """Run __main__.py under mocks with `config` as the stack config (as `pulumi preview`
+    with `preview=True`). `monitors`, if given, receives the recording monitor even when
+    the program raises."""
     mocks = StackMocks()
     monitor = RecordingMonitor(mocks)
     if monitors is not None:
         monitors.append(monitor)
-    pulumi.runtime.set_mocks(mocks, project="mailstack", stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project="mailstack", stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     results: dict[str, Any] = {}
     secret: set[str] = set()
@@ -312,6 +386,7 @@ def snapshot(run: Run) -> dict:
             entry["dependsOn"] = deps
         options = {
             "protect": r.protect,
+            "retainOnDelete": r.retain_on_delete,
             "deleteBeforeReplace": r.delete_before_replace,
             "ignoreChanges": sorted(r.ignore_changes),
             "additionalSecretOutputs": sorted(r.additional_secret_outputs),

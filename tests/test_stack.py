@@ -8,13 +8,16 @@ from collections import Counter
 from functools import lru_cache
 
 import pytest
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from mailstack import deploy, dns, firewall
 from mailstack import hosts as H
 from mailstack.settings import SettingsError, load_settings
+from tests import pulumi_mocks
 from tests.conftest import TEST_HASH
 from tests.pulumi_mocks import (
-    SNAPSHOT_DIR, Run, _keypair, example_config, run_program, snapshot_text,
+    MOCK_LOCATIONS, MOCK_SERVER_TYPES, SNAPSHOT_DIR, Run, _keypair, example_config,
+    run_program, snapshot_text,
 )
 
 SERVER = "hcloud:index/server:Server"
@@ -103,14 +106,14 @@ def test_servers_use_persistent_primary_ips_and_fixed_private_ips():
     assert subnet.inputs["ipRange"] == "10.77.1.0/24" and subnet.inputs["networkZone"] == "eu-central"
     for ip in ips.values():
         assert ip.inputs["autoDelete"] is False
-        assert ip.inputs["assigneeType"] == "server"
+        assert "assigneeType" not in ip.inputs and "assigneeId" not in ip.inputs
         assert ip.inputs["deleteProtection"] is True
         assert ip.inputs["location"] == "fsn1"
     for role, host in H.hosts(s).items():
         server = run.one(SERVER, role)
         i = server.inputs
         assert i["name"] == host.fqdn
-        assert (i["image"], i["location"], i["serverType"]) == ("debian-12", "fsn1", "cx22")
+        assert (i["image"], i["location"], i["serverType"]) == ("debian-12", "fsn1", "cx23")
         net = i["publicNets"][0]
         assert ips[as_id(net["ipv4"])].name == f"{role}-ipv4"
         assert ips[as_id(net["ipv6"])].name == f"{role}-ipv6"
@@ -343,15 +346,16 @@ def test_outputs_are_complete_and_only_secrets_are_secret():
 
 def test_invalid_config_stops_before_any_resource():
     config, secret_keys = example_config(
-        topology="single", hetzner={"location": "mars", "mailVolumeGb": 20},
-        admin={"sshKeys": [], "sshCidrs": []})
+        topology="single", admin={"sshKeys": ["ssh-ed25519 AAAAnotakey"], "sshCidrs": []})
     monitors = []
     with pytest.raises(SettingsError) as err:
         run_program(config, secret_keys, monitors=monitors)
     keys = [p.split(":", 2)[1].split(" ")[0] for p in err.value.problems]
-    assert any(p.startswith("mailstack:hetzner.location:") for p in err.value.problems)
+    assert any(p.startswith("mailstack:admin.sshKeys[0]:") for p in err.value.problems), keys
     assert any(p.startswith("mailstack:admin.sshCidrs:") for p in err.value.problems), keys
     assert monitors and monitors[0].registered == []
+    # Settings are checked offline, before anything is asked of Hetzner.
+    assert monitors[0].mocks.invokes == []
 
 
 def test_missing_token_stops_the_program_before_any_resource(monkeypatch):
@@ -385,3 +389,132 @@ def test_stack_without_generated_passwords_outputs_an_empty_secret_mapping():
     assert run.outputs["initialPasswords"] == {}
     assert "initialPasswords" in run.secret_outputs
     assert not [r for r in run.of_type(PASSWORD) if r.name.startswith("user-")]
+
+
+# --------------------------------------------------------------------------- Hetzner catalogue
+
+GET_TYPE = "hcloud:index/getServerType:getServerType"
+
+
+def _refused(preview: bool = True, **overrides) -> tuple[list[str], list]:
+    """The problems of a stack the catalogue lookup refuses, and what was registered."""
+    config, secret_keys = example_config(**overrides)
+    monitors = []
+    with pytest.raises(SettingsError) as err:
+        run_program(config, secret_keys, monitors=monitors, preview=preview)
+    return err.value.problems, monitors[0].registered
+
+
+def _hetzner(**changes) -> dict:
+    """The example stack's `mailstack:hetzner` with `changes` (roles: their server type)."""
+    hz = load_settings(*example_config()).hetzner.model_dump(by_alias=True)
+    for key, value in changes.items():
+        if key in H.ROLES:
+            hz["serverTypes"][key] = value
+        else:
+            hz[key] = value
+    return hz
+
+
+def test_current_server_type_location_and_image_are_looked_up_in_hetzners_catalogue():
+    run = stack()
+    invokes = run.mocks.invokes
+    assert (GET_TYPE, {"name": "cx23"}) in invokes
+    assert ("hcloud:index/getLocation:getLocation", {"name": "fsn1"}) in invokes
+    assert ("hcloud:index/getImage:getImage", {"name": "debian-12", "withArchitecture": "x86"}) in invokes
+    # The full list is only fetched to suggest replacements for a refused type.
+    assert not [t for t, _ in invokes if t.endswith("getServerTypes")]
+    # The subnet's network zone is the API's answer for the location, not a local table.
+    subnet = run.one("hcloud:index/networkSubnet:NetworkSubnet", "mailstack-dev")
+    assert subnet.inputs["networkZone"] == MOCK_LOCATIONS["fsn1"]
+
+
+def test_retired_server_type_stops_preview_with_a_settings_error():
+    problems, registered = _refused(hetzner=_hetzner(mx2="cx22"))
+    assert problems == [problems[0]] and registered == []
+    msg = problems[0]
+    assert msg.startswith("mailstack:hetzner.serverTypes.mx2: 'cx22' is deprecated by Hetzner in 'fsn1'")
+    assert "announced 2025-10-16, unavailable after 2026-01-01" in msg
+    # The fix comes from the live catalogue: current x86 types offered in fsn1.
+    assert "e.g. cpx22, cx23, cx33" in msg and "cax11" not in msg
+
+
+def test_unknown_server_type_stops_preview_naming_the_providers_answer():
+    problems, registered = _refused(hetzner=_hetzner(imap="cx99"))
+    assert registered == []
+    assert len(problems) == 1
+    assert problems[0].startswith("mailstack:hetzner.serverTypes.imap: 'cx99' is not a Hetzner server type")
+    assert "no Server Type found with name cx99" in problems[0] and "cx23" in problems[0]
+
+
+def test_server_type_must_be_offered_in_the_location():
+    problems, _ = _refused(hetzner=_hetzner(location="ash"))
+    assert len(problems) == 3  # cx23 for mx1, imap and mx2
+    assert problems[0].startswith("mailstack:hetzner.serverTypes.mx1: 'cx23' is not offered in 'ash'")
+    assert "e.g. cpx22" in problems[0] and "mailstack:hetzner.location" in problems[0]
+
+
+def test_unknown_location_is_refused_before_any_resource():
+    problems, registered = _refused(hetzner=_hetzner(location="mars"))
+    assert registered == []
+    assert problems == [p for p in problems if p.startswith("mailstack:hetzner.location: 'mars' is not a Hetzner location")]
+    assert "no Location found with name mars" in problems[0] and "'fsn1'" in problems[0]
+
+
+def test_arm_server_type_needs_an_arm_image(monkeypatch):
+    run = stack(hetzner=_hetzner(mx2="cax11"))
+    assert run.one(SERVER, "mx2").inputs["serverType"] == "cax11"
+    assert ("hcloud:index/getImage:getImage", {"name": "debian-12", "withArchitecture": "arm"}) in run.mocks.invokes
+    monkeypatch.setattr(pulumi_mocks, "MOCK_IMAGES", {("debian-12", "x86")})
+    problems, _ = _refused(hetzner=_hetzner(mx2="cax11"))
+    assert problems[0].startswith("mailstack:hetzner.image: 'debian-12' is not available for arm servers such as 'cax11'")
+
+
+def test_single_topology_looks_up_only_the_server_it_runs():
+    # imap and mx2 run nowhere in `single`; their types are not asked for.
+    run = stack(topology="single", hetzner=_hetzner(imap="cx99", mx2="cx22"))
+    assert [a["name"] for t, a in run.mocks.invokes if t == GET_TYPE] == ["cx23"]
+    assert [r.inputs["serverType"] for r in run.of_type(SERVER)] == ["cx23"]
+
+
+# --------------------------------------------------------------------------- what `pulumi up` needs
+
+
+@pytest.mark.parametrize("topology", ["ha", "single"])
+def test_example_stack_previews_deployable(topology):
+    """The example stack and its `single` variant, as a preview: current server types,
+    real SSH keys, no unused primary IP attribute, state kept on the stateful resources."""
+    config, secret_keys = example_config(topology=topology)
+    run = run_program(config, secret_keys, preview=True)
+    location = settings_of(topology=topology).hetzner.location
+    servers = run.of_type(SERVER)
+    assert servers
+    for server in servers:
+        offer = MOCK_SERVER_TYPES[server.inputs["serverType"]]["locations"]
+        assert [o for o in offer if o["name"] == location and not o["isDeprecated"]], server.name
+    admin_keys = [r for r in run.of_type("hcloud:index/sshKey:SshKey") if r.name.startswith("admin-")]
+    assert admin_keys
+    for key in admin_keys:
+        load_ssh_public_key(key.inputs["publicKey"].encode())  # raises on a fake key
+    ips = run.of_type(PRIMARY_IP)
+    assert len(ips) == 2 * len(servers)
+    for ip in ips:
+        assert ("assigneeType" in ip.inputs) == ("assigneeId" in ip.inputs)
+    for r in [*ips, run.one(VOLUME, "mail-store")]:
+        assert r.protect and r.retain_on_delete, r.name
+    zones = run.of_type(ZONE)
+    assert zones and all(z.protect for z in zones)
+    # Nothing else is protected: servers, records and steps must stay replaceable.
+    protected = {r.type for r in run.resources if r.protect}
+    assert protected == {PRIMARY_IP, VOLUME, ZONE}
+
+
+def test_server_type_out_of_capacity_in_the_location_is_refused(monkeypatch):
+    types = {name: dict(t) for name, t in MOCK_SERVER_TYPES.items()}
+    types["cx23"]["locations"] = [dict(o, available=o["name"] != "fsn1") for o in types["cx23"]["locations"]]
+    monkeypatch.setattr(pulumi_mocks, "MOCK_SERVER_TYPES", types)
+    problems, _ = _refused(hetzner=_hetzner(imap="cx33"))
+    assert [p.split(":", 2)[1].split(" ")[0] for p in problems] == [
+        "hetzner.serverTypes.mx1", "hetzner.serverTypes.mx2"]
+    assert "'cx23' is temporarily unavailable in 'fsn1'" in problems[0]
+    assert "e.g. cpx22, cx33" in problems[0]  # not cx23 itself
