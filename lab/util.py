@@ -12,7 +12,9 @@ CACHE = Path(os.environ.get("MAILSTACK_LAB_CACHE", "/var/cache/mailstack-lab"))
 # Everything a run creates lives here (and in the netns), so `down` can find it all
 # again after an interrupted run.
 STATE = Path(os.environ.get("MAILSTACK_LAB_STATE", "/run/mailstack-lab"))
-NETNS = "mailstack-lab"
+# Another name (with its own MAILSTACK_LAB_STATE and MAILSTACK_LAB_HOSTS) runs a second
+# lab beside the first: everything else a lab makes lives inside its namespace.
+NETNS = os.environ.get("MAILSTACK_LAB_NETNS", "mailstack-lab")
 ROOT = Path(__file__).resolve().parent.parent
 
 _t0 = time.monotonic()

@@ -37,6 +37,11 @@ SYNC_SQL = "/var/lib/mailstack/mail-sync.sql"
 # more than a replica that can be rebuilt with pg_basebackup.
 MAX_SLOT_WAL_KEEP_SIZE = "2GB"
 
+# The looked-up address as written, and without the sub-address (from the first
+# delimiter up to the '@'), both lower-cased.
+_D = re.escape(H.SUBADDRESS_DELIMITER)
+_RCPT_KEYS = f"lower($1), regexp_replace(lower($1), '^([^@{_D}]*){_D}[^@]*@', '\\1@')"
+
 # table-postgres queries; `$1` is the looked-up key. Only active rows of active domains.
 _ACTIVE_USER = (
     "SELECT u.address FROM users u JOIN domains d ON d.name = u.domain "
@@ -64,10 +69,12 @@ SMTPD_QUERIES: dict[str, str] = {
         f"UNION SELECT x.alias FROM ({_ACTIVE_ALIAS}) x WHERE x.destination = $1 "
         f"AND EXISTS (SELECT 1 FROM ({_ACTIVE_USER}) z WHERE z.address = $1)"
     ),
-    # mx2's RCPT TO check: anything that would be delivered on mx1.
+    # The recipient decision at RCPT TO, the same on mx1 and mx2 (`rcpt-to <pgsql>`):
+    # an active user or alias, as written or without its sub-address (alice+x@ is
+    # alice@, the way smtpd's own alias expansion and Dovecot read it).
     "query_mailaddr": (
-        f"SELECT y.address FROM ({_ACTIVE_USER}) y WHERE y.address = $1 "
-        f"UNION SELECT x.alias FROM ({_ACTIVE_ALIAS}) x WHERE x.alias = $1 LIMIT 1"
+        f"SELECT y.address FROM ({_ACTIVE_USER}) y WHERE y.address IN ({_RCPT_KEYS}) "
+        f"UNION SELECT x.alias FROM ({_ACTIVE_ALIAS}) x WHERE x.alias IN ({_RCPT_KEYS}) LIMIT 1"
     ),
 }
 

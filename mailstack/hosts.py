@@ -22,6 +22,9 @@ WEB = "web"                # nginx for MTA-STS policy and autoconfig over HTTPS
 
 ROLES = ("mx1", "imap", "mx2")
 VMAIL_UID = 5000  # fixed so the mail volume keeps working when imap is rebuilt
+# alice+lists@ is alice@: smtpd (sub-addr-delim), the recipient query every MX asks
+# (database.SMTPD_QUERIES) and Dovecot (recipient_delimiter) all use this one.
+SUBADDRESS_DELIMITER = "+"
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ def dovecot_conf(ctx, host: H.Host, layout: Layout = Layout()) -> str:
         postmaster=f"postmaster@{s.primary_domain}",
         lmtp_address=lmtp_address(host),
         vmail_uid=H.VMAIL_UID,
+        subaddress_delimiter=H.SUBADDRESS_DELIMITER,
         submission_host=submission_host(ctx, host),
     )
 

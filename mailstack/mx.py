@@ -64,6 +64,7 @@ def smtpd_conf(ctx: Context, host: H.Host) -> str:
         internal=internal,
         imap_internal=imap.private_ip if imap.private_ip in internal else "",
         relay_port=RELAY_PORT,
+        subaddress_delimiter=H.SUBADDRESS_DELIMITER,
         filter_guard=FILTER_GUARD,
         filter_dir=FILTER_DIR,
         lmtp=lmtp_target(ctx, host) if role == "mx1" else "",
@@ -87,7 +88,7 @@ def table_conf(ctx: Context, host: H.Host) -> str:
         f"password={_conninfo_value(ctx.secrets.lookup_password)}",
     ])
     # Only the lookups this host's smtpd.conf uses.
-    keys = ["query_alias", "query_domain"] if host.runs(H.MX) else ["query_domain", "query_mailaddr"]
+    keys = ["query_domain", "query_mailaddr"] + (["query_alias"] if host.runs(H.MX) else [])
     if host.runs(H.SUBMISSION):
         keys += ["query_credentials", "query_mailaddrmap"]
     queries = []

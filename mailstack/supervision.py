@@ -12,11 +12,13 @@ from .bundle import Bundle, File
 from .templates import render
 
 DROPIN = "mailstack-supervision.conf"
-RESTART_SEC = 2
+RESTART_SEC = 3
 # At most BURST starts in INTERVAL seconds: a daemon that can't start at all ends up
-# failed (and visible) instead of looping, while a crash now and then never does.
-START_LIMIT_INTERVAL = 60
-START_LIMIT_BURST = 10
+# failed (and visible) after about 90 s of tries instead of looping for ever, while an
+# outage of what it needs (smtpd's table-postgres exits while PostgreSQL is down) or a
+# crash now and then is bridged.
+START_LIMIT_INTERVAL = 300
+START_LIMIT_BURST = 30
 
 
 def units(host: H.Host) -> list[str]:

@@ -22,7 +22,7 @@ import pytest
 
 from mailstack import database, firewall, mx, spam
 from mailstack import hosts as H
-from tests import hostile_cases as cases
+from lab import hostile_cases as cases
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
 from tests.test_imap import dovecot, imap_login  # noqa: F401  (dovecot: a fixture)
 from tests.test_mx import (
@@ -196,8 +196,8 @@ def test_dovecot_survives_hostile_input(dovecot, batch):
                                              user="alice@example.org", password=TEST_PASSWORD)))
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["ran"] == len(sessions)
-    pid = int((dovecot["base"] / "run" / "master.pid").read_text())
-    assert Path(f"/proc/{pid}").exists(), "the Dovecot master exited"
+    pid_file = dovecot["base"] / "run" / "master.pid"
+    assert pid_file.exists() and Path(f"/proc/{int(pid_file.read_text())}").exists(), "the Dovecot master exited"
     src = f"127.0.3.{next(_good_source)}"
     assert imap_login(dovecot, "alice@example.org", TEST_PASSWORD, source=src) == "OK"
     assert _sieve_login(layout.sieve_port, "alice@example.org", TEST_PASSWORD, src).startswith("OK")

@@ -35,8 +35,9 @@ def _cert(d: Path) -> None:
         check=True, capture_output=True)
 
 
-def stage(ctx, host, root: Path, *, rspamd: bool = True) -> Path:
-    """Write host's smtpd files under root, with their paths pointing there."""
+def stage(ctx, host, root: Path, *, rspamd: bool = True, bind_ip: str | None = None) -> Path:
+    """Write host's smtpd files under root, with their paths pointing there. bind_ip:
+    listen on that address only, so two hosts' smtpd can share a network namespace."""
     _cert(root / "tls")
     (root / "smtpd").mkdir(parents=True, exist_ok=True)
     b = mx.bundle(ctx, host)
@@ -53,6 +54,8 @@ def stage(ctx, host, root: Path, *, rspamd: bool = True) -> Path:
             .replace(mx.FILTER_GUARD, str(guard)))
     if not rspamd:
         conf = without_rspamd(conf)
+    if bind_ip:
+        conf = re.sub(r"^listen on :: .*\n", "", conf, flags=re.M).replace("listen on 0.0.0.0 ", f"listen on {bind_ip} ")
     path = root / "smtpd.conf"
     path.write_text(conf)
     return path
@@ -133,6 +136,7 @@ def test_flush_timer_only_on_backup_mx(ctx):
 OUTSIDE_OK = "10.99.0.5"      # PTR good.test, and good.test A points back
 OUTSIDE_NO_PTR = "10.99.0.6"
 OUTSIDE_DYN = "10.99.0.8"     # PTR and A match, but the name is a dial-up pool's
+MX2_LISTEN = "10.98.0.13"     # mx2's smtpd beside mx1's in the fixture below
 
 
 class Netns:
@@ -140,7 +144,7 @@ class Netns:
     client network namespace joined by a veth pair, so that clients are not local
     addresses of the server (smtpd treats those as `from local`)."""
 
-    def __init__(self, root: Path, server_ip: str, client_ips: list[str]):
+    def __init__(self, root: Path, server_ip: str, client_ips: list[str], more_server_ips: tuple[str, ...] = ()):
         self.root = root
         passwd = root / "passwd"
         passwd.write_text(Path("/etc/passwd").read_text()
@@ -160,13 +164,13 @@ class Netns:
             f"mount --bind {group} /etc/group",
             "ip link set lo up",
             f"ip link add vs type veth peer name vc netns /proc/{self.client.pid}/ns/net",
-            f"ip addr add {server_ip}/32 dev vs",
+            *[f"ip addr add {ip}/32 dev vs" for ip in (server_ip, *more_server_ips)],
             "ip link set vs up",
             *[f"ip route add {ip}/32 dev vs" for ip in client_ips],
         ])
         for cmd in (["ip", "link", "set", "vc", "up"],
                     *[["ip", "addr", "add", f"{ip}/32", "dev", "vc"] for ip in client_ips],
-                    ["ip", "route", "add", f"{server_ip}/32", "dev", "vc"]):
+                    *[["ip", "route", "add", f"{ip}/32", "dev", "vc"] for ip in (server_ip, *more_server_ips)]):
             subprocess.run(self.cmd(*cmd, ns=self.client), check=True)
 
     def _holder(self, unshare: list[str], setup: list[str]) -> subprocess.Popen:
@@ -268,10 +272,13 @@ def mx1_running():
     root.chmod(0o755)
     ns = None
     try:
-        conf = stage(ctx, mx1, root, rspamd=False)
+        conf = stage(ctx, mx1, root, rspamd=False, bind_ip=mx1.private_ip)
+        # mx2's smtpd beside it, on the same database: its private address is a client
+        # here (the relay-port tests), so it listens on its public one.
+        mx2_conf = stage(ctx, ctx.hosts["mx2"], root / "mx2", rspamd=False, bind_ip=MX2_LISTEN)
         ns = Netns(root, mx1.private_ip,
                    [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
-                    OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN])
+                    OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN], more_server_ips=(MX2_LISTEN,))
         (root / "unbound.conf").write_text(
             UNBOUND_TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn=OUTSIDE_DYN))
         unbound = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
@@ -296,6 +303,11 @@ def mx1_running():
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         ns.wait_port(mx1.private_ip, 25, smtpd, root / "smtpd.log")
         ns.wait_port(mx1.private_ip, mx.RELAY_PORT, smtpd, root / "smtpd.log")
+        # Its own queue and control socket, in a mount namespace of its own.
+        mx2 = ns.start("unshare", "-m", "--propagation", "private", "sh", "-c",
+                       "mount -t tmpfs tmpfs /var/spool && mount -t tmpfs tmpfs /run && "
+                       f"exec {SMTPD} -d -f {mx2_conf}", log=root / "mx2-smtpd.log")
+        ns.wait_port(MX2_LISTEN, 25, mx2, root / "mx2-smtpd.log")
         yield ctx, ns
     finally:
         if ns:
@@ -358,6 +370,29 @@ def smtp(ns, server, port, src, mode="plain", **kw) -> dict:
     r = ns.run(sys.executable, "-c", SMTP_CLIENT, json.dumps(args), client=True)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
+
+
+RECIPIENTS = {
+    # address: accepted at RCPT by both MX hosts?
+    "alice@example.org": True, "alice+lists@example.org": True, "Alice+Lists@Example.org": True,
+    "alice+a+b@example.org": True, "team+x@example.net": True, "postmaster@example.org": True,
+    "family+x@example.org": True,
+    "nobody@example.org": False, "nobody+alice@example.org": False, "alice@example.com": False,
+    "alice+@example.org": True, "alice+@other.example.org": False,
+}
+
+
+def test_mx1_and_mx2_decide_recipients_alike(mx1_running):
+    """One recipient decision for both MX hosts: sub-addresses of users and aliases are
+    accepted on mx2 exactly as on mx1 (mail to them would otherwise bounce while mx1 is
+    down), unknown ones get 5xx at RCPT on both (no backscatter)."""
+    ctx, ns = mx1_running
+    for rcpt, ok in RECIPIENTS.items():
+        for server in (ctx.hosts["mx1"].private_ip, MX2_LISTEN):
+            out = swaks(ns, "--server", server, "--li", OUTSIDE_OK, "--from", "x@good.test",
+                        "--to", rcpt, "--quit-after", "RCPT")
+            reply = rcpt_reply(out).strip()
+            assert reply.startswith("<-  250") if ok else re.match(r"^<\*\* +5\d\d", reply), (server, rcpt, out)
 
 
 def test_no_open_relay(mx1_running):

@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 
 from ..util import log
+from .resilience import s_hostile_input, s_supervision
 from .mailflow import (
     s_inbound,
     s_submission,
@@ -26,7 +27,8 @@ from .mailflow import (
 SCENARIOS = [
     ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
-    ("sieve", s_sieve), ("firewall", s_firewall), ("redeploy", s_redeploy), ("reboot", s_reboot),
+    ("sieve", s_sieve), ("firewall", s_firewall), ("hostile-input", s_hostile_input),
+    ("supervision", s_supervision), ("redeploy", s_redeploy), ("reboot", s_reboot),
 ]
 
 

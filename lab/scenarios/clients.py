@@ -13,6 +13,8 @@ from email.message import EmailMessage
 
 import dns.resolver
 
+from mailstack import hosts as H
+
 from .. import config, internet, machines, net
 from ..netns import inside
 from ..util import STATE, wait_until
@@ -74,7 +76,6 @@ def _imap_role() -> str:
 
 
 def machines_roles() -> list[str]:
-    from mailstack import hosts as H
     return list(H.hosts(_s()))
 
 
@@ -195,10 +196,15 @@ TEAM = "team@example.net"       # the example stack's alias with three members
 FORWARD = "family@example.org"  # lab/stack.yaml: a user and an address at the outside MTA
 
 
+SUBADDRESS = "alice+lab@example.org"  # alice's mailbox, through the sub-address
+
+
 def copies(address: str) -> tuple[list[str], list[str]]:
     """Where mail to a user or alias lands, from the running settings: (our mailboxes,
-    outside addresses)."""
+    outside addresses). A sub-address lands where its base address does."""
     s = _s()
+    local, domain = address.rsplit("@", 1)
+    address = f"{local.split(H.SUBADDRESS_DELIMITER, 1)[0]}@{domain}"
     to = next((a.to for a in s.aliases if a.address == address), (address,))
     ours = [m for m in to if m.rsplit("@", 1)[1] in s.domains]
     return ours, [m for m in to if m not in ours]

@@ -12,6 +12,7 @@ from ..netns import inside
 from ..util import wait_until
 from .clients import (
     FORWARD,
+    SUBADDRESS,
     LabSMTP,
     LabSMTPS,
     TEAM,
@@ -185,9 +186,9 @@ def s_backup_mx() -> str:
     if "mx2" not in machines_roles():
         return "skipped: single topology"
     s = _s()
-    # A user, an alias with three members and an alias that forwards outside too: each
-    # copy must arrive exactly once.
-    sent = {"alice@example.org": _token(), TEAM: _token(), FORWARD: _token()}
+    # A user, a sub-address, an alias with three members and an alias that forwards
+    # outside too: each copy must arrive exactly once.
+    sent = {"alice@example.org": _token(), SUBADDRESS: _token(), TEAM: _token(), FORWARD: _token()}
     machines.stop("mx1")
     try:
         for to, tok in sent.items():
@@ -196,9 +197,11 @@ def s_backup_mx() -> str:
             with LabSMTP(s.fqdn("mx2"), _host_ip("mx2"), 25) as c:
                 c.starttls(context=tls_context())
                 c.ehlo()
-                c.mail(f"x@{internet.OUTSIDE_DOMAIN}")
-                code, _ = c.rcpt("nobody-here@example.org")
-        _expect(code == 550, f"mx2 answered {code} for an unknown user (want 550)")
+                for unknown in ("nobody-here@example.org", "nobody-here+alice@example.org"):
+                    c.mail(f"x@{internet.OUTSIDE_DOMAIN}")
+                    code, _ = c.rcpt(unknown)
+                    c.rset()
+                    _expect(code == 550, f"mx2 answered {code} for unknown {unknown} (want 550)")
         q = machines.sh("mx2", "smtpctl show queue").stdout
         for to in sent:
             _expect(to in q, f"mx2 queue does not hold the message to {to}")
@@ -229,8 +232,8 @@ def s_backup_mx() -> str:
         _expect(not bounces, f"a bounce came back for the message to {to}")
         _expect(len(at_outside) == len(outside),
                 f"the outside MTA got {len(at_outside)} copies of {tok} (want {len(outside)})")
-    return (f"3 messages (user, 3-member alias, forwarding alias) queued on mx2, unknown "
-            f"user 550; all delivered {total:.0f}s after mx1 was started ({dt:.0f}s after "
+    return (f"4 messages (user, sub-address, 3-member alias, forwarding alias) queued on mx2, "
+            f"unknown user 550; all delivered {total:.0f}s after mx1 was started ({dt:.0f}s after "
             f"it accepted mail again), each copy exactly once, no bounce, queues empty")
 
 

@@ -1,5 +1,5 @@
 """Malformed and hostile client input for the real daemons, shared by the fast suite
-(tests/test_hostile.py) and the lab's `hostile-input` scenario.
+(tests/test_hostile.py) and the lab's `hostile-input` scenario (lab/scenarios/resilience.py).
 
 A session is {"port", "mode" (plain|starttls|smtps), "src" ("ok" or "pipe": the client
 whose PTR holds a '|'), "steps"}: each step is a line sent as Latin-1 bytes, so any byte
@@ -151,6 +151,10 @@ def _pipe_rdns():
                       *_message("X-Ok: 1", "from a client whose PTR holds a pipe")], src="pipe")
             for _ in range(3)]
 
+
+# The session that once took mx1 off the air: one failed AUTH PLAIN on 587 with a '|'
+# in the user name made filter-rspamd exit, and smtpd with it.
+PIPE_IN_FAILED_LOGIN = _session(["AUTH PLAIN " + b64("\x00alice|x@example.org\x00wrong")], 587, "starttls")
 
 SMTP_BATCHES: dict[str, list[dict]] = {
     "helo": _helo(),
@@ -336,7 +340,7 @@ def sieve_done(buf):
 
 def run(i_sess):
     i, sess = i_sess
-    src = "127.0.2.%d" % (1 + i % 250)
+    src = a.get("src") or "127.0.2.%d" % (1 + i % 250)
     closed = 0
     try:
         if sess["proto"] == "imap":
