@@ -35,7 +35,7 @@ def _session(steps, port=25, mode="plain", src="ok"):
 
 
 def _message(headers: str, body: str, to: str = f"{USER}@{DOMAIN}") -> list[str]:
-    lines = [f"From: <x@good.test>", f"To: <{to}>", "Subject: hostile", *headers.split("\r\n"), "",
+    lines = ["From: <x@good.test>", f"To: <{to}>", "Subject: hostile", *headers.split("\r\n"), "",
              *body.split("\r\n")]
     return [f"@noreply {line}" for line in lines] + ["."]
 
@@ -169,13 +169,15 @@ SMTP_BATCHES: dict[str, list[dict]] = {
 }
 
 
-SMTP_CLIENT = r'''
-import json, socket, ssl, sys, time
+# What both clients start with: a TLS context that takes any certificate, and a reader
+# that collects replies until `done` says the answer is complete (or the peer closes).
+_PRELUDE = r'''
+import base64, json, socket, ssl, sys, time
 from concurrent.futures import ThreadPoolExecutor
 a = json.load(sys.stdin)
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 
-def reply(s):
+def read(s, done):
     buf = b""
     while True:
         try:
@@ -185,10 +187,13 @@ def reply(s):
         if not chunk:
             return buf, False
         buf += chunk
-        lines = buf.split(b"\r\n")
-        done = [l for l in lines[:-1] if len(l) >= 4 and l[3:4] == b" "]
-        if done:
+        if done(buf):
             return buf, True
+'''
+
+SMTP_CLIENT = _PRELUDE + r'''
+def reply(s):
+    return read(s, lambda b: any(len(l) >= 4 and l[3:4] == b" " for l in b.split(b"\r\n")[:-1]))
 
 def run(sess):
     t0 = time.monotonic()
@@ -315,25 +320,7 @@ def _sieve():
 IMAP_BATCHES: dict[str, list[dict]] = {"imap": _imap(), "sieve": _sieve()}
 
 
-IMAP_CLIENT = r'''
-import base64, json, socket, ssl, sys, time
-from concurrent.futures import ThreadPoolExecutor
-a = json.load(sys.stdin)
-ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
-
-def read(s, done):
-    buf = b""
-    while True:
-        try:
-            chunk = s.recv(65536)
-        except (socket.timeout, OSError):
-            return buf, False
-        if not chunk:
-            return buf, False
-        buf += chunk
-        if done(buf):
-            return buf, True
-
+IMAP_CLIENT = _PRELUDE + r'''
 def sieve_done(buf):
     last = buf.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
     return buf.endswith(b"\r\n") and last[:2] in (b"OK", b"NO", b"BY")

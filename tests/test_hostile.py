@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import database, firewall, mx, spam
+from mailstack import firewall, mx, spam
 from mailstack import hosts as H
 from lab import hostile_cases as cases
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
 from tests.test_imap import dovecot, imap_login  # noqa: F401  (dovecot: a fixture)
 from tests.test_mx import (
-    EXAMPLE_ALIASES, OUTSIDE_NO_PTR, OUTSIDE_OK, PG_BIN, SMTPD, UNBOUND_TEST_CONF, Netns, stage,
+    EXAMPLE_ALIASES, OUTSIDE_NO_PTR, OUTSIDE_OK, SMTPD, Netns, stage, start_resolver_and_database,
 )
 
 pytestmark = pytest.mark.timeout(900)
@@ -89,31 +89,12 @@ def mx1_full():
         ns = Netns(root, mx1.private_ip,
                    [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
                     OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_PIPE_PTR])
-        (root / "unbound.conf").write_text(
-            UNBOUND_TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn="10.99.0.8") + HOSTILE_DNS)
-        unbound = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
-        pg = root / "pg"
-        pg.mkdir()
-        shutil.chown(pg, "postgres", "postgres")
-        subprocess.run(["runuser", "-u", "postgres", "--", PG_BIN / "initdb", "-D", pg / "data",
-                        "-A", "trust", "--auth-host=scram-sha-256"], check=True, capture_output=True)
-        postgres = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", pg / "data",
-                            "-k", pg, "-c", "listen_addresses=127.0.0.1", "-c", "port=5432",
-                            log=root / "postgres.log")
-        ns.wait_port("127.0.0.1", 5432, postgres, root / "postgres.log")
-        psql = ["runuser", "-u", "postgres", "--", PG_BIN / "psql", "-h", pg, "-X", "-q",
-                "-v", "ON_ERROR_STOP=1"]
-        for db, sql in (("postgres", database.setup_sql(ctx)),
-                        (database.DB_NAME, database.sync_sql(ctx.settings, ctx.secrets.user_hashes))):
-            r = ns.run(*psql, "-d", db, input=sql)
-            assert r.returncode == 0, r.stderr
-        ns.wait_port("127.0.0.53", 53, unbound, root / "unbound.log")
+        procs = start_resolver_and_database(ns, ctx, root, HOSTILE_DNS)
         rspamd = _start_rspamd(ns, ctx, root)
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         for port in MX1_PORTS:
             ns.wait_port(mx1.private_ip, port, smtpd, root / "smtpd.log")
-        yield dict(ctx=ctx, ns=ns, root=root, procs={"smtpd": smtpd, "rspamd": rspamd,
-                                                      "postgres": postgres, "unbound": unbound})
+        yield dict(ctx=ctx, ns=ns, root=root, procs={"smtpd": smtpd, "rspamd": rspamd, **procs})
     finally:
         if ns:
             ns.close()

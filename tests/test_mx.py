@@ -262,6 +262,31 @@ EXAMPLE_ALIASES = yaml.safe_load(EXAMPLE_STACK.read_text())["config"]["mailstack
 FORWARD_ALIAS = {"address": "family@example.org", "to": ["alice@example.org", "grandma@elsewhere.test"]}
 
 
+def start_resolver_and_database(ns: Netns, ctx, root: Path, extra_dns: str = "") -> dict:
+    """unbound on 127.0.0.53 (UNBOUND_TEST_CONF + extra_dns) and a PostgreSQL on
+    127.0.0.1:5432 holding the stack's schema and accounts, in the server namespace."""
+    (root / "unbound.conf").write_text(
+        UNBOUND_TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn=OUTSIDE_DYN) + extra_dns)
+    unbound = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
+    pg = root / "pg"
+    pg.mkdir()
+    shutil.chown(pg, "postgres", "postgres")
+    subprocess.run(["runuser", "-u", "postgres", "--", PG_BIN / "initdb", "-D", pg / "data",
+                    "-A", "trust", "--auth-host=scram-sha-256"], check=True, capture_output=True)
+    postgres = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", pg / "data",
+                        "-k", pg, "-c", "listen_addresses=127.0.0.1", "-c", "port=5432",
+                        log=root / "postgres.log")
+    ns.wait_port("127.0.0.1", 5432, postgres, root / "postgres.log")
+    psql = ["runuser", "-u", "postgres", "--", PG_BIN / "psql", "-h", pg, "-X", "-q",
+            "-v", "ON_ERROR_STOP=1"]
+    for db, sql in (("postgres", database.setup_sql(ctx)),
+                    (database.DB_NAME, database.sync_sql(ctx.settings, ctx.secrets.user_hashes))):
+        r = ns.run(*psql, "-d", db, input=sql)
+        assert r.returncode == 0, r.stderr
+    ns.wait_port("127.0.0.53", 53, unbound, root / "unbound.log")
+    return {"unbound": unbound, "postgres": postgres}
+
+
 @pytest.fixture(scope="module")
 def mx1_running():
     """mx1's rendered smtpd.conf (HA) with PostgreSQL holding the example stack's
@@ -279,27 +304,7 @@ def mx1_running():
         ns = Netns(root, mx1.private_ip,
                    [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
                     OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN], more_server_ips=(MX2_LISTEN,))
-        (root / "unbound.conf").write_text(
-            UNBOUND_TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn=OUTSIDE_DYN))
-        unbound = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
-
-        pg = root / "pg"
-        pg.mkdir()
-        shutil.chown(pg, "postgres", "postgres")
-        subprocess.run(["runuser", "-u", "postgres", "--", PG_BIN / "initdb", "-D", pg / "data",
-                        "-A", "trust", "--auth-host=scram-sha-256"], check=True, capture_output=True)
-        postgres = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", pg / "data",
-                            "-k", pg, "-c", "listen_addresses=127.0.0.1", "-c", "port=5432",
-                            log=root / "postgres.log")
-        ns.wait_port("127.0.0.1", 5432, postgres, root / "postgres.log")
-        psql = ["runuser", "-u", "postgres", "--", PG_BIN / "psql", "-h", pg, "-X", "-q",
-                "-v", "ON_ERROR_STOP=1"]
-        for db, sql in (("postgres", database.setup_sql(ctx)),
-                        (database.DB_NAME, database.sync_sql(ctx.settings, ctx.secrets.user_hashes))):
-            r = ns.run(*psql, "-d", db, input=sql)
-            assert r.returncode == 0, r.stderr
-        ns.wait_port("127.0.0.53", 53, unbound, root / "unbound.log")
-
+        start_resolver_and_database(ns, ctx, root)
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         ns.wait_port(mx1.private_ip, 25, smtpd, root / "smtpd.log")
         ns.wait_port(mx1.private_ip, mx.RELAY_PORT, smtpd, root / "smtpd.log")
