@@ -92,9 +92,44 @@ def start(role: str) -> None:
     _pidfile(role).write_text(str(proc.pid))
 
 
+# This machine runs no systemd: without a cgroup of its own, every container's systemd
+# would see the whole tree as its root and share system.slice/<unit> with the other
+# hosts (and other labs): killing a unit's control group then failed ("Input/output
+# error") and processes a unit left behind (nginx's workers after kill -9 of the master)
+# kept its ports. Each host's container gets its own cgroup in the hierarchies systemd
+# uses; systemd-nspawn roots the container's cgroup namespace there.
+CGROUP_HIERARCHIES = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup/systemd"))
+
+
+def cgroup_dirs(role: str) -> list[Path]:
+    return [h / "mailstack-lab" / NETNS / role for h in CGROUP_HIERARCHIES if (h / "cgroup.procs").exists()]
+
+
+def _enter_own_cgroup(role: str) -> None:
+    for d in cgroup_dirs(role):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def remove_cgroups(role: str) -> None:
+    """Empty cgroups a host left behind, deepest first (rmdir is how cgroups go)."""
+    for d in cgroup_dirs(role):
+        if d.exists():
+            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                try:
+                    sub.rmdir()
+                except OSError:
+                    pass
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+
+
 def supervise(role: str) -> int:
     """Foreground: boot the container, and boot it again after a reboot."""
     stop = False
+    _enter_own_cgroup(role)
 
     def on_term(signum, frame):
         nonlocal stop
@@ -232,6 +267,7 @@ def stop(role: str, timeout: float = 60) -> None:
 
 def teardown(role: str) -> None:
     stop(role, timeout=30)
+    remove_cgroups(role)
     d = host_dir(role)
     m = d / "merged"
     if os.path.ismount(m):
