@@ -145,7 +145,7 @@ def faults() -> list[Fault]:
                                  f"--bind :: {FAULT_PORT}"),
               lambda: _sh("mx2", "systemctl stop lab-status-listener; nft -f /etc/nftables.conf")),
         Fault("smtpd stopped on mx1",
-              ("services: mx1 opensmtpd", "queue: mx1", "ports: mx1 v4", "ports: mx1 v6",
+              ("services: mx1 opensmtpd", "ports: mx1 v4", "ports: mx1 v6",
                "tls: mx1:25", "tls: mx1:465", "tls: mx1:587", "smtp: mx1:25 ", "smtp: mx1:465",
                "smtp: mx1:587", "smtp: mx2 -> mx1:25"),
               lambda: _sh("mx1", "systemctl stop opensmtpd"),

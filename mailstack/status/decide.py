@@ -96,7 +96,8 @@ def certificate(names: Iterable[str], days_left: float | None, cert_names: Itera
                 verify_error: str | None) -> Verdict:
     """Trusted, valid for every name the host serves, and far from expiry."""
     need = sorted(names)
-    exp = f"trusted, valid for {', '.join(need)}, > {CERT_WARN_DAYS} days left"
+    shown = ", ".join(need) if len(need) <= 2 else f"{need[0]} and {len(need) - 1} more names"
+    exp = f"trusted, valid for {shown}, > {CERT_WARN_DAYS} days left"
     if days_left is None:
         return ERROR, exp, verify_error or "no certificate"
     have = {n.lower() for n in cert_names}
@@ -288,9 +289,14 @@ def dkim_key(in_use: str | None, published: str | None) -> Verdict:
         return ERROR, exp, "no signing key on the server"
     if not published:
         return ERROR, exp, "no DKIM record published"
-    if in_use == published:
-        return OK, exp, f"match ({in_use[-12:]})"
-    return ERROR, exp, f"mismatch: server ...{in_use[-12:]}, DNS ...{published[-12:]}"
+    if in_use != published:
+        return OK, exp, f"match (sha256 {_fingerprint(in_use)})"
+    return ERROR, exp, f"mismatch: server sha256 {_fingerprint(in_use)}, DNS sha256 {_fingerprint(published)}"
+
+
+def _fingerprint(b64: str) -> str:
+    import hashlib
+    return hashlib.sha256(b64.encode()).hexdigest()[:16]
 
 
 def dkim_p(txt: str) -> str | None:
