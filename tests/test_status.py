@@ -23,7 +23,7 @@ def st(verdict):
 @pytest.fixture
 def env(settings):
     pubs = {d: dns.dkim_public_from_private(_key()) for d in settings.domains}
-    return expect.Environment(settings, FAKE_ADDRESSES, pubs, {}, lambda r, p: "", "mx.outside.test")
+    return expect.Environment(settings, FAKE_ADDRESSES, pubs, {}, lambda r, p: "")
 
 
 def _key():
@@ -297,3 +297,89 @@ def test_changes_report_only_what_changed():
     assert model.changes(now, now[1:]) == ["gone  dns: a (was error)"]
     # First run: report the problems only.
     assert model.changes(None, [_c(OK, "a"), _c(WARN, "b")]) == ["warn  dns: b: f"]
+
+
+# ------------------------------------------------------------------ inside checks, daily job
+
+def _data(**over):
+    data = {
+        "now": 1000.0,
+        "units": {"opensmtpd.service": {"active": "active", "restarts": 0},
+                  "postgresql@15-main.service": {"active": "active", "restarts": 0}},
+        "replicas": [{"addr": "10.77.1.12", "state": "streaming", "lag_bytes": "0", "lag_seconds": "0"},
+                     {"addr": "10.77.1.13", "state": "streaming", "lag_bytes": "0", "lag_seconds": "0"}],
+        "slots": {"mailstack_imap": {"active": True, "retained": 0},
+                  "mailstack_mx2": {"active": True, "retained": 0}},
+        "queue": {"count": 0, "oldest": 0},
+        "disk": {"system": {"path": "/", "pct": 20.0}},
+        "backup": {"finished": 900.0, "result": "ok"},
+        "security_updates": 0, "reboot_required": False,
+        "dkim": {}, "dnsbl": {}, "smtp_probes": {},
+    }
+    data.update(over)
+    return data
+
+
+def test_hostchecks_from_params_and_data(env):
+    from mailstack.status import hostchecks
+    params = inside.params(env, "mx1")
+    pubs = dict(env.dkim_public)
+    data = _data(dkim=pubs, dnsbl={q: {"answers": []} for _, _, q in params["dnsbl"]},
+                 smtp_probes={k: {"line": f"220 {v[2] or 'mx.outside.test'} ESMTP", "error": None}
+                              for k, v in params["smtp_probes"].items()})
+    checks = hostchecks.checks(params, data, pubs)
+    assert model.exit_code(checks) == 0, [c for c in checks if c.status != OK]
+    ids = {c.id for c in checks}
+    assert {"replication: mx2 streaming", "replication: slot mailstack_imap", "queue: mx1",
+            "outbound: mx1 -> gmail-smtp-in.l.google.com:25", "smtp: mx1 -> mx2:25 (v6)",
+            "dkim: example.org key in use (mx1)", "backup: mx1"} <= ids
+    # the replica on mx2 gone: its replication errors, its slot warns, nothing else moves
+    gone = {**data, "replicas": [data["replicas"][0]],
+            "slots": {**data["slots"], "mailstack_mx2": {"active": False, "retained": 0}}}
+    after = hostchecks.checks(params, gone, pubs)
+    assert [c.id for c in after if c.status == ERROR] == ["replication: mx2 streaming"]
+    assert hostchecks.unreachable("imap", "ssh: timeout")[0].status == ERROR
+
+
+def test_daily_mail_only_on_change(env, settings):
+    from mailstack.status import daily
+    conf = {"host": "mx1.example.org", "mail_from": "a@mx1.example.org", "mail_to": "postmaster@example.org"}
+    before = [_c(OK, "a"), _c(OK, "b")]
+    assert daily.report(conf, before, before) is None
+    msg = daily.report(conf, before, [_c(ERROR, "a"), _c(OK, "b")])
+    assert msg["To"] == "postmaster@example.org" and "1 error" in msg["Subject"]
+    assert "error dns: a: was ok" in msg.get_content()
+
+
+def test_daily_job_is_standard_library_only_and_carries_no_secret(settings):
+    """The job runs under the server's python3: its modules import nothing else."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    from mailstack.status import timer
+    from .conftest import make_context
+    here = Path(timer.__file__).parent
+    for m in timer.MODULES:
+        tree = ast.parse((here / m).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:   # relative: must be one of the shipped modules
+                    assert f"{node.module}.py" in timer.MODULES or node.module is None, (m, node.module)
+                    continue
+                names = [node.module]
+            else:
+                continue
+            for n in names:
+                assert n.split(".")[0] in sys.stdlib_module_names, (m, n)
+    ctx = make_context(settings)
+    b = timer.bundle(ctx, ctx.hosts["mx1"])
+    assert timer.bundle(ctx, ctx.hosts["imap"]).files == ()
+    text = "".join(f.content for f in b.files)
+    for pem in ctx.secrets.dkim_keys.values():
+        assert pem.strip().splitlines()[1] not in text
+    assert ctx.secrets.replication_password not in text
+    conf = json.loads(b.file(f"{timer.CONF_DIR}/daily.json").content)
+    assert conf["mail_to"] == "postmaster@example.org"

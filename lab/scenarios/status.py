@@ -17,8 +17,8 @@ from mailstack.status import engine, model
 from .. import config, internet, machines, net, stand
 from .. import status as lab_status
 from ..netns import inside
-from ..util import log
-from .clients import LabSMTP, _s, machines_roles, tls_context
+from ..util import log, wait_until
+from .clients import LabSMTP, _s, copies, imap_session, machines_roles, tls_context
 
 ATTEMPTS = 6          # full status runs while waiting for a fault to show (or go)
 FAULT_PORT = 8080     # a port opened on mx2 by the "port opened" fault
@@ -32,6 +32,8 @@ class Fault:
     inject: Callable[[], None]
     repair: Callable[[], None]
     extra_ca: str = ""
+    # Lines the daily job's mail must carry once the fault is in, and once it is repaired.
+    daily: tuple[str, str] | None = None
 
 
 def _sh(role: str, script: str) -> str:
@@ -72,6 +74,34 @@ def _wait(want: tuple[str, ...], extra_ca: str, what: str) -> list[model.Check]:
             f"not yet in error {sorted(unmet)}")
     raise AssertionError(f"{what}: errors not explained by the fault {sorted(extra)}; "
                          f"expected but not in error {sorted(unmet)}")
+
+
+# ------------------------------------------------------------------ the daily job
+
+def _daily_mails() -> list[str]:
+    """Bodies of the daily status mails in the postmaster's mailbox, oldest first."""
+    box = copies(f"postmaster@{_s().primary_domain}")[0][0]
+    with imap_session(box) as c:
+        c.select("INBOX", readonly=True)
+        typ, data = c.search(None, "SUBJECT", f'"mailstack status on {_s().fqdn("mx1")}"')
+        out = []
+        for num in (data[0].split() if typ == "OK" and data[0] else []):
+            typ, msg = c.fetch(num, "(BODY.PEEK[TEXT])")
+            out.append(msg[0][1].decode(errors="replace"))
+        return out
+
+
+def _daily(want: str | None = None) -> None:
+    """Run mx1's daily job now (its timer's service); with `want`, the postmaster must get
+    a mail that carries that line."""
+    before = len(_daily_mails())
+    _sh("mx1", "systemctl start mailstack-status.service")
+    if want is None:
+        return
+    wait_until(lambda: len(_daily_mails()) > before, 60, "the daily status mail")
+    body = _daily_mails()[-1]
+    if want not in body:
+        raise AssertionError(f"daily mail lacks {want!r}:\n{body}")
 
 
 # ------------------------------------------------------------------ faults
@@ -132,7 +162,8 @@ def faults() -> list[Fault]:
     return [
         Fault("replica stopped", ("services: mx2 " + unit_pg, "replication: mx2 streaming"),
               lambda: _sh("mx2", f"systemctl stop {unit_pg}"),
-              lambda: _sh("mx2", f"systemctl start {unit_pg}")),
+              lambda: _sh("mx2", f"systemctl start {unit_pg}"),
+              daily=("error replication: mx2 streaming: was ok", "ok    replication: mx2 streaming: was error")),
         Fault("DNS record removed", (f"dns: _smtp._tls.{s.primary_domain} TXT",),
               lambda: _knot(drop=((f"_smtp._tls.{s.primary_domain}.", "TXT"),)),
               lambda: _knot()),
@@ -180,15 +211,20 @@ def s_status() -> str:
     _knot()   # the lab DNSBL zone, also on a lab that came up before it existed
     base = _wait((), "", "healthy lab")
     warned = {c.id for c in base if c.status == model.WARN}
+    _daily()   # the daily job's reference run
     done = []
     for f in faults():
         log(f"status: injecting '{f.name}'")
         try:
             f.inject()
             checks = _wait(f.expect, f.extra_ca, f"fault '{f.name}'")
+            if f.daily:
+                _daily(f.daily[0])
         finally:
             f.repair()
         _wait((), "", f"after repairing '{f.name}'")
-        done.append(f"{f.name}: {len(_errors(checks))} error(s)")
+        if f.daily:
+            _daily(f.daily[1])
+        done.append(f"{f.name}: {len(_errors(checks))} error(s)" + (", daily mail" if f.daily else ""))
     return (f"healthy: {len(base)} checks, 0 errors, {len(warned)} warnings; "
             + "; ".join(done))

@@ -19,8 +19,6 @@ from . import cli, decide
 from .expect import Environment
 
 SSH_TIMEOUT = 300
-# An outside MX that answers on port 25 from anywhere; mx1 must reach it (outbound 25).
-OUTBOUND_TARGET = "gmail-smtp-in.l.google.com"
 
 
 def _pulumi(args: list[str], stack: str | None) -> dict:
@@ -56,7 +54,7 @@ def environment(config: dict, outputs: dict) -> Environment:
             raise RuntimeError(f"ssh to {role} failed (exit {r.returncode}): {r.stderr.strip()[-200:]}")
         return r.stdout
 
-    return Environment(settings, addresses, dkim_public, nameservers, run_on, OUTBOUND_TARGET)
+    return Environment(settings, addresses, dkim_public, nameservers, run_on)
 
 
 def main(argv: list[str]) -> int:

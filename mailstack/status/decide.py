@@ -289,7 +289,7 @@ def dkim_key(in_use: str | None, published: str | None) -> Verdict:
         return ERROR, exp, "no signing key on the server"
     if not published:
         return ERROR, exp, "no DKIM record published"
-    if in_use != published:
+    if in_use == published:
         return OK, exp, f"match (sha256 {_fingerprint(in_use)})"
     return ERROR, exp, f"mismatch: server sha256 {_fingerprint(in_use)}, DNS sha256 {_fingerprint(published)}"
 

@@ -8,8 +8,8 @@ from typing import Callable
 
 from .. import dns as D
 from .. import hosts as H
-from . import decide, expect, inside, outside
-from .model import ERROR, Check
+from . import decide, expect, hostchecks, inside, outside
+from .model import Check
 
 WORKERS = 24
 SCAN_WORKERS = 192
@@ -146,63 +146,14 @@ def _tls_smtp_jobs(env: expect.Environment) -> list[Job]:
 # ------------------------------------------------------------------ inside
 
 def _inside_checks(env: expect.Environment, insides: dict, outside_checks: list[Check]) -> list[Check]:
-    s = env.settings
     out: list[Check] = []
     served_dkim = _served_dkim(env)
-    for role, host in env.hosts.items():
+    for role in env.hosts:
         data, err = insides[role]
         if data is None:
-            out.append(Check("services", f"{role} reachable", ERROR, "the status program runs", err or "?"))
-            continue
-        out.append(Check("services", f"{role} reachable", "ok", "the status program runs", "ran"))
-        for unit, st in data["units"].items():
-            out.append(_check("services", f"{role} {unit.removesuffix('.service')}",
-                              decide.service(st["active"], st["restarts"])))
-        if host.runs(H.DB_PRIMARY):
-            out += _replication(env, role, data)
-        if "queue" in data:
-            q = data["queue"]
-            out.append(_check("queue", role, decide.queue(q.get("count"), q.get("oldest"), q.get("error"))))
-        for name, d in data["disk"].items():
-            out.append(_check("disk", f"{role} {name} ({d['path']})", decide.disk(d.get("pct"), d.get("error"))))
-        if host.runs(H.DB_PRIMARY):
-            out.append(_check("backup", role, decide.backup(data["backup"], data["now"])))
-        out.append(_check("updates", role, decide.updates(data["security_updates"], data["reboot_required"])))
-        probes = data["smtp_probes"]
-        if "outbound" in probes:
-            p = probes["outbound"]
-            out.append(_check("outbound", f"{role} -> {env.outbound_target}:25",
-                              decide.outbound(env.outbound_target, p["line"], p["error"])))
-        for key, p in probes.items():
-            if key == "outbound":
-                continue
-            other, fam = key.split()
-            out.append(_check("smtp", f"{role} -> {other}:25 ({fam})",
-                              decide.banner(env.hosts[other].fqdn, p["line"], p["error"])))
-        for domain, pub in data["dkim"].items():
-            out.append(_check("dkim", f"{domain} key in use ({role})", decide.dkim_key(pub, served_dkim.get(domain))))
-        for ip, bl, q in expect.dnsbl_queries(env, role):
-            if q in data["dnsbl"]:
-                a = data["dnsbl"][q]
-                out.append(_check("dnsbl", f"{role} {ip} {bl}", decide.dnsbl(a["answers"], a.get("error"))))
-    return out
-
-
-def _replication(env: expect.Environment, role: str, data: dict) -> list[Check]:
-    out = []
-    if "replication_error" in data:
-        for r in expect.replica_slots(env.settings):
-            out.append(Check("replication", f"{r} streaming", ERROR, "streaming", data["replication_error"]))
-        return out
-    by_addr = {r["addr"]: r for r in data["replicas"]}
-    for r, slot in expect.replica_slots(env.settings).items():
-        row = by_addr.get(env.hosts[r].private_ip)
-        v = decide.replication(row and row["state"], int(float(row["lag_bytes"])) if row else None,
-                               float(row["lag_seconds"] or 0) if row else None)
-        out.append(_check("replication", f"{r} streaming", v))
-        sl = data["slots"].get(slot)
-        out.append(_check("replication", f"slot {slot}",
-                          decide.slot(sl["active"] if sl else None, sl["retained"] if sl else None)))
+            out += hostchecks.unreachable(role, err or "?")
+        else:
+            out += hostchecks.checks(inside.params(env, role), data, served_dkim)
     return out
 
 

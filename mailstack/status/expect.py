@@ -35,8 +35,7 @@ class Environment:
     addresses: Mapping[str, H.Address]
     dkim_public: Mapping[str, str]              # domain -> base64 p= value
     nameservers: Mapping[str, list[str]]        # zone -> expected NS names
-    run_on: Callable[[str, str], str]           # (role, bash program) -> stdout, as root
-    outbound_target: str                        # an outside MX that mx1 must reach on 25
+    run_on: Callable[[str, str], str] | None    # (role, bash program) -> stdout, as root
     resolver: str | None = None                 # DNS server for outside look-ups (None: system)
     cafile: str | None = None                   # trust store for TLS (None: system)
     helo: str = "status-probe.invalid"
@@ -44,6 +43,10 @@ class Environment:
     vantage: Callable[[], ContextManager] = field(default=nullcontext)
     source_v4: str | None = None
     source_v6: str | None = None
+
+    @property
+    def outbound_target(self) -> str:
+        return self.settings.status.outbound_probe
 
     @property
     def hosts(self) -> dict[str, H.Host]:
@@ -88,6 +91,15 @@ def cert_names(settings: Settings, host: H.Host) -> list[str]:
     return tls.certificate_names(settings, host)
 
 
+DAILY_TIMER = "mailstack-status.timer"
+
+
+def runs_daily_job(host: H.Host) -> bool:
+    """The one host with the daily status job (mailstack/status/timer.py): the primary,
+    which sees every replica, sends mail and holds the DKIM keys."""
+    return host.runs(H.DB_PRIMARY)
+
+
 def units(host: H.Host) -> list[str]:
     """systemd units that must be active on `host`, from what it runs."""
     u = ["ssh.service", "unbound.service", "nftables.service", "nginx.service",
@@ -98,6 +110,8 @@ def units(host: H.Host) -> list[str]:
         u += ["rspamd.service", "redis-server.service"]
     if host.runs(H.IMAP):
         u.append("dovecot.service")
+    if runs_daily_job(host):
+        u.append(DAILY_TIMER)
     return u
 
 

@@ -47,11 +47,18 @@ def text(checks: list[Check], verbose: bool = True) -> str:
             lines.append(f"[{area}]")
         line = f"  {c.status:<5} {c.name}"
         if c.status != OK or verbose:
-            line += f": expected {c.expected}; found {c.found}"
+            line += f": expected {_short(c.expected)}; found {_short(c.found)}"
         lines.append(line)
     n = {s: sum(c.status == s for c in checks) for s in (OK, WARN, ERROR)}
     lines.append(f"{len(checks)} checks: {n[OK]} ok, {n[WARN]} warn, {n[ERROR]} error")
     return "\n".join(lines)
+
+
+TEXT_WIDTH = 120   # per value in the text view; --json has them whole
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= TEXT_WIDTH else value[:TEXT_WIDTH - 3] + "..."
 
 
 def to_json(checks: list[Check]) -> str:
