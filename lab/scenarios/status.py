@@ -7,6 +7,8 @@ checks too). Each prefix must match an error and every error must match a prefix
 from __future__ import annotations
 
 import datetime
+import email
+import email.policy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -86,8 +88,9 @@ def _daily_mails() -> list[str]:
         typ, data = c.search(None, "SUBJECT", f'"mailstack status on {_s().fqdn("mx1")}"')
         out = []
         for num in (data[0].split() if typ == "OK" and data[0] else []):
-            typ, msg = c.fetch(num, "(BODY.PEEK[TEXT])")
-            out.append(msg[0][1].decode(errors="replace"))
+            typ, msg = c.fetch(num, "(BODY.PEEK[])")
+            parsed = email.message_from_bytes(msg[0][1], policy=email.policy.default)
+            out.append(parsed.get_content())
         return out
 
 
