@@ -186,13 +186,24 @@ def test_disk():
 
 
 def test_backup_age_and_result():
-    now = 1_000_000.0
-    assert decide.backup(None, now) == (WARN, decide.backup(None, now)[1], "no backup configured")
-    assert st(decide.backup({"finished": now - 3600, "result": "ok"}, now)) == OK
-    assert st(decide.backup({"finished": now - 3600 * decide.BACKUP_WARN_HOURS, "result": "ok"}, now)) == WARN
-    assert st(decide.backup({"finished": now - 3600 * decide.BACKUP_ERROR_HOURS, "result": "ok"}, now)) == ERROR
-    assert st(decide.backup({"finished": now - 60, "result": "failed: disk full"}, now)) == ERROR
-    assert st(decide.backup({"nonsense": 1}, now)) == ERROR
+    import datetime
+    now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc).timestamp()
+    ago = lambda h: datetime.datetime.fromtimestamp(now - 3600 * h, datetime.timezone.utc).isoformat()
+    ok = lambda h: {"last_run": {"time": ago(h), "result": "ok"}, "last_success": {"time": ago(h)}}
+    assert decide.backup(None, now)[0::2] == (WARN, "no backup configured")
+    assert st(decide.backup(ok(1), now)) == OK
+    assert st(decide.backup({"last_run": {"time": ago(1), "result": "ok"},
+                             "last_success": {"time": ago(1).replace("+00:00", "Z")}}, now)) == OK
+    assert st(decide.backup(ok(decide.BACKUP_WARN_HOURS), now)) == WARN
+    assert st(decide.backup(ok(decide.BACKUP_ERROR_HOURS), now)) == ERROR
+    failed = {"last_run": {"time": ago(0), "result": "failed", "error": "sftp: no route"},
+              "last_success": {"time": ago(2)}}
+    v = decide.backup(failed, now)
+    assert v[0] == ERROR and "sftp: no route" in v[2]
+    running = {"last_run": {"time": ago(0), "result": "running"}, "last_success": {"time": ago(3)}}
+    assert st(decide.backup(running, now)) == OK
+    assert st(decide.backup({"last_run": {"time": ago(0), "result": "running"}}, now)) == ERROR
+    assert st(decide.backup({"last_success": {"time": "yesterday"}}, now)) == ERROR
 
 
 def test_updates_and_reboot():
@@ -312,7 +323,8 @@ def _data(**over):
                   "mailstack_mx2": {"active": True, "retained": 0}},
         "queue": {"count": 0, "oldest": 0},
         "disk": {"system": {"path": "/", "pct": 20.0}},
-        "backup": {"finished": 900.0, "result": "ok"},
+        "backup": {"last_run": {"time": "1970-01-01T00:15:00+00:00", "result": "ok"},
+                   "last_success": {"time": "1970-01-01T00:15:00+00:00"}},
         "security_updates": 0, "reboot_required": False,
         "dkim": {}, "dnsbl": {}, "smtp_probes": {},
     }

@@ -71,7 +71,7 @@ try:
 except FileNotFoundError:
     out["backup"] = None
 except (OSError, ValueError) as e:
-    out["backup"] = {"result": f"status file unreadable: {e}", "finished": 0}
+    out["backup"] = {"last_run": {"result": "failed", "error": f"status file unreadable: {e}"}}
 
 rc, o, e = run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "dist-upgrade"], timeout=120)
 out["security_updates"] = sum(1 for l in o.splitlines() if l.startswith("Inst ") and "-security" in l) if rc == 0 else None

@@ -249,18 +249,31 @@ def disk(used_pct: float | None, error: str | None = None) -> Verdict:
 
 
 def backup(status: dict | None, now: float) -> Verdict:
-    """status: the backup status file ({"finished": epoch, "result": "ok"|..., ...}) or None."""
+    """status: the backup job's status file (issue 9: `last_run` {time, result ok|failed|
+    running, error}, `last_success` {time, ...}, times ISO 8601 UTC), or None."""
     exp = f"last backup ok, < {BACKUP_WARN_HOURS} h old"
     if status is None:
         return WARN, exp, "no backup configured"
     try:
-        age_h = (now - float(status["finished"])) / 3600
-        result = str(status["result"])
-    except (KeyError, TypeError, ValueError):
+        run = status.get("last_run") or {}
+        good = status.get("last_success")
+        good_age = (now - _epoch(good["time"])) / 3600 if good else None
+    except (AttributeError, KeyError, TypeError, ValueError):
         return ERROR, exp, "status file unreadable"
-    if result != "ok":
-        return ERROR, exp, f"last backup {result}, {age_h:.0f} h ago"
-    return _level(age_h, BACKUP_WARN_HOURS, BACKUP_ERROR_HOURS), exp, f"ok, {age_h:.1f} h ago"
+    if run.get("result") == "failed":
+        return ERROR, exp, f"last run failed: {str(run.get('error', '?'))[:100]}" + (
+            f"; last good {good_age:.0f} h ago" if good_age is not None else "")
+    if good_age is None:
+        return ERROR, exp, "no successful backup yet"
+    return _level(good_age, BACKUP_WARN_HOURS, BACKUP_ERROR_HOURS), exp, f"ok, {good_age:.1f} h ago"
+
+
+def _epoch(iso: str) -> float:
+    import datetime
+    t = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=datetime.timezone.utc)
+    return t.timestamp()
 
 
 def updates(security: int | None, reboot_required: bool) -> Verdict:

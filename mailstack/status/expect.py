@@ -115,6 +115,12 @@ def units(host: H.Host) -> list[str]:
     return u
 
 
+def has_backup(host: H.Host) -> bool:
+    """Hosts whose data the backup job (issue 9) saves: mail, the database, mx1's Redis.
+    Align with mailstack.backup.parts() once that lands."""
+    return host.runs(H.IMAP) or host.runs(H.DB_PRIMARY) or host.runs(H.MX)
+
+
 def disk_paths(host: H.Host) -> dict[str, str]:
     out = {"system": "/"}
     if host.runs(H.IMAP):

@@ -26,7 +26,7 @@ def checks(params: dict, data: dict, published_dkim: dict) -> list[Check]:
         out.append(_c("queue", role, decide.queue(q.get("count"), q.get("oldest"), q.get("error"))))
     for name, d in data["disk"].items():
         out.append(_c("disk", f"{role} {name} ({d['path']})", decide.disk(d.get("pct"), d.get("error"))))
-    if params["primary"]:
+    if params["backup"]:
         out.append(_c("backup", role, decide.backup(data["backup"], data["now"])))
     out.append(_c("updates", role, decide.updates(data["security_updates"], data["reboot_required"])))
     for key, (target, _port, name) in params["smtp_probes"].items():

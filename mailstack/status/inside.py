@@ -37,6 +37,7 @@ def params(env: expect.Environment, role: str) -> dict:
                      for r, slot in expect.replica_slots(env.settings).items()} if host.runs(H.DB_PRIMARY) else {},
         "queue": sends,
         "disks": expect.disk_paths(host),
+        "backup": expect.has_backup(host),
         "backup_file": expect.BACKUP_STATUS_FILE,
         "reboot_file": expect.REBOOT_REQUIRED_FILE,
         "dkim": expect.dkim_keys(env.settings) if host.runs(H.SUBMISSION) else {},
