@@ -2,7 +2,7 @@
 # everything they need on a fresh Debian 12 machine (as root) through `setup`.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast test-lab lab lab-up lab-down snapshot hash-password
+.PHONY: setup test test-fast test-lab lab lab-up lab-down snapshot hash-password status
 
 setup:
 	@bash scripts/setup-host.sh
@@ -30,6 +30,10 @@ lab-up: setup
 
 lab-down:
 	$(PY) -m lab down
+
+# Is the deployed stack healthy? (the selected Pulumi stack; docs/status.md)
+status: setup
+	$(PY) -m mailstack.status
 
 snapshot: setup
 	$(PY) scripts/update-snapshot.py

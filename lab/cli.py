@@ -23,6 +23,9 @@ def main(argv: list[str]) -> int:
     c = sub.add_parser("check", help="run the scenarios against the running lab")
     c.add_argument("--only", nargs="*", help="scenario names to run")
     sub.add_parser("down", help="remove everything the lab made")
+    from mailstack.status import cli as status_cli
+    st = sub.add_parser("status", help="mailstack status against the running lab",
+                        parents=[status_cli.parser("status")], add_help=False)
     sh = sub.add_parser("shell", help="a root shell on a lab host")
     sh.add_argument("role")
     a = p.parse_args(argv)
@@ -48,6 +51,9 @@ def main(argv: list[str]) -> int:
         results = scenarios.run_all(a.only)
         print(scenarios.table(results))
         return 0 if all(r.ok for r in results) else 1
+    if a.cmd == "status":
+        from . import status
+        return status_cli.report(status.environment(), a)
     if a.cmd == "shell":
         from . import machines
         os.execvp("nsenter", ["nsenter", "-t", str(machines.leader(a.role)), "-a", "bash", "-l"])

@@ -82,6 +82,12 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
     return data
 
 
+def dkim_public(s, data: dict) -> dict[str, str]:
+    """domain -> the p= value its DKIM record publishes (from the run's private keys)."""
+    from mailstack import dns
+    return {d: dns.dkim_public_from_private(data["dkim_keys"][d]) for d in s.domains}
+
+
 def context(s, data: dict | None = None) -> Context:
     data = data or load_or_make_secrets(s)
     sec = Secrets(

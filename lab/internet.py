@@ -189,6 +189,20 @@ def lab_zones(ptr_extra: list) -> dict[str, str]:
     }
 
 
+# A DNSBL of the lab's own under the real list's name, so the hosts' resolvers ask it
+# exactly as they would ask Spamhaus. Negative answers live 1 s, so a listing shows at once.
+DNSBL_ZONE = "zen.spamhaus.org"
+
+
+def dnsbl_zone(listed: dict[str, str] | None = None) -> dict[str, str]:
+    """listed: IPv4 address -> answer (127.0.0.2: listed in the SBL)."""
+    lines = [f"$ORIGIN {DNSBL_ZONE}.", "$TTL 1",
+             f"@ IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 1", f"@ IN NS {NS_NAME}"]
+    for ip, answer in sorted((listed or {}).items()):
+        lines.append(f"{'.'.join(reversed(ip.split('.')))} IN A {answer}")
+    return {DNSBL_ZONE: "\n".join(lines) + "\n"}
+
+
 # ------------------------------------------------------------------ pebble
 
 def start_pebble() -> None:

@@ -28,10 +28,12 @@ def _roles() -> list[str]:
         return ["mx1", "imap", "mx2"]
 
 
-def zone_texts(s, data) -> dict[str, str]:
+def zone_texts(s, data, drop: tuple[tuple[str, str], ...] = (), ptr_names: dict[str, str] | None = None,
+               dnsbl_listed: dict[str, str] | None = None) -> dict[str, str]:
+    """Every zone knot serves. The status scenario's faults: `drop` (fqdn, type) records,
+    `ptr_names` ip -> a different PTR name, `dnsbl_listed` addresses on the lab DNSBL."""
     addrs = config.addresses(s)
-    pubs = {d: dns.dkim_public_from_private(pem) for d, pem in data["dkim_keys"].items() if d in s.domains}
-    recs = dns.records(s, addrs, pubs)
+    recs = [r for r in dns.records(s, addrs, config.dkim_public(s, data)) if (r.fqdn, r.type) not in drop]
     out = {z: dns.zone_file(z, recs, [internet.NS_NAME]) for z in dns.zones(s)}
     ptrs = dns.ptr_records(s, addrs) + [
         dns.Ptr(net.OUTSIDE_V4, f"{internet.OUTSIDE_MX}.", "outside", 4),
@@ -40,8 +42,10 @@ def zone_texts(s, data) -> dict[str, str]:
         # rDNS, a mail client on this machine passes mx1's connect filters on port 25.
         dns.Ptr(net.INTERNET_V4, internet.NS_NAME, "internet", 4),
     ]
+    ptrs = [dns.Ptr(p.ip, (ptr_names or {}).get(p.ip, p.name), p.role, p.family) for p in ptrs]
     out.update(dns.reverse_zone_files(ptrs, [internet.NS_NAME]))
     out.update(internet.lab_zones([]))
+    out.update(internet.dnsbl_zone(dnsbl_listed))
     return out
 
 

@@ -12,6 +12,7 @@ from . import hosts as H
 from . import mx, resolver, spam, supervision, web
 from .bundle import Bundle
 from .deploy import Context
+from .status import timer as status_timer
 
 
 def _imap_bundle(ctx: Context, host: H.Host) -> Bundle:
@@ -35,4 +36,4 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         b = b + mx.bundle(ctx, host)
     if host.runs(H.WEB):
         b = b + web.bundle(ctx, host)
-    return b
+    return b + status_timer.bundle(ctx, host)

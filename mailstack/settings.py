@@ -178,6 +178,12 @@ class Dkim(_Model):
     selector: str = "mail"
 
 
+class Status(_Model):
+    # `mailstack status` and its daily job: an outside MX that mx1 must reach on port 25
+    # (Hetzner blocks outbound 25 on new projects). The lab points it at its outside MTA.
+    outbound_probe: str = "gmail-smtp-in.l.google.com"
+
+
 class Settings(_Model):
     topology: Literal["ha", "single"] = "ha"
     domains: tuple[str, ...]
@@ -193,6 +199,7 @@ class Settings(_Model):
     dkim: Dkim = Dkim()
     resolver: Resolver = Resolver()
     spam: Spam = Spam()
+    status: Status = Status()
 
     _norm_domains = field_validator("domains", mode="before")(
         lambda v: [_lower(x) for x in v] if isinstance(v, (list, tuple)) else v

@@ -23,12 +23,13 @@ from .mailflow import (
     s_redeploy,
     s_reboot,
 )
+from .status import s_status
 
 SCENARIOS = [
     ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
     ("sieve", s_sieve), ("firewall", s_firewall), ("hostile-input", s_hostile_input),
-    ("supervision", s_supervision), ("redeploy", s_redeploy), ("reboot", s_reboot),
+    ("supervision", s_supervision), ("status", s_status), ("redeploy", s_redeploy), ("reboot", s_reboot),
 ]
 
 

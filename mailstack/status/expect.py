@@ -1,0 +1,151 @@
+"""What should be true, derived from the stack's own rendering (never a hand-kept list),
+and the environment the checks run in (real stack or lab)."""
+from __future__ import annotations
+
+import ipaddress
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Mapping
+
+from .. import database, dns, firewall, imap, mx, spam, tls
+from .. import hosts as H
+from ..settings import Settings
+
+# Where the backup job (another issue) reports its last run; one constant so the two
+# sides can be aligned: {"finished": <epoch>, "result": "ok" | "<error text>", ...}.
+BACKUP_STATUS_FILE = "/var/lib/mailstack/backup-status.json"
+REBOOT_REQUIRED_FILE = "/run/reboot-required"
+# DNSBLs asked for our addresses (IPv6 only where the list supports it).
+DNSBLS_V4 = ("zen.spamhaus.org", "b.barracudacentral.org", "bl.spamcop.net", "psbl.surriel.com")
+DNSBLS_V6 = ("zen.spamhaus.org",)
+# A recipient outside every stack's domains, for the open-relay probe.
+RELAY_PROBE_RCPT = "relay-probe@example.com"
+# Ports the matrix probes on every host: every port any rule opens anywhere, every
+# private service port, and the usual suspects that must never be open.
+EXTRA_SCAN_PORTS = (21, 23, 53, 110, 143, 995, 3306, 6379, 8080, 8443, 11332, 11333, 11334)
+# Implicit-TLS and STARTTLS ports whose certificate is checked, and the name a client
+# asks for on each (SNI): services names, not host names, where clients use those.
+TLS_PORTS = (25, 465, 587, 993, 4190, 443)
+
+
+@dataclass
+class Environment:
+    """Everything the checks need to know about where they run."""
+    settings: Settings
+    addresses: Mapping[str, H.Address]
+    dkim_public: Mapping[str, str]              # domain -> base64 p= value
+    nameservers: Mapping[str, list[str]]        # zone -> expected NS names
+    run_on: Callable[[str, str], str] | None    # (role, bash program) -> stdout, as root
+    resolver: str | None = None                 # DNS server for outside look-ups (None: system)
+    cafile: str | None = None                   # trust store for TLS (None: system)
+    helo: str = "status-probe.invalid"
+    # Outside probes run inside this (the lab: its internet namespace).
+    vantage: Callable[[], ContextManager] = field(default=nullcontext)
+    source_v4: str | None = None
+    source_v6: str | None = None
+
+    @property
+    def outbound_target(self) -> str:
+        return self.settings.status.outbound_probe
+
+    @property
+    def hosts(self) -> dict[str, H.Host]:
+        return H.hosts(self.settings)
+
+    def records(self) -> list[dns.Record]:
+        return dns.records(self.settings, self.addresses, self.dkim_public)
+
+    def ptrs(self) -> list[dns.Ptr]:
+        return dns.ptr_records(self.settings, self.addresses)
+
+    def v4(self, role: str) -> str:
+        return str(ipaddress.ip_address(self.addresses[role].ipv4))
+
+    def v6(self, role: str) -> str:
+        return str(ipaddress.ip_address(H.ipv6_host_address(self.addresses[role].ipv6)))
+
+
+def open_ports(host: H.Host) -> set[int]:
+    """What answers from the operator's machine: the Hetzner rules' TCP ports (SSH from
+    admin.sshCidrs, where the operator is: the deploy steps run over SSH)."""
+    return {firewall.SSH_PORT} | {p for proto, p in firewall.public_ports(host) if proto == "tcp"}
+
+
+def scan_ports() -> list[int]:
+    ports = {firewall.SSH_PORT, firewall.ACME_HTTP[1]}
+    ports |= {p for rules in firewall.PUBLIC.values() for _, p, _ in rules}
+    ports |= {p for _, _, p, _, _ in firewall.PRIVATE}
+    return sorted(ports | set(EXTRA_SCAN_PORTS))
+
+
+def tls_endpoints(settings: Settings, host: H.Host) -> list[tuple[int, str]]:
+    """(port, name a client asks for) for every TLS port this host serves."""
+    public = {p for _, p in firewall.public_ports(host)}
+    sni = {25: host.fqdn, 465: settings.fqdn("smtp"), 587: settings.fqdn("smtp"),
+           993: settings.fqdn("imap"), 4190: settings.fqdn("imap"),
+           443: f"mta-sts.{settings.primary_domain}"}
+    return [(p, sni[p]) for p in TLS_PORTS if p in public]
+
+
+def cert_names(settings: Settings, host: H.Host) -> list[str]:
+    return tls.certificate_names(settings, host)
+
+
+DAILY_TIMER = "mailstack-status.timer"
+
+
+def runs_daily_job(host: H.Host) -> bool:
+    """The one host with the daily status job (mailstack/status/timer.py): the primary,
+    which sees every replica, sends mail and holds the DKIM keys."""
+    return host.runs(H.DB_PRIMARY)
+
+
+def units(host: H.Host) -> list[str]:
+    """systemd units that must be active on `host`, from what it runs."""
+    u = ["ssh.service", "unbound.service", "nftables.service", "nginx.service",
+         f"postgresql@{database.PG_VERSION}-main.service"]
+    if mx.runs_smtpd(host):
+        u.append("opensmtpd.service")
+    if spam.runs_rspamd(host):
+        u += ["rspamd.service", "redis-server.service"]
+    if host.runs(H.IMAP):
+        u.append("dovecot.service")
+    if runs_daily_job(host):
+        u.append(DAILY_TIMER)
+    return u
+
+
+def has_backup(host: H.Host) -> bool:
+    """Hosts whose data the backup job (issue 9) saves: mail, the database, mx1's Redis.
+    Align with mailstack.backup.parts() once that lands."""
+    return host.runs(H.IMAP) or host.runs(H.DB_PRIMARY) or host.runs(H.MX)
+
+
+def disk_paths(host: H.Host) -> dict[str, str]:
+    out = {"system": "/"}
+    if host.runs(H.IMAP):
+        out["mail"] = imap.Layout().vmail
+    if host.runs(H.DB_PRIMARY) or host.runs(H.DB_REPLICA):
+        out["postgresql"] = database.PG_DATA
+    return out
+
+
+def dnsbl_queries(env: Environment, role: str) -> list[tuple[str, str, str]]:
+    """(address, list, query name) for the host's addresses on every list."""
+    out = []
+    v4, v6 = env.v4(role), env.v6(role)
+    for bl in DNSBLS_V4:
+        out.append((v4, bl, ".".join(reversed(v4.split("."))) + "." + bl))
+    nibbles = ipaddress.ip_address(v6).exploded.replace(":", "")
+    for bl in DNSBLS_V6:
+        out.append((v6, bl, ".".join(reversed(nibbles)) + "." + bl))
+    return out
+
+
+def dkim_keys(settings: Settings) -> dict[str, str]:
+    return {d: spam.key_path(d, settings.dkim.selector) for d in settings.domains}
+
+
+def replica_slots(settings: Settings) -> dict[str, str]:
+    """replica role -> (private ip, slot name)"""
+    return {h.role: database.slot_name(h) for h in H.hosts(settings).values() if h.runs(H.DB_REPLICA)}

@@ -1,0 +1,397 @@
+"""mailstack status: every decision (ok / warn / error) on plain data, the expectations
+derived from the rendering, the output and exit codes, and the change report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mailstack import dns, firewall
+from mailstack import hosts as H
+from mailstack.status import decide, expect, inside, model
+from mailstack.status import __main__ as status_main
+from mailstack.status.model import ERROR, OK, WARN, Check
+from mailstack.status.outside import parse_values
+
+from .conftest import FAKE_ADDRESSES, settings_from
+
+
+def st(verdict):
+    return verdict[0]
+
+
+@pytest.fixture
+def env(settings):
+    pubs = {d: dns.dkim_public_from_private(_key()) for d in settings.domains}
+    return expect.Environment(settings, FAKE_ADDRESSES, pubs, {}, lambda r, p: "")
+
+
+def _key():
+    from .conftest import _rsa_key
+    return _rsa_key()
+
+
+# ------------------------------------------------------------------ DNS
+
+def test_rrset_equal_missing_unexpected_error():
+    assert st(decide.rrset({"a", "b"}, {"b", "a"})) == OK
+    v = decide.rrset({"a", "b"}, {"a"})
+    assert v[0] == ERROR and "missing b" in v[2]
+    v = decide.rrset({"a"}, {"a", "c"})
+    assert v[0] == ERROR and "unexpected c" in v[2]
+    assert st(decide.rrset({"a"}, set())) == ERROR          # record removed
+    assert st(decide.rrset({"a"}, None, "Timeout")) == ERROR
+
+
+def test_txt_values_compare_by_text_not_by_split():
+    long = "v=DKIM1; k=rsa; p=" + "A" * 400
+    rendered = parse_values("TXT", [dns.txt(long)])
+    other_split = parse_values("TXT", ['"' + long[:100] + '" "' + long[100:300] + '" "' + long[300:] + '"'])
+    assert rendered == other_split == {long}
+
+
+def test_ptr_needs_name_and_forward_confirmation():
+    assert st(decide.ptr("198.51.100.13", "mx2.example.org.", ["mx2.example.org."], ["198.51.100.13"])) == OK
+    assert st(decide.ptr("198.51.100.13", "mx2.example.org.", ["evil.example."], ["198.51.100.13"])) == ERROR
+    assert st(decide.ptr("198.51.100.13", "mx2.example.org.", [], [])) == ERROR
+    v = decide.ptr("198.51.100.13", "mx2.example.org.", ["mx2.example.org."], ["198.51.100.99"])
+    assert v[0] == ERROR and "resolves to" in v[2]
+
+
+def test_delegation_ignores_case_and_trailing_dot():
+    assert st(decide.delegation(["ns1.lab.example.com."], ["NS1.lab.example.com"])) == OK
+    assert st(decide.delegation(["hydrogen.ns.hetzner.com."], ["ns1.other.example."])) == ERROR
+
+
+def test_mta_sts_policy(settings):
+    pol = dns.mta_sts_policy(settings)
+    assert st(decide.mta_sts(pol, 200, pol.replace("\r\n", "\n"))) == OK
+    assert st(decide.mta_sts(pol, 200, pol.replace("enforce", "testing"))) == ERROR
+    assert st(decide.mta_sts(pol, 404, "")) == ERROR
+    assert st(decide.mta_sts(pol, None, None, "refused")) == ERROR
+
+
+def test_dkim_key_match_and_p_tag():
+    assert decide.dkim_p("v=DKIM1; k=rsa; p=AB CD") == "ABCD"
+    assert st(decide.dkim_key("ABCD", "ABCD")) == OK
+    assert st(decide.dkim_key("ABCD", "ABCE")) == ERROR
+    assert st(decide.dkim_key(None, "ABCD")) == ERROR
+    assert st(decide.dkim_key("ABCD", None)) == ERROR
+
+
+# ------------------------------------------------------------------ ports, TLS, SMTP
+
+def test_ports_must_equal_rules_exactly():
+    assert st(decide.ports({22, 25, 80}, {80, 25, 22})) == OK
+    v = decide.ports({22, 25, 80}, {22, 25, 80, 8080})
+    assert v[0] == ERROR and "8080" in v[2] and "not in the firewall" in v[2]
+    v = decide.ports({22, 25, 80}, {22, 80})
+    assert v[0] == ERROR and "closed: 25" in v[2]
+
+
+def test_certificate_thresholds_names_trust():
+    names = ["mx1.example.org", "smtp.example.org"]
+    assert st(decide.certificate(names, 80, names, None)) == OK
+    assert st(decide.certificate(names, decide.CERT_WARN_DAYS - 1, names, None)) == WARN
+    assert st(decide.certificate(names, decide.CERT_ERROR_DAYS - 0.5, names, None)) == ERROR
+    assert st(decide.certificate(names, -1, names, None)) == ERROR
+    assert st(decide.certificate(names, 80, ["mx1.example.org"], None)) == ERROR
+    assert st(decide.certificate(names, 80, ["*.example.org"], None)) == OK
+    assert st(decide.certificate(names, 80, names, "self-signed certificate")) == ERROR
+    assert st(decide.certificate(names, None, (), "Connection refused")) == ERROR
+
+
+def test_banner_names_the_host():
+    assert st(decide.banner("mx1.example.org", "220 mx1.example.org ESMTP OpenSMTPD")) == OK
+    assert st(decide.banner("mx1.example.org", "220 localhost ESMTP")) == ERROR
+    assert st(decide.banner("mx1.example.org", "554 go away")) == ERROR
+    assert st(decide.banner("mx1.example.org", None, "refused")) == ERROR
+
+
+def test_port_25_refused_for_missing_fcrdns_is_not_judged():
+    assert decide.vantage_refused("550 5.7.25 Client host has no reverse DNS")
+    assert not decide.vantage_refused("220 mx1.example.org ESMTP")
+    assert not decide.vantage_refused("554 5.7.1 go away")
+    assert st(decide.not_judged("banner", "550 5.7.25 no rDNS")) == WARN
+
+
+def test_starttls_offered_auth_hidden():
+    assert st(decide.starttls(["PIPELINING", "STARTTLS", "SIZE 1"], True)) == OK
+    assert st(decide.starttls(["PIPELINING", "SIZE 1"], False)) == ERROR
+    assert st(decide.starttls(["STARTTLS", "AUTH PLAIN LOGIN"], True)) == ERROR
+    assert st(decide.starttls(["STARTTLS"], False)) == ERROR
+    assert st(decide.starttls(["STARTTLS"], True, auth_after_tls=True)) == OK
+    assert st(decide.starttls(["STARTTLS"], True, auth_after_tls=False)) == ERROR
+    assert st(decide.starttls(None, False, None, "timeout")) == ERROR
+
+
+def test_relay_refused_is_ok():
+    assert st(decide.relay(550)) == OK
+    assert st(decide.relay(454)) == OK
+    assert st(decide.relay(250)) == ERROR
+    assert st(decide.relay(None, "refused")) == ERROR
+
+
+def test_dnsbl_listed_unknown_refused():
+    assert st(decide.dnsbl([])) == OK
+    assert st(decide.dnsbl(["127.0.0.2"])) == ERROR
+    assert st(decide.dnsbl(["127.255.255.254"])) == WARN   # Spamhaus: query refused
+    assert st(decide.dnsbl(["127.255.255.252", "127.255.255.255"])) == WARN
+    assert st(decide.dnsbl(None, "SERVFAIL")) == WARN
+
+
+# ------------------------------------------------------------------ inside
+
+def test_service_active_and_restarts():
+    assert st(decide.service("active", 0)) == OK
+    assert st(decide.service("active", 3)) == WARN
+    assert st(decide.service("inactive", 0)) == ERROR
+    assert st(decide.service("failed", 5)) == ERROR
+    assert st(decide.service(None, None)) == ERROR
+
+
+def test_replication_state_and_lag():
+    assert st(decide.replication("streaming", 0, 0.0)) == OK
+    assert st(decide.replication("streaming", decide.LAG_BYTES_WARN, 0)) == WARN
+    assert st(decide.replication("streaming", decide.LAG_BYTES_ERROR, 0)) == ERROR
+    assert st(decide.replication("streaming", 0, decide.LAG_SECONDS_WARN)) == WARN
+    assert st(decide.replication("streaming", 0, decide.LAG_SECONDS_ERROR)) == ERROR
+    assert st(decide.replication("catchup", 0, 0)) == ERROR
+    assert st(decide.replication(None, None, None)) == ERROR
+
+
+def test_slots():
+    assert st(decide.slot(True, 0)) == OK
+    assert st(decide.slot(False, 0)) == WARN
+    assert st(decide.slot(True, decide.SLOT_RETAINED_WARN)) == WARN
+    assert st(decide.slot(False, decide.SLOT_RETAINED_ERROR)) == ERROR
+    assert st(decide.slot(None, None)) == ERROR
+
+
+def test_queue_count_and_age():
+    assert st(decide.queue(0, 0)) == OK
+    assert st(decide.queue(2, 60)) == OK
+    assert st(decide.queue(decide.QUEUE_COUNT_WARN, 0)) == WARN
+    assert st(decide.queue(decide.QUEUE_COUNT_ERROR, 0)) == ERROR
+    assert st(decide.queue(1, decide.QUEUE_AGE_WARN)) == WARN
+    assert st(decide.queue(1, decide.QUEUE_AGE_ERROR)) == ERROR
+    assert st(decide.queue(None, None, "smtpctl: not running")) == ERROR
+
+
+def test_disk():
+    assert st(decide.disk(50)) == OK
+    assert st(decide.disk(decide.DISK_WARN_PCT)) == WARN
+    assert st(decide.disk(100)) == ERROR
+    assert st(decide.disk(None, "No such file")) == ERROR
+
+
+def test_backup_age_and_result():
+    import datetime
+    now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc).timestamp()
+    ago = lambda h: datetime.datetime.fromtimestamp(now - 3600 * h, datetime.timezone.utc).isoformat()
+    ok = lambda h: {"last_run": {"time": ago(h), "result": "ok"}, "last_success": {"time": ago(h)}}
+    assert decide.backup(None, now)[0::2] == (WARN, "no backup configured")
+    assert st(decide.backup(ok(1), now)) == OK
+    assert st(decide.backup({"last_run": {"time": ago(1), "result": "ok"},
+                             "last_success": {"time": ago(1).replace("+00:00", "Z")}}, now)) == OK
+    assert st(decide.backup(ok(decide.BACKUP_WARN_HOURS), now)) == WARN
+    assert st(decide.backup(ok(decide.BACKUP_ERROR_HOURS), now)) == ERROR
+    failed = {"last_run": {"time": ago(0), "result": "failed", "error": "sftp: no route"},
+              "last_success": {"time": ago(2)}}
+    v = decide.backup(failed, now)
+    assert v[0] == ERROR and "sftp: no route" in v[2]
+    running = {"last_run": {"time": ago(0), "result": "running"}, "last_success": {"time": ago(3)}}
+    assert st(decide.backup(running, now)) == OK
+    assert st(decide.backup({"last_run": {"time": ago(0), "result": "running"}}, now)) == ERROR
+    assert st(decide.backup({"last_success": {"time": "yesterday"}}, now)) == ERROR
+
+
+def test_updates_and_reboot():
+    assert st(decide.updates(0, False)) == OK
+    assert st(decide.updates(3, False)) == WARN
+    assert st(decide.updates(0, True)) == WARN
+    assert st(decide.updates(None, False)) == WARN
+
+
+def test_outbound_names_hetzner_unblock():
+    assert st(decide.outbound("mx.example", "220 mx.example ESMTP", None)) == OK
+    v = decide.outbound("mx.example", None, "timed out")
+    assert v[0] == ERROR and "Hetzner" in v[2] and "unblock" in v[2]
+
+
+# ------------------------------------------------------------------ expectations
+
+def test_expected_ports_are_the_firewall_rules(settings):
+    hs = H.hosts(settings)
+    for h in hs.values():
+        rule_ports = {int(r.port) for r in firewall.hcloud_rules(settings, h) if r.protocol == "tcp"}
+        assert expect.open_ports(h) == rule_ports
+    assert expect.open_ports(hs["mx2"]) == {22, 25, 80}
+    scan = set(expect.scan_ports())
+    assert {24, 5432, 10025, 25, 465, 587, 993, 4190, 443, 80, 22, 8080} <= scan
+
+
+def test_tls_endpoints_and_names(settings):
+    hs = H.hosts(settings)
+    assert [p for p, _ in expect.tls_endpoints(settings, hs["mx1"])] == [25, 465, 587, 443]
+    assert expect.tls_endpoints(settings, hs["imap"]) == [(993, "imap.example.org"), (4190, "imap.example.org")]
+    assert expect.tls_endpoints(settings, hs["mx2"]) == [(25, "mx2.example.org")]
+
+
+def test_units_follow_services(settings, single_settings):
+    hs = H.hosts(settings)
+    assert "opensmtpd.service" in expect.units(hs["mx2"]) and "dovecot.service" not in expect.units(hs["mx2"])
+    assert "dovecot.service" in expect.units(hs["imap"]) and "opensmtpd.service" not in expect.units(hs["imap"])
+    one = H.hosts(single_settings)["mx1"]
+    assert {"opensmtpd.service", "dovecot.service", "rspamd.service"} <= set(expect.units(one))
+
+
+def test_dnsbl_query_names(env):
+    qs = expect.dnsbl_queries(env, "mx2")
+    assert ("198.51.100.13", "zen.spamhaus.org", "13.100.51.198.zen.spamhaus.org") in qs
+    v6 = [q for ip, bl, q in qs if ":" in ip]
+    assert v6 and v6[0].startswith("1.0.0.0.") and v6[0].endswith(".zen.spamhaus.org")
+
+
+def test_inside_program_carries_no_secret(env, settings):
+    prog = inside.program(env, "mx1")
+    assert "PRIVATE KEY" not in prog and "password" not in prog.lower()
+    assert expect.BACKUP_STATUS_FILE in prog
+
+
+def test_environment_from_pulumi_outputs(settings):
+    """`pulumi config --json` + `pulumi stack output --json` -> the same expectations."""
+    from .conftest import stack_config
+    cfg = {k: {"value": v, "secret": False} for k, v in stack_config().items()}
+    pubs = {d: dns.dkim_public_from_private(_key()) for d in settings.domains}
+    recs = dns.records(settings, FAKE_ADDRESSES, pubs)
+    outputs = {
+        "addresses": {r: {"ipv4": a.ipv4, "ipv6": a.ipv6} for r, a in FAKE_ADDRESSES.items()},
+        "nameservers": {z: list(dns.HETZNER_NAMESERVERS) for z in dns.zones(settings)},
+        "dnsRecords": dns.records_table(recs),
+    }
+    env = status_main.environment(json.loads(json.dumps(cfg)), outputs)
+    assert env.dkim_public == pubs
+    assert env.records() == recs
+    assert env.nameservers["example.org"] == dns.HETZNER_NAMESERVERS
+
+
+# ------------------------------------------------------------------ output
+
+def _c(status, name="x"):
+    return Check("dns", name, status, "e", "f")
+
+
+def test_exit_codes():
+    assert model.exit_code([_c(OK)]) == 0
+    assert model.exit_code([_c(OK), _c(WARN)]) == 2
+    assert model.exit_code([_c(WARN), _c(ERROR)]) == 1
+    assert model.exit_code([]) == 0
+
+
+def test_text_and_json_output():
+    checks = [Check("disk", "mx1 system (/)", WARN, "< 80% used", "85% used"), _c(OK, "a A")]
+    out = model.text(checks)
+    assert out.index("[dns]") < out.index("[disk]")
+    assert "warn  mx1 system (/): expected < 80% used; found 85% used" in out
+    data = json.loads(model.to_json(checks))
+    assert data["exit"] == 2 and {c["status"] for c in data["checks"]} == {OK, WARN}
+    assert model.from_json(model.to_json(checks)) == model._ordered(checks)
+
+
+def test_changes_report_only_what_changed():
+    before = [_c(OK, "a"), _c(OK, "b"), _c(WARN, "c")]
+    assert model.changes(before, before) == []
+    now = [_c(ERROR, "a"), _c(OK, "b"), _c(OK, "c"), _c(OK, "d")]
+    ch = model.changes(before, now)
+    assert len(ch) == 2 and ch[0].startswith("error dns: a: was ok") and "dns: c: was warn" in ch[1]
+    assert model.changes(now, now[1:]) == ["gone  dns: a (was error)"]
+    # First run: report the problems only.
+    assert model.changes(None, [_c(OK, "a"), _c(WARN, "b")]) == ["warn  dns: b: f"]
+
+
+# ------------------------------------------------------------------ inside checks, daily job
+
+def _data(**over):
+    data = {
+        "now": 1000.0,
+        "units": {"opensmtpd.service": {"active": "active", "restarts": 0},
+                  "postgresql@15-main.service": {"active": "active", "restarts": 0}},
+        "replicas": [{"addr": "10.77.1.12", "state": "streaming", "lag_bytes": "0", "lag_seconds": "0"},
+                     {"addr": "10.77.1.13", "state": "streaming", "lag_bytes": "0", "lag_seconds": "0"}],
+        "slots": {"mailstack_imap": {"active": True, "retained": 0},
+                  "mailstack_mx2": {"active": True, "retained": 0}},
+        "queue": {"count": 0, "oldest": 0},
+        "disk": {"system": {"path": "/", "pct": 20.0}},
+        "backup": {"last_run": {"time": "1970-01-01T00:15:00+00:00", "result": "ok"},
+                   "last_success": {"time": "1970-01-01T00:15:00+00:00"}},
+        "security_updates": 0, "reboot_required": False,
+        "dkim": {}, "dnsbl": {}, "smtp_probes": {},
+    }
+    data.update(over)
+    return data
+
+
+def test_hostchecks_from_params_and_data(env):
+    from mailstack.status import hostchecks
+    params = inside.params(env, "mx1")
+    pubs = dict(env.dkim_public)
+    data = _data(dkim=pubs, dnsbl={q: {"answers": []} for _, _, q in params["dnsbl"]},
+                 smtp_probes={k: {"line": f"220 {v[2] or 'mx.outside.test'} ESMTP", "error": None}
+                              for k, v in params["smtp_probes"].items()})
+    checks = hostchecks.checks(params, data, pubs)
+    assert model.exit_code(checks) == 0, [c for c in checks if c.status != OK]
+    ids = {c.id for c in checks}
+    assert {"replication: mx2 streaming", "replication: slot mailstack_imap", "queue: mx1",
+            "outbound: mx1 -> gmail-smtp-in.l.google.com:25", "smtp: mx1 -> mx2:25 (v6)",
+            "dkim: example.org key in use (mx1)", "backup: mx1"} <= ids
+    # the replica on mx2 gone: its replication errors, its slot warns, nothing else moves
+    gone = {**data, "replicas": [data["replicas"][0]],
+            "slots": {**data["slots"], "mailstack_mx2": {"active": False, "retained": 0}}}
+    after = hostchecks.checks(params, gone, pubs)
+    assert [c.id for c in after if c.status == ERROR] == ["replication: mx2 streaming"]
+    assert hostchecks.unreachable("imap", "ssh: timeout")[0].status == ERROR
+
+
+def test_daily_mail_only_on_change(env, settings):
+    from mailstack.status import daily
+    conf = {"host": "mx1.example.org", "mail_from": "a@mx1.example.org", "mail_to": "postmaster@example.org"}
+    before = [_c(OK, "a"), _c(OK, "b")]
+    assert daily.report(conf, before, before) is None
+    msg = daily.report(conf, before, [_c(ERROR, "a"), _c(OK, "b")])
+    assert msg["To"] == "postmaster@example.org" and "1 error" in msg["Subject"]
+    assert "error dns: a: was ok" in msg.get_content()
+
+
+def test_daily_job_is_standard_library_only_and_carries_no_secret(settings):
+    """The job runs under the server's python3: its modules import nothing else."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    from mailstack.status import timer
+    from .conftest import make_context
+    here = Path(timer.__file__).parent
+    for m in timer.MODULES:
+        tree = ast.parse((here / m).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:   # relative: must be one of the shipped modules
+                    assert f"{node.module}.py" in timer.MODULES or node.module is None, (m, node.module)
+                    continue
+                names = [node.module]
+            else:
+                continue
+            for n in names:
+                assert n.split(".")[0] in sys.stdlib_module_names, (m, n)
+    ctx = make_context(settings)
+    b = timer.bundle(ctx, ctx.hosts["mx1"])
+    assert timer.bundle(ctx, ctx.hosts["imap"]).files == ()
+    text = "".join(f.content for f in b.files)
+    for pem in ctx.secrets.dkim_keys.values():
+        assert pem.strip().splitlines()[1] not in text
+    assert ctx.secrets.replication_password not in text
+    conf = json.loads(b.file(f"{timer.CONF_DIR}/daily.json").content)
+    assert conf["mail_to"] == "postmaster@example.org"
