@@ -3,7 +3,7 @@ reads its parameters, looks around read-only, prints one JSON object. `inside.pr
 sends it over the deploy-step channel with PARAMS prepended; the daily job on the server
 runs it with the path of its parameter file. Nothing secret leaves the host: of the DKIM
 key only the public half is reported."""
-import base64, json, os, socket, subprocess, sys, time
+import json, os, socket, subprocess, sys, time
 
 if "PARAMS" not in globals():
     with open(sys.argv[1]) as _f:

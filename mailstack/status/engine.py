@@ -9,7 +9,7 @@ from typing import Callable
 from .. import dns as D
 from .. import hosts as H
 from . import decide, expect, hostchecks, inside, outside
-from .model import Check
+from .model import ERROR, Check
 
 WORKERS = 24
 SCAN_WORKERS = 192

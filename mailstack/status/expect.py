@@ -7,7 +7,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Mapping
 
-from .. import database, dns, firewall, imap, mx, spam, tls
+from .. import database, dns, firewall, imap, spam, supervision, tls
 from .. import hosts as H
 from ..settings import Settings
 
@@ -101,15 +101,9 @@ def runs_daily_job(host: H.Host) -> bool:
 
 
 def units(host: H.Host) -> list[str]:
-    """systemd units that must be active on `host`, from what it runs."""
-    u = ["ssh.service", "unbound.service", "nftables.service", "nginx.service",
-         f"postgresql@{database.PG_VERSION}-main.service"]
-    if mx.runs_smtpd(host):
-        u.append("opensmtpd.service")
-    if spam.runs_rspamd(host):
-        u += ["rspamd.service", "redis-server.service"]
-    if host.runs(H.IMAP):
-        u.append("dovecot.service")
+    """systemd units that must be active on `host`: every supervised daemon it runs
+    (supervision.units, one list), plus SSH, the host firewall and the daily timer."""
+    u = ["ssh.service", "nftables.service", *supervision.units(host)]
     if runs_daily_job(host):
         u.append(DAILY_TIMER)
     return u
