@@ -3,6 +3,7 @@ every daemon comes back by itself after kill -9 or a clean exit of its own."""
 from __future__ import annotations
 
 import json
+import smtplib
 import subprocess
 import sys
 import time
@@ -11,9 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from mailstack import database, firewall, mx, supervision
 from mailstack import hosts as H
 
-from .. import config, hostile_cases, machines, net
+from .. import config, hostile_cases, internet, machines, net
+from ..netns import inside
 from ..util import NETNS, wait_until
 from .clients import (
+    LabSMTP,
     _expect,
     _host_ip,
     _imap_role,
@@ -141,6 +144,17 @@ def _back(role: str, unit: str, old_pid: str, what: str) -> None:
     wait_until(up, BACK_WITHIN, f"{role}: {unit} back after {what}")
 
 
+def _rcpt_probe(role: str) -> None:
+    """One recipient look-up on the host's port 25, from outside; its outcome is ignored."""
+    try:
+        with inside(), LabSMTP(_s().fqdn(role), _host_ip(role), 25, timeout=10) as c:
+            c.ehlo()
+            c.mail(f"probe@{internet.OUTSIDE_DOMAIN}")
+            c.rcpt(USER)
+    except (OSError, smtplib.SMTPException):
+        pass
+
+
 def _supervise_host(role: str) -> list[str]:
     host = H.hosts(_s())[role]
     notes = []
@@ -161,9 +175,15 @@ def _supervise_host(role: str) -> list[str]:
         notes.append(unit.removesuffix(".service"))
     if host.runs(H.MX) or host.runs(H.BACKUP_MX):
         for child in SMTPD_CHILDREN:
-            _expect(machines.sh(role, f"pgrep -f '{child}'").returncode == 0, f"{role}: no {child} process")
+            # smtpd starts its helpers a moment after it starts itself.
+            wait_until(lambda: machines.sh(role, f"pgrep -f '{child}'").returncode == 0, 30,
+                       f"{role}: a {child} process")
             pid = _show(role, "opensmtpd.service")["MainPID"]
             machines.sh(role, f"pkill -9 -f '{child}'")
+            if child.startswith("pgsql"):
+                # smtpd notices a dead table process at its next lookup: it drops that
+                # session (the sender retries later), exits, and is restarted.
+                _rcpt_probe(role)
             _back(role, "opensmtpd.service", pid, f"kill -9 of {child}")
             notes.append(f"smtpd after {child}")
     return notes
