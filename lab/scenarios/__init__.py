@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 
 from ..util import log
+from .backup import s_backup_restore
 from .mailflow import (
     s_inbound,
     s_submission,
@@ -27,6 +28,7 @@ SCENARIOS = [
     ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
     ("sieve", s_sieve), ("firewall", s_firewall), ("redeploy", s_redeploy), ("reboot", s_reboot),
+    ("backup-restore", s_backup_restore),
 ]
 
 
