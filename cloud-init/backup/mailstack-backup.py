@@ -29,12 +29,12 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def restic(*args, capture=False, check=True, stdout=None):
+def restic(*args, capture=False, check=True, stdout=None, stderr=None):
     env = dict(os.environ, RESTIC_REPOSITORY=C["repository"],
                RESTIC_PASSWORD_FILE=C["password_file"], RESTIC_CACHE_DIR=C["cache_dir"])
     out = subprocess.PIPE if capture else stdout
-    r = subprocess.run([*C["restic"], *args], env=env, stdout=out, text=capture or None,
-                       stdin=subprocess.DEVNULL)
+    r = subprocess.run([*C["restic"], *args], env=env, stdout=out, stderr=stderr,
+                       text=capture or None, stdin=subprocess.DEVNULL)
     if check and r.returncode != 0:
         raise RuntimeError(f"restic {args[0]} failed with exit status {r.returncode}")
     return r
@@ -159,7 +159,8 @@ def backup():
 
 def init():
     """Create the repository unless it exists (the deploy step runs this every time)."""
-    if restic("cat", "config", capture=True, check=False).returncode == 0:
+    if restic("cat", "config", capture=True, check=False,
+              stderr=subprocess.DEVNULL).returncode == 0:
         return 0
     restic("init", capture=True)   # refuses to touch an existing repository
     log(f"repository for {C['host']} created")
@@ -275,16 +276,16 @@ def restore_db(snap):
     os.makedirs(C["dump_dir"], mode=0o700, exist_ok=True)
     with open(path, "wb") as f:
         restic("dump", "--host", C["host"], snap, db_dump_path(), stdout=f)
-    os.chmod(path, 0o644)   # pg_restore runs as postgres
     was_active = service("stop", "smtpd")   # it holds lookup connections to the database
     try:
         subprocess.run([*C["as_postgres"], "psql", "-X", "-q", "-d", "postgres", "-c",
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                         f"WHERE datname = '{C['db']}' AND pid <> pg_backend_pid()"],
                        check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        subprocess.run([*C["as_postgres"], "pg_restore", "--clean", "--if-exists", "--create",
-                        "--exit-on-error", "-d", "postgres", path], check=True,
-                       stdin=subprocess.DEVNULL)
+        # On stdin: the dump stays readable by root only.
+        with open(path, "rb") as dump:
+            subprocess.run([*C["as_postgres"], "pg_restore", "--clean", "--if-exists", "--create",
+                            "--exit-on-error", "-d", "postgres"], check=True, stdin=dump)
     finally:
         os.unlink(path)
         if was_active:

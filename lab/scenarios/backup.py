@@ -48,8 +48,11 @@ def mailbox_state(address: str) -> State:
     state: State = {}
     with imap_session(address) as c:
         for folder in _folders(c):
-            typ, _ = c.select(f'"{folder}"', readonly=True)
+            typ, exists = c.select(f'"{folder}"', readonly=True)
             _expect(typ == "OK", f"{address}: cannot select {folder}")
+            state[folder] = Counter()
+            if int(exists[0]) == 0:
+                continue
             typ, data = c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
             seen: Counter = Counter()
             for item in data or []:

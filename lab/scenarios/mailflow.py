@@ -328,7 +328,7 @@ def s_redeploy() -> str:
     """(extra) running every deploy step again with no change restarts and rewrites nothing."""
     roles = machines_roles()
     before = {r: _service_state(r) for r in roles}
-    from .stand import redeploy
+    from ..stand import redeploy
 
     times = redeploy()
     after = {r: _service_state(r) for r in roles}
