@@ -10,7 +10,8 @@ import re
 import time
 from collections import Counter
 
-from .. import machines
+from .. import internet, machines
+from .. import storage as LS
 from ..util import log, wait_until
 from .clients import (
     _expect,
@@ -133,6 +134,10 @@ def _sh(role: str, cmd: str, timeout: float = 600) -> str:
     return r.stdout
 
 
+def _du(path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -173,7 +178,9 @@ def s_backup_restore() -> str:
         st = _status(role)
         _expect(st.get("last_run", {}).get("result") == "ok", f"{role} backup status: {st}")
         _expect(st.get("last_check", {}).get("result") == "ok", f"{role} repository check: {st}")
-    figures["repository imap"] = _mb(_status("imap")["last_success"]["repository_bytes"])
+    figures["repository imap"] = (
+        f"{_mb(_status('imap')['last_success']['repository_bytes'])} (restic stats), "
+        f"{_mb(_du(internet.storage().root / LS.REPO_DIR / 'imap'))} on the storage host")
 
     # 3.-4. imap lost with all its data; a fresh one is deployed and restores by itself.
     times = rebuild("imap")
