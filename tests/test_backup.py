@@ -254,3 +254,52 @@ def test_restic_backup_and_restore_of_a_mail_store_over_sftp(sftp_target, tmp_pa
     assert all(p.lstat().st_uid == H.VMAIL_UID for p in m.rglob("*"))
     status = json.loads(Path(layout.status_file).read_text())
     assert status["last_restore"]["address"] == "alice@example.org"
+
+
+def test_database_dump_and_restore_through_the_repository(sftp_target, tmp_path):
+    """mx1's part: pg_dump into the snapshot; a dropped database comes back with
+    `--only db`, an emptied one (a fresh primary) with `--if-empty`."""
+    from . import test_database as TD
+
+    s = settings_from(backup={"target": sftp_target.target(),
+                              "knownHosts": [sftp_target.known_hosts_line()]})
+    priv, _ = ed25519_openssh("backup-imap")   # the key the storage host accepts
+    ctx = make_context(s)
+    ctx = replace(ctx, secrets=replace(ctx.secrets, backup_keys={"mx1": priv}))
+    layout = B.Layout(conf_dir=str(tmp_path / "etc"), vmail=str(tmp_path / "vmail"),
+                      dump_dir=str(tmp_path / "dump"), status_file=str(tmp_path / "status.json"),
+                      cache_dir=str(tmp_path / "cache"), systemd=False)
+    env = _install(ctx, ctx.hosts["mx1"], layout, tmp_path)
+    conf = json.loads(Path(layout.config).read_text())
+    assert conf["parts"] == ["db", "rspamd"]
+    conf["parts"] = ["db"]                      # no Redis here; its dump is one command
+    Path(layout.config).write_text(json.dumps(conf))
+
+    base = Path(tempfile.mkdtemp(prefix="mailstack-pg-"))
+    base.chmod(0o755)
+    dbctx = TD.loopback_context(s)
+    primary = None
+    try:
+        primary = TD.start_primary(base, dbctx)
+        primary.sql(TD.D.sync_sql(s, dict(dbctx.secrets.user_hashes)), TD.D.DB_NAME)
+        before = TD.snapshot(primary)
+        env = dict(env, PGHOST=str(primary.dir), PGPORT=str(primary.port))
+        _run(env, tmp_path, "init")
+        _run(env, tmp_path)
+        assert json.loads(Path(layout.status_file).read_text())["last_run"]["result"] == "ok"
+
+        primary.sql("DROP DATABASE mailstack")
+        _run(env, tmp_path, "--only", "db", name="mailstack-restore")
+        rows = lambda snap: {t: [r[1:] for r in v] for t, v in snap.items()}  # noqa: E731
+        assert rows(TD.snapshot(primary)) == rows(before)
+        # the lookup role can read it again (grants came back with the dump)
+        r = primary.as_user(TD.D.LOOKUP_USER, dbctx.secrets.lookup_password, "SELECT count(*) FROM users")
+        assert r.returncode == 0 and int(r.stdout) == len(s.users), r.stderr
+
+        primary.sql("TRUNCATE aliases, users, domains", TD.D.DB_NAME)
+        _run(env, tmp_path, "--if-empty", name="mailstack-restore")
+        assert rows(TD.snapshot(primary)) == rows(before)
+    finally:
+        if primary is not None:
+            primary.stop()
+        shutil.rmtree(base, ignore_errors=True)
