@@ -34,6 +34,7 @@ class DeploySteps(pulumi.ComponentResource):
                  servers: dict[str, hcloud.Server],
                  addresses: pulumi.Output[dict[str, H.Address]],
                  secrets: pulumi.Output[deploy.Secrets],
+                 storage_box: pulumi.Output[dict[str, str] | None],
                  private_key: pulumi.Output[str],
                  host_extras: dict[str, list[pulumi.Resource]],
                  dns_ready: list[pulumi.Resource],
@@ -43,8 +44,8 @@ class DeploySteps(pulumi.ComponentResource):
         by_name = {s.name: s for s in plan}
         self.commands = {}
         for step in plan:
-            bundle = pulumi.Output.all(addresses, secrets).apply(
-                lambda v, step=step: step.render(deploy.Context(settings, hosts, v[0], v[1])))
+            bundle = pulumi.Output.all(addresses, secrets, storage_box).apply(
+                lambda v, step=step: step.render(deploy.Context(settings, hosts, v[0], v[1], v[2])))
             connection = remote.ConnectionArgs(
                 host=addresses.apply(lambda a, r=step.host: a[r].ipv4),
                 user="root",

@@ -10,6 +10,7 @@ from mailstack import hosts as H
 from mailstack.catalogue import Location
 from mailstack.settings import Settings
 
+from .backup import BackupStorage
 from .deploy import DeploySteps
 from .dns import PublicDns, ReverseDns
 from .firewall import Firewalls
@@ -50,13 +51,18 @@ class MailStack(pulumi.ComponentResource):
             "public-dns", settings, hosts, addresses=servers.addresses,
             dkim_public_pems=secrets.dkim_public_pems, labels=labels, opts=child)
 
+        storage = BackupStorage(
+            f"{prefix}-backup", settings, public_keys=secrets.backup_public_keys,
+            labels=labels, opts=child)
+
         store = H.find(hosts, H.IMAP).role
         extras: dict[str, list[pulumi.Resource]] = {r: list(rdns.by_role[r]) for r in hosts}
         # Dovecot must find the volume attached before anything writes to /var/vmail.
         extras[store].append(servers.volume_attachment)
         steps = DeploySteps(
             "deploy", settings, hosts, servers=servers.servers, addresses=servers.addresses,
-            secrets=secrets.value, private_key=secrets.deploy_key.private_key_openssh,
+            secrets=secrets.value, storage_box=storage.access,
+            private_key=secrets.deploy_key.private_key_openssh,
             host_extras=extras, dns_ready=[*public.zones.values(), *public.rrsets], opts=child)
         self.steps = steps
 
@@ -71,6 +77,8 @@ class MailStack(pulumi.ComponentResource):
             "nameservers": nameservers,
             "dnsRecords": public.records.apply(dns.records_table),
             "deployPublicKey": secrets.deploy_key.public_key_openssh,
+            # For an SFTP target the stack doesn't create: put these in its authorized_keys.
+            "backupPublicKeys": secrets.backup_public_keys,
             "initialPasswords": secrets.initial_passwords_output,
             "nextSteps": nameservers.apply(lambda ns: next_steps(settings, ns)),
         }

@@ -9,6 +9,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
+from mailstack import backup
 from mailstack.deploy import Secrets
 from mailstack.settings import Settings
 
@@ -25,6 +26,7 @@ class StackSecrets(pulumi.ComponentResource):
     deploy_key: tls.PrivateKey
     dkim_keys: dict[str, tls.PrivateKey]
     initial_passwords: dict[str, random.RandomPassword]
+    backup_keys: dict[str, tls.PrivateKey]
     value: pulumi.Output[Secrets]
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
@@ -48,6 +50,12 @@ class StackSecrets(pulumi.ComponentResource):
             for u in settings.users if u.password_hash is not None
         }
         hashes.update({a: p.bcrypt_hash for a, p in self.initial_passwords.items()})
+        # One restic repository per data host, each with its own password and SSH key:
+        # a host can read and write its own backups only through its own secrets.
+        backed_up = backup.hosts(settings)
+        backup_passwords = {r: _password(f"backup-password-{r}", 40, self) for r in backed_up}
+        self.backup_keys = {
+            r: tls.PrivateKey(f"backup-key-{r}", algorithm="ED25519", opts=child) for r in backed_up}
 
         self.value = pulumi.Output.secret(pulumi.Output.all(
             replication=replication.result,
@@ -55,18 +63,27 @@ class StackSecrets(pulumi.ComponentResource):
             rspamd=rspamd.result,
             dkim={d: k.private_key_pem for d, k in self.dkim_keys.items()},
             hashes=hashes,
+            backup_passwords={r: p.result for r, p in backup_passwords.items()},
+            backup_keys={r: k.private_key_openssh for r, k in self.backup_keys.items()},
         ).apply(lambda v: Secrets(
             replication_password=v["replication"],
             lookup_password=v["lookup"],
             rspamd_controller_password=v["rspamd"],
             dkim_keys=dict(v["dkim"]),
             user_hashes=dict(v["hashes"]),
+            backup_passwords=dict(v["backup_passwords"]),
+            backup_keys=dict(v["backup_keys"]),
         )))
         self.register_outputs({})
 
     @property
     def dkim_public_pems(self) -> pulumi.Output[dict[str, str]]:
         return pulumi.Output.from_input({d: k.public_key_pem for d, k in self.dkim_keys.items()})
+
+    @property
+    def backup_public_keys(self) -> pulumi.Output[dict[str, str]]:
+        return pulumi.Output.from_input(
+            {r: k.public_key_openssh for r, k in self.backup_keys.items()})
 
     @property
     def initial_passwords_output(self) -> pulumi.Output[dict[str, str]]:

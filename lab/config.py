@@ -26,8 +26,19 @@ def stack_config(**overrides) -> dict[str, str]:
     overlay = yaml.safe_load(OVERLAY.read_text())
     raw.update(overlay["config"])
     raw["mailstack:aliases"] = [*raw.get("mailstack:aliases", []), *overlay.get("extraAliases", [])]
+    raw["mailstack:backup"] = _backup_settings(raw.get("mailstack:backup", {}))
     raw.update({f"mailstack:{k}": v for k, v in overrides.items()})
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in raw.items()}
+
+
+def _backup_settings(base: dict) -> dict:
+    """The lab's storage host as the backup target, its host key pinned once it exists."""
+    from . import internet
+    st = internet.storage()
+    out = {**base, "target": st.target()}
+    if st.host_key.with_suffix(".pub").exists():
+        out["knownHosts"] = [st.known_hosts_line()]
+    return out
 
 
 def settings(**overrides):
@@ -56,6 +67,25 @@ def _rsa_pem() -> str:
                              serialization.NoEncryption()).decode()
 
 
+def _ed25519_openssh() -> str:
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode()
+
+
+def backup_public_keys(data: dict) -> list[str]:
+    from cryptography.hazmat.primitives import serialization as ser
+
+    out = []
+    for role, pem in sorted(data.get("backup_keys", {}).items()):
+        key = ser.load_ssh_private_key(pem.encode(), None)
+        pub = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+        out.append(f"{pub} mailstack-backup-{role}")
+    return out
+
+
 def sha512_crypt(password: str) -> str:
     # stdin, so the password never shows in a process list
     return subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n",
@@ -72,6 +102,13 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
     for d in s.domains:
         if d not in dkim:
             dkim[d] = _rsa_pem()
+    from mailstack import backup
+    bpw = data.setdefault("backup_passwords", {})
+    bkeys = data.setdefault("backup_keys", {})
+    for role in backup.hosts(s):
+        bpw.setdefault(role, tok())
+        if role not in bkeys:
+            bkeys[role] = _ed25519_openssh()
     pw = data.setdefault("passwords", {})
     hashes = data.setdefault("hashes", {})
     for addr in [u.address for u in s.users] + list(extra_users):
@@ -96,6 +133,8 @@ def context(s, data: dict | None = None) -> Context:
         rspamd_controller_password=data["rspamd_controller_password"],
         dkim_keys={d: data["dkim_keys"][d] for d in s.domains},
         user_hashes={u.address: data["hashes"][u.address] for u in s.users},
+        backup_passwords=dict(data.get("backup_passwords", {})),
+        backup_keys=dict(data.get("backup_keys", {})),
     )
     return Context(s, H.hosts(s), addresses(s), sec)
 

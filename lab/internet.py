@@ -246,6 +246,34 @@ def pebble_roots() -> str:
     return _pebble_get("/roots/0") + _pebble_get("/intermediates/0")
 
 
+# ------------------------------------------------------------------ storage host
+
+STORAGE_PORT = 23   # as on a Storage Box
+
+
+def storage():
+    from . import storage as LS
+    return LS.Storage(STATE / "storage", net.STORAGE_V4, STORAGE_PORT)
+
+
+def prepare_storage() -> None:
+    """Host key first: the stack's settings pin it (backup.knownHosts)."""
+    st = storage()
+    if not st.host_key.exists():
+        st.base.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailstack-lab-storage",
+             "-f", str(st.host_key)])
+
+
+def start_storage(public_keys: list[str]) -> None:
+    from . import storage as LS
+    st = storage()
+    LS.prepare(st, public_keys)
+    _spawn("storage", LS.command(st))
+    LS.wait_listening(st, 10, NETNS)
+    log(f"storage host (sshd, SFTP only) on {net.STORAGE_V4}:{STORAGE_PORT}")
+
+
 # ------------------------------------------------------------------ outside MTA
 
 OUTSIDE_SPOOL = STATE / "outside-mail"

@@ -17,6 +17,7 @@ INTERNET_V4 = f"{PUB4_PREFIX}.1"      # knot, pebble, apt proxy; the hosts' gate
 INTERNET_V6 = f"{PUB6_PREFIX}::1"
 OUTSIDE_V4 = f"{PUB4_PREFIX}.25"      # the outside MTA (mx.outside.example.com)
 OUTSIDE_V6 = f"{PUB6_PREFIX}::25"
+STORAGE_V4 = f"{PUB4_PREFIX}.30"      # the backup target (SFTP), standing in for a Storage Box
 HOST_NUM = {"mx1": 11, "imap": 12, "mx2": 13}
 
 
@@ -57,7 +58,8 @@ def up() -> None:
     for br in (PUB_BRIDGE, PRIV_BRIDGE):
         ip("link", "add", br, "address", BRIDGE_MAC[br], "type", "bridge")
         ip("link", "set", br, "up")
-    for a in (f"{INTERNET_V4}/24", f"{OUTSIDE_V4}/24", f"{INTERNET_V6}/64", f"{OUTSIDE_V6}/64"):
+    for a in (f"{INTERNET_V4}/24", f"{OUTSIDE_V4}/24", f"{STORAGE_V4}/24", f"{INTERNET_V6}/64",
+              f"{OUTSIDE_V6}/64"):
         ip("addr", "add", a, "dev", PUB_BRIDGE)
     log(f"network namespace {NETNS}: {PUB_BRIDGE} {PUB4_PREFIX}.0/24 {PUB6_PREFIX}::/64, {PRIV_BRIDGE}")
 

@@ -54,6 +54,7 @@ def up(topology: str | None = None) -> dict:
     timings: dict[str, float] = {}
     down(quiet=True)
     STATE.mkdir(parents=True, exist_ok=True)
+    internet.prepare_storage()   # its host key is pinned in the settings
     overrides = {"topology": topology} if topology else {}
     s = config.settings(**overrides)
     if overrides:
@@ -75,11 +76,9 @@ def up(topology: str | None = None) -> dict:
     internet.start_knot(zone_texts(s, data))
     internet.start_pebble()
     internet.start_outside_mta()
-    ca = {"mailstack-lab-ca": internet.lab_ca_pem()}
-    roots = internet.pebble_roots()
-    (STATE / "tls" / "pebble-roots.pem").write_text(roots)
-    for i, pem in enumerate(_split_pems(roots)):
-        ca[f"mailstack-lab-pebble-{i}"] = pem
+    internet.start_storage(config.backup_public_keys(data))
+    (STATE / "tls" / "pebble-roots.pem").write_text(internet.pebble_roots())
+    ca = _host_cas()
     timings["internet host"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -89,6 +88,40 @@ def up(topology: str | None = None) -> dict:
                          machines.network_config(role, h.private_ip), ca)
         machines.start(role)
     log(f"booting {', '.join(roles)}; cloud-init installs the mail packages")
+    booted = _wait_cloud_init(roles, t)
+    timings["boot + cloud-init (all hosts)"] = time.monotonic() - t
+    for role, dt in booted.items():
+        timings[f"  {role} boot-to-cloud-init-done"] = dt
+
+    t = time.monotonic()
+    step_times = steps.run_plan(ctx)
+    timings["deploy steps"] = time.monotonic() - t
+    for name, dt in step_times.items():
+        timings[f"  step {name}"] = dt
+    for role, dt in booted.items():
+        timings[f"  {role} boot-to-mail-ready"] = dt + sum(
+            v for k, v in step_times.items() if k.endswith(f"-{role}") or
+            (k in ("postgres-primary", "mail-sync") and role == "mx1"))
+
+    forward.start("loopback-forwarder", [
+        (False, "127.0.0.1", lp, net.public_v4(role), port)
+        for role, port, lp in LOOPBACK if role in roles])
+    timings["lab up total"] = time.monotonic() - t_start
+    TIMINGS_FILE.write_text(json.dumps(timings))
+    return timings
+
+
+def _host_cas() -> dict[str, str]:
+    """The CAs a host trusts: the lab's, and Pebble's root and intermediate."""
+    ca = {"mailstack-lab-ca": internet.lab_ca_pem()}
+    for i, pem in enumerate(_split_pems((STATE / "tls" / "pebble-roots.pem").read_text())):
+        ca[f"mailstack-lab-pebble-{i}"] = pem
+    return ca
+
+
+def _wait_cloud_init(roles: list[str], t: float) -> dict[str, float]:
+    """Seconds from t until cloud-init finished on each host; raises if it failed."""
+    booted: dict[str, float] = {}
     pending = set(roles)
     deadline = time.monotonic() + 900
     while pending and time.monotonic() < deadline:
@@ -110,26 +143,25 @@ def up(topology: str | None = None) -> dict:
         time.sleep(1)
     if pending:
         raise TimeoutError(f"cloud-init did not finish on {sorted(pending)} within 900s")
-    timings["boot + cloud-init (all hosts)"] = time.monotonic() - t
-    for role, dt in booted.items():
-        timings[f"  {role} boot-to-cloud-init-done"] = dt
+    return booted
 
+
+def rebuild(role: str) -> dict[str, float]:
+    """Lose a host completely, as if its server and disks were gone: its overlay (root
+    file system and, in the lab, /var/vmail) is deleted and a fresh one boots with the
+    same user-data; then that host's deploy steps run, as `pulumi up` would after a
+    replacement. Returns the phase timings."""
+    s = config.running_settings()
+    ctx = config.context(s, config.load_or_make_secrets(s))
+    h = ctx.hosts[role]
+    machines.teardown(role)
     t = time.monotonic()
-    step_times = steps.run_plan(ctx)
-    timings["deploy steps"] = time.monotonic() - t
-    for name, dt in step_times.items():
-        timings[f"  step {name}"] = dt
-    for role, dt in booted.items():
-        timings[f"  {role} boot-to-mail-ready"] = dt + sum(
-            v for k, v in step_times.items() if k.endswith(f"-{role}") or
-            (k in ("postgres-primary", "mail-sync") and role == "mx1"))
-
-    forward.start("loopback-forwarder", [
-        (False, "127.0.0.1", lp, net.public_v4(role), port)
-        for role, port, lp in LOOPBACK if role in roles])
-    timings["lab up total"] = time.monotonic() - t_start
-    TIMINGS_FILE.write_text(json.dumps(timings))
-    return timings
+    machines.prepare(role, rootfs.ensure(), h.fqdn, cloudinit.user_data(s, h),
+                     machines.network_config(role, h.private_ip), _host_cas())
+    machines.start(role)
+    times = {"boot + cloud-init": _wait_cloud_init([role], t)[role]}
+    times.update(steps.run_plan(ctx, {st.name for st in deploy.plan(s) if st.host == role}))
+    return times
 
 
 def redeploy(start: str | None = None) -> dict[str, float]:
@@ -180,7 +212,7 @@ def down(quiet: bool = False) -> None:
              if machines.host_dir(r).exists() or (STATE / f"supervisor-{r}.pid").exists()]
     with ThreadPoolExecutor(max_workers=max(1, len(roles))) as pool:
         list(pool.map(machines.teardown, roles))
-    for name in ("loopback-forwarder", "apt-forwarder", "outside-mta", "pebble", "knot"):
+    for name in ("loopback-forwarder", "apt-forwarder", "storage", "outside-mta", "pebble", "knot"):
         internet.stop(name)
     aptcache.stop_cache()
     net.down()

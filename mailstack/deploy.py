@@ -33,6 +33,10 @@ class Secrets:
     rspamd_controller_password: str
     dkim_keys: Mapping[str, str]       # domain -> RSA private key, PEM
     user_hashes: Mapping[str, str]     # address -> crypt hash ($6$ or $2b$)
+    # Per data host (role): restic repository password, and the OpenSSH private key it
+    # reaches the backup target with. Empty when backups are off.
+    backup_passwords: Mapping[str, str] = field(default_factory=dict)
+    backup_keys: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class Context:
     hosts: Mapping[str, H.Host]
     addresses: Mapping[str, H.Address]
     secrets: Secrets
+    # The Storage Box the stack created ({"server": ..., "username": ...}), when
+    # `backup.target` is `storagebox`.
+    storage_box: Mapping[str, str] | None = None
 
     def host_for(self, service: str) -> H.Host:
         return H.find(dict(self.hosts), service)
@@ -58,7 +65,7 @@ class Step:
 
 def plan(settings: Settings) -> list[Step]:
     """Every step, in an order that satisfies depends_on (a valid serial order)."""
-    from . import cloudinit, database, services, tls  # late: these import templates
+    from . import backup, cloudinit, database, services, tls  # late: these import templates
 
     hs = H.hosts(settings)
     primary = H.find(hs, H.DB_PRIMARY)
@@ -70,9 +77,15 @@ def plan(settings: Settings) -> list[Step]:
         lambda ctx, h=primary: database.primary_bundle(ctx, h),
         (f"wait-{primary.role}",),
     ))
+    backed_up = backup.hosts(settings)
+    # A fresh primary restores its database (if backups hold one) before the settings
+    # are synced into it, and a fresh mail store its mail before Dovecot takes any.
+    if primary.role in backed_up:
+        steps.append(_backup_step(backed_up[primary.role], ("postgres-primary",)))
     steps.append(Step(
         "mail-sync", primary.role, "sync domains, users and aliases",
-        database.sync_bundle, ("postgres-primary",),
+        database.sync_bundle,
+        ("postgres-primary", *((f"backup-{primary.role}",) if primary.role in backed_up else ())),
     ))
     for h in hs.values():
         if h.runs(H.DB_REPLICA):
@@ -83,10 +96,13 @@ def plan(settings: Settings) -> list[Step]:
             ))
     for h in hs.values():
         db_step = "postgres-primary" if h.runs(H.DB_PRIMARY) else f"postgres-replica-{h.role}"
+        if h.role in backed_up and h.role != primary.role:
+            steps.append(_backup_step(h, (f"wait-{h.role}", db_step)))
+        after = (f"backup-{h.role}",) if h.role in backed_up else ()
         steps.append(Step(
             f"services-{h.role}", h.role, f"mail services on {h.role}",
             lambda ctx, h=h: services.bundle(ctx, h),
-            (f"wait-{h.role}", db_step),
+            (f"wait-{h.role}", db_step, *after),
         ))
     for h in hs.values():
         steps.append(Step(
@@ -96,6 +112,12 @@ def plan(settings: Settings) -> list[Step]:
         ))
     _check_order(steps)
     return steps
+
+
+def _backup_step(h: H.Host, depends_on: tuple[str, ...]) -> Step:
+    from . import backup
+    return Step(f"backup-{h.role}", h.role, f"backups of {h.role} (restore if fresh)",
+                lambda ctx, h=h: backup.bundle(ctx, h), depends_on)
 
 
 def _check_order(steps: list[Step]) -> None:

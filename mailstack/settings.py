@@ -183,6 +183,44 @@ class Status(_Model):
     # (Hetzner blocks outbound 25 on new projects). The lab points it at its outside MTA.
     outbound_probe: str = "gmail-smtp-in.l.google.com"
 
+# Storage Boxes exist in Germany and Finland only.
+STORAGE_BOX_LOCATIONS = frozenset({"fsn1", "nbg1", "hel1"})
+STORAGE_BOX_TYPES = frozenset({"bx11", "bx21", "bx31", "bx41"})
+BACKUP_TARGET_FIX = (
+    "use 'storagebox' (a Hetzner Storage Box the stack creates), "
+    "'sftp://user@host[:port]/path' (any SFTP server) or 'none' (no backups)"
+)
+
+
+class StorageBoxSettings(_Model):
+    type: str = "bx11"
+    location: str | None = None  # default: hetzner.location
+
+
+class Keep(_Model):
+    daily: int = Field(default=7, ge=0, le=3650)
+    weekly: int = Field(default=5, ge=0, le=520)
+    monthly: int = Field(default=12, ge=0, le=1200)
+
+
+class Backup(_Model):
+    # Where the restic repositories live (one per data host, under this target).
+    target: str = "storagebox"
+    storage_box: StorageBoxSettings = StorageBoxSettings()
+    # systemd OnCalendar expression (checked again by systemd-analyze on the server).
+    schedule: str = "*-*-* 03:17:00"
+    keep: Keep = Keep()
+    check_every_days: int = Field(default=7, ge=1, le=365)
+    # A fresh host with an empty mail store (or an empty mail database) restores the
+    # latest snapshot in its deploy step, before it accepts mail.
+    restore_on_empty: bool = True
+    # known_hosts lines for the target; empty: the key first seen is trusted and kept.
+    known_hosts: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return self.target != "none"
+
 
 class Settings(_Model):
     topology: Literal["ha", "single"] = "ha"
@@ -200,6 +238,8 @@ class Settings(_Model):
     resolver: Resolver = Resolver()
     spam: Spam = Spam()
     status: Status = Status()
+
+    backup: Backup = Backup()
 
     _norm_domains = field_validator("domains", mode="before")(
         lambda v: [_lower(x) for x in v] if isinstance(v, (list, tuple)) else v
@@ -224,6 +264,13 @@ class Settings(_Model):
     @property
     def tls_rpt_rua(self) -> str:
         return self.dns.tls_rpt or f"tls-reports@{self.primary_domain}"
+
+    @property
+    def storage_box_location(self) -> str:
+        if self.backup.storage_box.location:
+            return self.backup.storage_box.location
+        loc = self.hetzner.location
+        return loc if loc in STORAGE_BOX_LOCATIONS else "fsn1"
 
     @property
     def caa_issuer(self) -> str:
@@ -452,6 +499,56 @@ def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]
             p.append(f"{ns}:resolver.forwardTo[{i}]: {ip!r} is not an IP address; use e.g. '192.0.2.53' or leave the list empty")
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", s.dkim.selector):
         p.append(f"{ns}:dkim.selector: {s.dkim.selector!r} is not a DNS label; use e.g. 'mail'")
+    p += _check_backup(s)
+    return p
+
+
+_SFTP_TARGET_RE = re.compile(
+    r"^sftp://(?P<user>[a-z0-9_][a-z0-9_.-]*)@(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])"
+    r"(:(?P<port>\d{1,5}))?/(?P<path>[A-Za-z0-9_./-]*)$"
+)
+_CALENDAR_RE = re.compile(r"^[A-Za-z0-9*,./:~ -]{1,100}$")
+_KNOWN_HOST_RE = re.compile(
+    r"^\S+ (ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}$")
+
+
+def sftp_target(target: str) -> dict[str, str] | None:
+    """user, host, port, path of an sftp:// backup target (None if it isn't one)."""
+    m = _SFTP_TARGET_RE.match(target)
+    if not m:
+        return None
+    return {"user": m["user"], "host": m["host"].strip("[]"), "port": m["port"] or "22",
+            "path": m["path"].strip("/")}
+
+
+def _check_backup(s: Settings) -> list[str]:
+    p: list[str] = []
+    b, key = s.backup, f"{NAMESPACE}:backup"
+    if b.target not in ("storagebox", "none"):
+        t = sftp_target(b.target)
+        if t is None:
+            p.append(f"{key}.target: {_fmt(b.target)} is not a backup target; {BACKUP_TARGET_FIX}")
+        elif not t["path"] or ".." in t["path"].split("/"):
+            p.append(f"{key}.target: {_fmt(b.target)} names no directory; add one, "
+                     "e.g. 'sftp://backup@backup.example.net/mailstack'")
+        elif not 0 < int(t["port"]) < 65536:
+            p.append(f"{key}.target: port {t['port']} is out of range; use e.g. 22 (23 on a Storage Box)")
+    sb = b.storage_box
+    if sb.type not in STORAGE_BOX_TYPES:
+        p.append(f"{key}.storageBox.type: {sb.type!r} is not a Storage Box type; "
+                 f"use one of {', '.join(sorted(STORAGE_BOX_TYPES))}")
+    if sb.location is not None and sb.location not in STORAGE_BOX_LOCATIONS:
+        p.append(f"{key}.storageBox.location: {sb.location!r} has no Storage Boxes; "
+                 f"use one of {', '.join(sorted(STORAGE_BOX_LOCATIONS))}")
+    if not _CALENDAR_RE.match(b.schedule):
+        p.append(f"{key}.schedule: {_fmt(b.schedule)} is not a systemd calendar expression; "
+                 "use e.g. 'daily' or '*-*-* 03:17:00' (see `man systemd.time`)")
+    if b.keep.daily + b.keep.weekly + b.keep.monthly == 0:
+        p.append(f"{key}.keep: keeps no snapshot at all; set e.g. {{daily: 7, weekly: 5, monthly: 12}}")
+    for i, line in enumerate(b.known_hosts):
+        if not _KNOWN_HOST_RE.match(line.strip()):
+            p.append(f"{key}.knownHosts[{i}]: {_fmt(line)} is not a known_hosts line; "
+                     "use the output of `ssh-keyscan -p PORT HOST`, e.g. '[host]:23 ssh-ed25519 AAAA...'")
     return p
 
 

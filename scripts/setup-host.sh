@@ -47,7 +47,8 @@ SRC
     nftables unbound nginx-light certbot cloud-init \
     knot knot-dnsutils pebble swaks apt-cacher-ng \
     systemd-container debootstrap iproute2 openssl ca-certificates \
-    python3-venv make git curl procps psmisc dpkg-dev whois
+    python3-venv make git curl procps psmisc dpkg-dev whois \
+    restic openssh-server openssh-client
   mkdir -p "$stamp_dir"
   touch "$stamp_dir/apt-$key"
 fi

@@ -65,8 +65,23 @@ def make_context(settings, addresses=None) -> Context:
         rspamd_controller_password="test-rspamd-Pw0rd",
         dkim_keys={d: _rsa_key() for d in settings.domains},
         user_hashes={u.address: u.password_hash or TEST_HASH for u in settings.users},
+        backup_passwords={r: f"test-backup-{r}-Pw0rd" for r in hs},
+        backup_keys={r: ed25519_openssh(f"backup-{r}")[0] for r in hs},
     )
-    return Context(settings, hs, addrs, secrets)
+    return Context(settings, hs, addrs, secrets,
+                   storage_box={"server": "u1.your-storagebox.de", "username": "u1"})
+
+
+@lru_cache(maxsize=None)
+def ed25519_openssh(name: str) -> tuple[str, str]:
+    """(private key, public key line) in OpenSSH format; test-only, fresh per run."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    priv = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode()
+    pub = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+    return priv, f"{pub} {name}"
 
 
 @pytest.fixture

@@ -218,6 +218,8 @@ class StackMocks(pulumi.runtime.Mocks):
             out.update(keys)
             self.secrets[f"{name}.privateKeyPem"] = keys["privateKeyPem"]
             self.secrets[f"{name}.privateKeyOpenssh"] = keys["privateKeyOpenssh"]
+        elif typ == "hcloud:index/storageBox:StorageBox":
+            out.update(server="u123456.your-storagebox.de", username="u123456")
         elif typ == "command:remote:Command":
             out.update(stdout="", stderr="")
         return mock_id(typ, name), out

@@ -31,6 +31,7 @@ ATTACH = "hcloud:index/volumeAttachment:VolumeAttachment"
 COMMAND = "command:remote:Command"
 PASSWORD = "random:index/randomPassword:RandomPassword"
 KEY = "tls:index/privateKey:PrivateKey"
+STORAGE_BOX = "hcloud:index/storageBox:StorageBox"
 
 
 def _freeze(overrides: dict) -> str:
@@ -82,9 +83,30 @@ def test_ha_declares_every_resource_once():
         ZONE: len(zones),
         RRSET: len(dns.records(s, _addresses(run), _dkim(s))),
         COMMAND: len(deploy.plan(s)),
-        PASSWORD: 3 + sum(1 for u in s.users if u.password_hash is None),
-        KEY: 1 + len(s.domains),
+        # + a restic password per data host (mx1, imap) and the Storage Box's own
+        PASSWORD: 3 + sum(1 for u in s.users if u.password_hash is None) + 2 + 1,
+        KEY: 1 + len(s.domains) + 2,   # + a backup SSH key per data host
+        STORAGE_BOX: 1,
     }
+
+
+def test_storage_box_is_protected_and_keeps_its_keys():
+    run = stack()
+    box = run.one(STORAGE_BOX, "mailstack-dev-backup")
+    assert box.protect and box.inputs["deleteProtection"] is True
+    # Hetzner can't update a box's keys: a changed list must not replace it.
+    assert box.ignore_changes == ["sshKeys"]
+    assert sorted(box.inputs["sshKeys"]) == sorted(
+        k.strip() for k in run.outputs["backupPublicKeys"].values())
+    assert box.inputs["accessSettings"]["sshEnabled"] is True
+    assert "password" in box.secret_inputs
+
+
+def test_backup_target_none_declares_no_backup_resources():
+    run, s = stack(backup={"target": "none"}), settings_of(backup={"target": "none"})
+    assert not run.of_type(STORAGE_BOX)
+    assert not [c for c in run.of_type(COMMAND) if c.name.startswith("backup-")]
+    assert not [p for p in run.of_type(PASSWORD) if p.name.startswith("backup-")]
 
 
 def _addresses(run: Run) -> dict[str, H.Address]:

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from mailstack import dns, firewall
+from mailstack import backup, dns, firewall
 from mailstack import hosts as H
 from mailstack.status import decide, expect, inside, model
 from mailstack.status import __main__ as status_main
 from mailstack.status.model import ERROR, OK, WARN, Check
 from mailstack.status.outside import parse_values
 
-from .conftest import FAKE_ADDRESSES, settings_from
+from .conftest import FAKE_ADDRESSES
 
 
 def st(verdict):
@@ -190,7 +190,7 @@ def test_backup_age_and_result():
     now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc).timestamp()
     ago = lambda h: datetime.datetime.fromtimestamp(now - 3600 * h, datetime.timezone.utc).isoformat()
     ok = lambda h: {"last_run": {"time": ago(h), "result": "ok"}, "last_success": {"time": ago(h)}}
-    assert decide.backup(None, now)[0::2] == (WARN, "no backup configured")
+    assert decide.backup(None, now)[0::2] == (WARN, "no backup has run yet")
     assert st(decide.backup(ok(1), now)) == OK
     assert st(decide.backup({"last_run": {"time": ago(1), "result": "ok"},
                              "last_success": {"time": ago(1).replace("+00:00", "Z")}}, now)) == OK
@@ -256,7 +256,7 @@ def test_dnsbl_query_names(env):
 def test_inside_program_carries_no_secret(env, settings):
     prog = inside.program(env, "mx1")
     assert "PRIVATE KEY" not in prog and "password" not in prog.lower()
-    assert expect.BACKUP_STATUS_FILE in prog
+    assert backup.STATUS_FILE in prog
 
 
 def test_environment_from_pulumi_outputs(settings):

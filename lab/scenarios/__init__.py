@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 
 from ..util import log
+from .backup import s_backup_restore
 from .resilience import s_hostile_input, s_supervision
 from .mailflow import (
     s_inbound,
@@ -29,7 +30,8 @@ SCENARIOS = [
     ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
     ("sieve", s_sieve), ("firewall", s_firewall), ("hostile-input", s_hostile_input),
-    ("supervision", s_supervision), ("status", s_status), ("redeploy", s_redeploy), ("reboot", s_reboot),
+    ("supervision", s_supervision), ("status", s_status), ("backup-restore", s_backup_restore),
+    ("redeploy", s_redeploy), ("reboot", s_reboot),
 ]
 
 

@@ -253,7 +253,8 @@ def backup(status: dict | None, now: float) -> Verdict:
     running, error}, `last_success` {time, ...}, times ISO 8601 UTC), or None."""
     exp = f"last backup ok, < {BACKUP_WARN_HOURS} h old"
     if status is None:
-        return WARN, exp, "no backup configured"
+        # Configured, but the first scheduled run has not happened yet (a fresh host).
+        return WARN, exp, "no backup has run yet"
     try:
         run = status.get("last_run") or {}
         good = status.get("last_success")

@@ -13,7 +13,6 @@ from ..settings import Settings
 
 # Where the backup job (another issue) reports its last run; one constant so the two
 # sides can be aligned: {"finished": <epoch>, "result": "ok" | "<error text>", ...}.
-BACKUP_STATUS_FILE = "/var/lib/mailstack/backup-status.json"
 REBOOT_REQUIRED_FILE = "/run/reboot-required"
 # DNSBLs asked for our addresses (IPv6 only where the list supports it).
 DNSBLS_V4 = ("zen.spamhaus.org", "b.barracudacentral.org", "bl.spamcop.net", "psbl.surriel.com")
@@ -107,12 +106,6 @@ def units(host: H.Host) -> list[str]:
     if runs_daily_job(host):
         u.append(DAILY_TIMER)
     return u
-
-
-def has_backup(host: H.Host) -> bool:
-    """Hosts whose data the backup job (issue 9) saves: mail, the database, mx1's Redis.
-    Align with mailstack.backup.parts() once that lands."""
-    return host.runs(H.IMAP) or host.runs(H.DB_PRIMARY) or host.runs(H.MX)
 
 
 def disk_paths(host: H.Host) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .. import backup
 from .. import hosts as H
 from . import expect
 
@@ -37,8 +38,8 @@ def params(env: expect.Environment, role: str) -> dict:
                      for r, slot in expect.replica_slots(env.settings).items()} if host.runs(H.DB_PRIMARY) else {},
         "queue": sends,
         "disks": expect.disk_paths(host),
-        "backup": expect.has_backup(host),
-        "backup_file": expect.BACKUP_STATUS_FILE,
+        "backup": role in backup.hosts(env.settings),
+        "backup_file": backup.STATUS_FILE,
         "reboot_file": expect.REBOOT_REQUIRED_FILE,
         "dkim": expect.dkim_keys(env.settings) if host.runs(H.SUBMISSION) else {},
         "dnsbl": [list(q) for q in expect.dnsbl_queries(env, role)] if sends else [],
