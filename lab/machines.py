@@ -120,10 +120,11 @@ def remove_cgroups(role: str) -> None:
                     sub.rmdir()
                 except OSError:
                     pass
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+            for empty in (d, d.parent, d.parent.parent):   # role, lab, mailstack-lab
+                try:
+                    empty.rmdir()
+                except OSError:
+                    break
 
 
 def supervise(role: str) -> int:
