@@ -189,13 +189,29 @@ def read(s, done):
         buf += chunk
         if done(buf):
             return buf, True
+
+def wire(step):
+    """A step's bytes, and whether an answer is awaited ("@raw ": as is; "@noreply ": a
+    DATA line; otherwise a command line)."""
+    step = step.replace("@PASSWORD@", a.get("password", ""))
+    if step.startswith("@raw "):
+        return step[5:].encode("latin-1"), True
+    if step.startswith("@noreply "):
+        return step[9:].encode("latin-1") + b"\r\n", False
+    return step.encode("latin-1") + b"\r\n", True
+
+def run_all(run):
+    # smtpd pauses up to a second after a failed AUTH, Dovecot two: sessions run side by side.
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(run, enumerate(a["sessions"])))
 '''
 
 SMTP_CLIENT = _PRELUDE + r'''
 def reply(s):
     return read(s, lambda b: any(len(l) >= 4 and l[3:4] == b" " for l in b.split(b"\r\n")[:-1]))
 
-def run(sess):
+def run(i_sess):
+    _, sess = i_sess
     t0 = time.monotonic()
     closed = 0
     src = a["pipe_src"] if sess["src"] == "pipe" else a["src"]
@@ -209,13 +225,10 @@ def run(sess):
             s.sendall(b"STARTTLS\r\n"); reply(s)
             s = ctx.wrap_socket(s)
         for step in sess["steps"]:
-            step = step.replace("@PASSWORD@", a["password"])
-            if step.startswith("@raw "):
-                s.sendall(step[5:].encode("latin-1")); _, alive = reply(s)
-            elif step.startswith("@noreply "):
-                s.sendall(step[9:].encode("latin-1") + b"\r\n")
-            else:
-                s.sendall(step.encode("latin-1") + b"\r\n"); _, alive = reply(s)
+            data, answered = wire(step)
+            s.sendall(data)
+            if answered:
+                _, alive = reply(s)
             if not alive:
                 closed = 1
                 break
@@ -224,9 +237,7 @@ def run(sess):
         closed = 1
     return closed, time.monotonic() - t0
 
-# smtpd pauses up to a second after a failed AUTH: sessions run side by side.
-with ThreadPoolExecutor(8) as pool:
-    results = list(pool.map(run, a["sessions"]))
+results = run_all(run)
 print(json.dumps({"ran": len(results), "closed_early": sum(c for c, _ in results),
                   "slowest": round(max(t for _, t in results), 1)}))
 '''
@@ -350,10 +361,7 @@ def run(i_sess):
                 s.sendall(b'AUTHENTICATE "PLAIN" "' + token + b'"\r\n'); read(s, sieve_done)
         for step in sess["steps"]:
             s.settimeout(3)
-            if step.startswith("@raw "):
-                data = step[5:].encode("latin-1")
-            else:
-                data = step.encode("latin-1") + b"\r\n"
+            data, _ = wire(step)
             s.sendall(data)
             if sess["proto"] == "imap":
                 tag = data.split(b" ", 1)[0]
@@ -368,7 +376,6 @@ def run(i_sess):
         closed = 1
     return closed
 
-with ThreadPoolExecutor(8) as pool:
-    results = list(pool.map(run, enumerate(a["sessions"])))
+results = run_all(run)
 print(json.dumps({"ran": len(results), "closed_early": sum(results)}))
 '''
