@@ -42,6 +42,8 @@ class BackupStorage(pulumi.ComponentResource):
                     parent=self,
                     # It holds the only copy of lost mail: never deleted by a `pulumi up`.
                     protect=True,
+                    # A destroy or a rename leaves the box (and the backups) in the project.
+                    retain_on_delete=True,
                     # Hetzner can't change a box's keys, so a changed key list would replace
                     # the box (and its backups); new keys are added to the box's
                     # .ssh/authorized_keys instead (README, "Backups and restore").

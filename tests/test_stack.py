@@ -522,13 +522,15 @@ def test_example_stack_previews_deployable(topology):
     assert len(ips) == 2 * len(servers)
     for ip in ips:
         assert ("assigneeType" in ip.inputs) == ("assigneeId" in ip.inputs)
-    for r in [*ips, run.one(VOLUME, "mail-store")]:
+    boxes = run.of_type(STORAGE_BOX)
+    assert len(boxes) == 1
+    for r in [*ips, run.one(VOLUME, "mail-store"), *boxes]:
         assert r.protect and r.retain_on_delete, r.name
     zones = run.of_type(ZONE)
     assert zones and all(z.protect for z in zones)
     # Nothing else is protected: servers, records and steps must stay replaceable.
     protected = {r.type for r in run.resources if r.protect}
-    assert protected == {PRIMARY_IP, VOLUME, ZONE}
+    assert protected == {PRIMARY_IP, VOLUME, ZONE, STORAGE_BOX}
 
 
 def test_server_type_out_of_capacity_in_the_location_is_refused(monkeypatch):
