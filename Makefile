@@ -9,7 +9,7 @@ setup:
 
 # Everything: settings, rendering, Pulumi mocks, every config checked by the real
 # Debian 12 daemons (smtpd -n, doveconf, rspamadm, nft, cloud-init schema, PostgreSQL
-# replication...), then the lab scenarios (marker `lab`: three nspawn hosts, ~10 min).
+# replication...), then the lab scenarios (marker `lab`: three nspawn hosts, ~13 min).
 # This is what CI runs (.ci/run).
 test: setup
 	$(PY) -m pytest -m ""
