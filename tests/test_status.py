@@ -395,3 +395,14 @@ def test_daily_job_is_standard_library_only_and_carries_no_secret(settings):
     assert ctx.secrets.replication_password not in text
     conf = json.loads(b.file(f"{timer.CONF_DIR}/daily.json").content)
     assert conf["mail_to"] == "postmaster@example.org"
+
+
+def test_a_failed_ptr_lookup_is_an_error_line_not_a_crash(env, monkeypatch):
+    """The DNS jobs turn a resolver failure into an `error` check (this path once raised
+    NameError and took the whole run down)."""
+    from mailstack.status import engine, outside
+
+    monkeypatch.setattr(outside, "lookup", lambda env, name, rtype: (None, "Timeout: no answer"))
+    checks = [c for job in engine._dns_jobs(env) for c in job()]
+    rdns = [c for c in checks if c.area == "rdns"]
+    assert rdns and all(c.status == ERROR and "no answer" in c.found for c in rdns)
