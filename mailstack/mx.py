@@ -6,6 +6,7 @@ depends on the topology and host names only, never on domains, users or aliases.
 """
 from __future__ import annotations
 
+from . import database
 from . import hosts as H
 from .bundle import Bundle, File
 from .deploy import Context
@@ -78,8 +79,6 @@ def _conninfo_value(v: str) -> str:
 
 
 def table_conf(ctx: Context, host: H.Host) -> str:
-    from . import database
-
     conninfo = " ".join([
         "host=127.0.0.1",
         "port=5432",
@@ -120,7 +119,7 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         File(SMTPD_CONF, smtpd_conf(ctx, host)),
         File(TABLE_CONF, table_conf(ctx, host), mode=0o640, group="opensmtpd", secret=True),
         File(DYNDNS_REGEX, read("smtpd/dyndns.regex")),
-        File(UNIT_DROPIN, read("smtpd/opensmtpd.service.d.conf")),
+        File(UNIT_DROPIN, render("smtpd/opensmtpd.service.d.conf.j2", pg_unit=database.PG_UNIT)),
         File(FILTER_GUARD, read("smtpd/filter-guard.py"), mode=0o755),
     ]
     backup = not host.runs(H.MX)
