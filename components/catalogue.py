@@ -6,6 +6,7 @@ type stops the run with a settings-style message instead of failing at create.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, TypeVar
 
 import pulumi_hcloud as hcloud
@@ -52,25 +53,45 @@ def _image(r: Any) -> C.Image:
     return C.Image(name=_get(r, "name"), architecture=_get(r, "architecture"))
 
 
+def _box_type(r: Any) -> C.StorageBoxType:
+    return C.StorageBoxType(
+        name=_get(r, "name"), deprecated=bool(_get(r, "is_deprecated")),
+        deprecation_announced=_get(r, "deprecation_announced") or "",
+        unavailable_after=_get(r, "unavailable_after") or "")
+
+
+def _location(r: Any) -> C.Location:
+    return C.Location(name=_get(r, "name"), network_zone=_get(r, "network_zone"))
+
+
 def check(settings: Settings, hosts: dict[str, H.Host]) -> C.Location:
     """The stack's location as Hetzner describes it, or SettingsError naming every
     server type, location or image that doesn't fit."""
     hz = settings.hetzner
     names = sorted(set(C.server_types_in_use(settings, hosts).values()))
     types = {n: _ask(lambda n=n: _server_type(hcloud.get_server_type(name=n))) for n in names}
-    location = _ask(lambda: hcloud.get_location(name=hz.location))
-    if not isinstance(location, C.Missing):
-        location = C.Location(name=location.name, network_zone=location.network_zone)
+    location = _ask(lambda: _location(hcloud.get_location(name=hz.location)))
     architectures = sorted({t.architecture for t in types.values() if isinstance(t, C.ServerType)})
     images = {a: _ask(lambda a=a: _image(hcloud.get_image(name=hz.image, with_architecture=a)))
               for a in architectures}
-    answers = C.Answers(server_types=types, location=location, images=images)
+    box_type = box_location = None
+    if settings.backup.target == "storagebox":
+        sb = settings.backup.storage_box
+        box_type = _ask(lambda: _box_type(hcloud.get_storage_box_type(name=sb.type)))
+        if sb.location:
+            box_location = _ask(lambda: _location(hcloud.get_location(name=sb.location)))
+    answers = C.Answers(server_types=types, location=location, images=images,
+                        storage_box_type=box_type, storage_box_location=box_location)
     found = C.problems(settings, hosts, answers)
     if C.needs_all_types(found):
         every = _ask(lambda: [_server_type(t) for t in hcloud.get_server_types().server_types])
         if not isinstance(every, C.Missing):
-            answers = C.Answers(types, location, images, all_types=every)
-            found = C.problems(settings, hosts, answers)
+            answers = dataclasses.replace(answers, all_types=every)
+    if C.needs_all_storage_box_types(found):
+        boxes = _ask(lambda: [_box_type(t) for t in hcloud.get_storage_box_types().storage_box_types])
+        if not isinstance(boxes, C.Missing):
+            answers = dataclasses.replace(answers, all_storage_box_types=boxes)
+    found = C.problems(settings, hosts, answers)
     if found:
         raise SettingsError(found)
     assert isinstance(location, C.Location)

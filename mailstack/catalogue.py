@@ -1,4 +1,5 @@
-"""The stack's server types, location and image checked against Hetzner's catalogue.
+"""The stack's server types, location, image and Storage Box type checked against
+Hetzner's catalogue.
 
 The catalogue changes (cx22-cx52 and cpx11-cpx51 were deprecated on 2025-10-16 and
 removed in January 2026), so no list of it is kept here. `components/catalogue.py` asks
@@ -18,6 +19,8 @@ HETZNER_KEY = f"{NAMESPACE}:hetzner"
 # Hetzner's CLI lists what the API offers; named in every fix.
 LIST_TYPES = "`hcloud server-type list`"
 LIST_LOCATIONS = "`hcloud location list`"
+LIST_BOX_TYPES = "`hcloud storage-box-type list`"
+BOX_KEY = f"{NAMESPACE}:backup.storageBox"
 SUGGESTIONS = 6
 
 
@@ -67,13 +70,26 @@ class Image:
 
 
 @dataclass(frozen=True)
+class StorageBoxType:
+    name: str
+    deprecated: bool = False
+    deprecation_announced: str = ""
+    unavailable_after: str = ""
+
+
+@dataclass(frozen=True)
 class Answers:
     """What the data sources said: server types by name, the location, images by
-    architecture, and (only fetched when a type is refused) every type, for the fix."""
+    architecture, and (only fetched when a type is refused) every type, for the fix.
+    With backups on a Storage Box: its type, its location when the settings name one,
+    and (only when the type is refused) every Storage Box type."""
     server_types: Mapping[str, ServerType | Missing]
     location: Location | Missing
     images: Mapping[str, Image | Missing]
     all_types: Sequence[ServerType] = ()
+    storage_box_type: StorageBoxType | Missing | None = None
+    storage_box_location: Location | Missing | None = None
+    all_storage_box_types: Sequence[StorageBoxType] = ()
 
 
 def server_types_in_use(settings: Settings, hosts: Mapping[str, Host]) -> dict[str, str]:
@@ -137,9 +153,44 @@ def problems(settings: Settings, hosts: Mapping[str, Host], answers: Answers) ->
             p.append(f"{HETZNER_KEY}.image: {hz.image!r} is not available for {st.architecture} "
                      f"servers such as {name!r} (the API says: {image.reason}); "
                      "use 'debian-12' or a server type of another architecture")
+    return p + storage_box_problems(settings, answers)
+
+
+def _box_fix(all_types: Sequence[StorageBoxType]) -> str:
+    current = sorted(t.name for t in all_types if not t.deprecated)
+    if current:
+        return f"use a current type, e.g. {', '.join(current[:SUGGESTIONS])}"
+    return f"use a current type from {LIST_BOX_TYPES}"
+
+
+def storage_box_problems(settings: Settings, answers: Answers) -> list[str]:
+    """The Storage Box's type (and its location, when the settings name one) against
+    Hetzner's catalogue; nothing when backups don't go to a Storage Box."""
+    if settings.backup.target != "storagebox":
+        return []
+    p: list[str] = []
+    sb = settings.backup.storage_box
+    bt = answers.storage_box_type
+    fix = _box_fix(answers.all_storage_box_types)
+    if isinstance(bt, Missing):
+        p.append(f"{BOX_KEY}.type: {sb.type!r} is not a Hetzner Storage Box type "
+                 f"(the API says: {bt.reason}); {fix}")
+    elif bt is not None and bt.deprecated:
+        p.append(f"{BOX_KEY}.type: {sb.type!r} is deprecated by Hetzner (announced "
+                 f"{_date(bt.deprecation_announced)}, unavailable after "
+                 f"{_date(bt.unavailable_after)}); {fix}")
+    loc = answers.storage_box_location
+    if isinstance(loc, Missing):
+        p.append(f"{BOX_KEY}.location: {sb.location!r} is not a Hetzner location (the API "
+                 f"says: {loc.reason}); use one from {LIST_LOCATIONS} that offers Storage "
+                 "Boxes, e.g. 'fsn1', or leave it out (the servers' location where boxes exist)")
     return p
 
 
 def needs_all_types(found: list[str]) -> bool:
     """Whether a problem names a server type, so its fix should list the current ones."""
     return any(".serverTypes." in line for line in found)
+
+
+def needs_all_storage_box_types(found: list[str]) -> bool:
+    return any(line.startswith(f"{BOX_KEY}.type:") for line in found)

@@ -148,6 +148,20 @@ MOCK_SERVER_TYPES = {t["name"]: t for t in (
 MOCK_IMAGES = {("debian-12", "x86"), ("debian-12", "arm")}
 
 
+def _box_type(name: str, size_tb: int, retired=False):
+    dates = RETIRED if retired else {"deprecationAnnounced": "", "unavailableAfter": ""}
+    return {"id": zlib.crc32(name.encode()) % 1000, "name": name, "description": name.upper(),
+            "size": size_tb << 40, "snapshotLimit": 10, "automaticSnapshotLimit": 10,
+            "subaccountsLimit": 100, "isDeprecated": retired, **dates}
+
+
+# Storage Box types: current ones and a retired one (made up for the test).
+MOCK_STORAGE_BOX_TYPES = {t["name"]: t for t in (
+    _box_type("bx11", 1), _box_type("bx21", 5), _box_type("bx31", 10),
+    _box_type("bx10", 1, retired=True),
+)}
+
+
 class CatalogueMiss(grpc.RpcError):
     """How the engine reports a data source that failed (a name Hetzner doesn't know): a
     gRPC error from the monitor, which the SDK raises from the invoke call."""
@@ -184,6 +198,12 @@ class StackMocks(pulumi.runtime.Mocks):
                 raise CatalogueMiss(f"no Location found with name {name}")
             return {"id": 1, "name": name, "networkZone": MOCK_LOCATIONS[name], "city": "x",
                     "country": "x", "description": name, "latitude": 0, "longitude": 0}
+        if token == "hcloud:index/getStorageBoxType:getStorageBoxType":
+            if given.get("name") not in MOCK_STORAGE_BOX_TYPES:
+                raise CatalogueMiss(f"no Storage Box Type found with name {given.get('name')}")
+            return MOCK_STORAGE_BOX_TYPES[given["name"]]
+        if token == "hcloud:index/getStorageBoxTypes:getStorageBoxTypes":
+            return {"id": "types", "storageBoxTypes": list(MOCK_STORAGE_BOX_TYPES.values())}
         if token == "hcloud:index/getImage:getImage":
             key = (given.get("name"), given.get("withArchitecture", "x86"))
             if key not in MOCK_IMAGES:

@@ -36,8 +36,6 @@ def test_backup_defaults_to_a_storage_box_with_restore_on_empty():
     ({"target": "sftp://u@h:23/"}, "mailstack:backup.target", "names no directory"),
     ({"schedule": "daily; rm -rf /"}, "mailstack:backup.schedule", "man systemd.time"),
     ({"keep": {"daily": 0, "weekly": 0, "monthly": 0}}, "mailstack:backup.keep", "daily: 7"),
-    ({"storageBox": {"type": "bx99"}}, "mailstack:backup.storageBox.type", "bx11"),
-    ({"storageBox": {"location": "ash"}}, "mailstack:backup.storageBox.location", "fsn1"),
     ({"knownHosts": ["not a key"]}, "mailstack:backup.knownHosts[0]", "ssh-keyscan"),
     ({"keep": {"daily": -1}}, "mailstack:backup.keep.daily", "greater than or equal"),
 ])

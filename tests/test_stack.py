@@ -492,6 +492,45 @@ def test_arm_server_type_needs_an_arm_image(monkeypatch):
     assert problems[0].startswith("mailstack:hetzner.image: 'debian-12' is not available for arm servers such as 'cax11'")
 
 
+GET_BOX_TYPE = "hcloud:index/getStorageBoxType:getStorageBoxType"
+
+
+def _backup(**storage_box) -> dict:
+    return {"target": "storagebox", "storageBox": storage_box}
+
+
+def test_storage_box_type_is_looked_up_in_hetzners_catalogue():
+    run = stack(backup=_backup(type="bx21"))
+    assert (GET_BOX_TYPE, {"name": "bx21"}) in run.mocks.invokes
+    assert run.one(STORAGE_BOX, "mailstack-dev-backup").inputs["storageBoxType"] == "bx21"
+    # No Storage Box, no look-up.
+    assert not [t for t, _ in stack(backup={"target": "none"}).mocks.invokes if "StorageBox" in t]
+
+
+def test_unknown_or_retired_storage_box_type_stops_preview_with_current_ones_named():
+    problems, registered = _refused(backup=_backup(type="bx99"))
+    assert registered == [] and len(problems) == 1
+    assert problems[0].startswith("mailstack:backup.storageBox.type: 'bx99' is not a Hetzner Storage Box type")
+    assert "no Storage Box Type found with name bx99" in problems[0]
+    assert "e.g. bx11, bx21, bx31" in problems[0]
+    problems, _ = _refused(backup=_backup(type="bx10"))
+    assert problems[0].startswith("mailstack:backup.storageBox.type: 'bx10' is deprecated by Hetzner")
+    assert "unavailable after 2026-01-01" in problems[0] and "bx10," not in problems[0]
+
+
+def test_storage_box_location_named_in_the_settings_is_looked_up():
+    run = stack(backup=_backup(location="hel1"))
+    assert ("hcloud:index/getLocation:getLocation", {"name": "hel1"}) in run.mocks.invokes
+    assert run.one(STORAGE_BOX, "mailstack-dev-backup").inputs["location"] == "hel1"
+    problems, registered = _refused(backup=_backup(location="mars"))
+    assert registered == []
+    assert problems == ["mailstack:backup.storageBox.location: 'mars' is not a Hetzner location "
+                        "(the API says: invoke of hcloud:index/getLocation:getLocation failed: no Location "
+                        "found with name mars); use one from "
+                        "`hcloud location list` that offers Storage Boxes, e.g. 'fsn1', or leave "
+                        "it out (the servers' location where boxes exist)"]
+
+
 def test_single_topology_looks_up_only_the_server_it_runs():
     # imap and mx2 run nowhere in `single`; their types are not asked for.
     run = stack(topology="single", hetzner=_hetzner(imap="cx99", mx2="cx22"))
