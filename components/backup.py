@@ -14,7 +14,7 @@ class BackupStorage(pulumi.ComponentResource):
     box: hcloud.StorageBox | None
     access: pulumi.Output[dict[str, str] | None]
 
-    def __init__(self, name: str, settings: Settings, *, public_keys: pulumi.Output[dict[str, str]],
+    def __init__(self, name: str, settings: Settings, *, public_keys: pulumi.Output[list[str]],
                  labels: dict[str, str], opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailstack:index:BackupStorage", name, None, opts)
         self.box = None
@@ -32,7 +32,8 @@ class BackupStorage(pulumi.ComponentResource):
                 location=settings.storage_box_location,
                 storage_box_type=settings.backup.storage_box.type,
                 password=password.result,
-                ssh_keys=public_keys.apply(lambda k: [v.strip() for _, v in sorted(k.items())]),
+                # Its own key (for the `backup-keys` step) and the data hosts' at creation.
+                ssh_keys=public_keys,
                 access_settings=hcloud.StorageBoxAccessSettingsArgs(
                     ssh_enabled=True, reachable_externally=False, samba_enabled=False,
                     webdav_enabled=False, zfs_enabled=False),
@@ -45,8 +46,8 @@ class BackupStorage(pulumi.ComponentResource):
                     # A destroy or a rename leaves the box (and the backups) in the project.
                     retain_on_delete=True,
                     # Hetzner can't change a box's keys, so a changed key list would replace
-                    # the box (and its backups); new keys are added to the box's
-                    # .ssh/authorized_keys instead (README, "Backups and restore").
+                    # the box (and its backups); the `backup-keys` deploy step writes the
+                    # box's .ssh/authorized_keys instead (docs/backup.md).
                     ignore_changes=["sshKeys"],
                 ),
             )

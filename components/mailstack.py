@@ -52,7 +52,7 @@ class MailStack(pulumi.ComponentResource):
             dkim_public_pems=secrets.dkim_public_pems, labels=labels, opts=child)
 
         storage = BackupStorage(
-            f"{prefix}-backup", settings, public_keys=secrets.backup_public_keys,
+            f"{prefix}-backup", settings, public_keys=secrets.storage_box_keys,
             labels=labels, opts=child)
 
         store = H.find(hosts, H.IMAP).role

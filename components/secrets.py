@@ -27,6 +27,7 @@ class StackSecrets(pulumi.ComponentResource):
     dkim_keys: dict[str, tls.PrivateKey]
     initial_passwords: dict[str, random.RandomPassword]
     backup_keys: dict[str, tls.PrivateKey]
+    backup_manager_key: tls.PrivateKey | None
     value: pulumi.Output[Secrets]
 
     def __init__(self, name: str, settings: Settings, opts: pulumi.ResourceOptions | None = None):
@@ -56,6 +57,11 @@ class StackSecrets(pulumi.ComponentResource):
         backup_passwords = {r: _password(f"backup-password-{r}", 40, self) for r in backed_up}
         self.backup_keys = {
             r: tls.PrivateKey(f"backup-key-{r}", algorithm="ED25519", opts=child) for r in backed_up}
+        # The Storage Box's own key: it is created with it, and the `backup-keys` step logs
+        # in with it to write the box's authorized_keys (new or rotated host keys).
+        self.backup_manager_key = (
+            tls.PrivateKey("backup-keys-key", algorithm="ED25519", opts=child)
+            if backup.manages_keys(settings) and backed_up else None)
 
         self.value = pulumi.Output.secret(pulumi.Output.all(
             replication=replication.result,
@@ -65,6 +71,8 @@ class StackSecrets(pulumi.ComponentResource):
             hashes=hashes,
             backup_passwords={r: p.result for r, p in backup_passwords.items()},
             backup_keys={r: k.private_key_openssh for r, k in self.backup_keys.items()},
+            backup_manager_key=(self.backup_manager_key.private_key_openssh
+                                if self.backup_manager_key else ""),
         ).apply(lambda v: Secrets(
             replication_password=v["replication"],
             lookup_password=v["lookup"],
@@ -73,6 +81,7 @@ class StackSecrets(pulumi.ComponentResource):
             user_hashes=dict(v["hashes"]),
             backup_passwords=dict(v["backup_passwords"]),
             backup_keys=dict(v["backup_keys"]),
+            backup_manager_key=v["backup_manager_key"],
         )))
         self.register_outputs({})
 
@@ -84,6 +93,13 @@ class StackSecrets(pulumi.ComponentResource):
     def backup_public_keys(self) -> pulumi.Output[dict[str, str]]:
         return pulumi.Output.from_input(
             {r: k.public_key_openssh for r, k in self.backup_keys.items()})
+
+    @property
+    def storage_box_keys(self) -> pulumi.Output[list[str]]:
+        """The keys a Storage Box is created with: its own, then the hosts'."""
+        own = [self.backup_manager_key.public_key_openssh] if self.backup_manager_key else []
+        return pulumi.Output.all(*own, *(k.public_key_openssh for _, k in sorted(self.backup_keys.items()))
+                                 ).apply(lambda keys: [k.strip() for k in keys])
 
     @property
     def initial_passwords_output(self) -> pulumi.Output[dict[str, str]]:

@@ -32,10 +32,11 @@ def stack_config(**overrides) -> dict[str, str]:
 
 
 def _backup_settings(base: dict) -> dict:
-    """The lab's storage host as the backup target, its host key pinned once it exists."""
+    """The lab's storage host as the Storage Box the stack would create (target
+    `storagebox`, what Hetzner gets), its host key pinned once it exists."""
     from . import internet
     st = internet.storage()
-    out = {**base, "target": st.target()}
+    out = {**base, "target": "storagebox"}
     if st.host_key.with_suffix(".pub").exists():
         out["knownHosts"] = [st.known_hosts_line()]
     return out
@@ -75,15 +76,20 @@ def _ed25519_openssh() -> str:
         ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode()
 
 
-def backup_public_keys(data: dict) -> list[str]:
-    from cryptography.hazmat.primitives import serialization as ser
+def storage_box_creation_keys(data: dict) -> list[str]:
+    """The keys the lab's box starts with: only its own. Every host key then reaches it
+    through the `backup-keys` step, as a key added after the box was created would."""
+    from mailstack import backup
+    return [backup.public_openssh(data["backup_manager_key"], backup.MANAGER_COMMENT)]
 
-    out = []
-    for role, pem in sorted(data.get("backup_keys", {}).items()):
-        key = ser.load_ssh_private_key(pem.encode(), None)
-        pub = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
-        out.append(f"{pub} mailstack-backup-{role}")
-    return out
+
+def storage_box(s) -> dict[str, str] | None:
+    """What the stack's Storage Box resource would report: the lab storage host."""
+    from . import internet
+    from . import storage as LS
+    if s.backup.target != "storagebox":
+        return None
+    return {"server": internet.storage().listen, "username": LS.USER}
 
 
 def sha512_crypt(password: str) -> str:
@@ -109,6 +115,8 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
         bpw.setdefault(role, tok())
         if role not in bkeys:
             bkeys[role] = _ed25519_openssh()
+    if "backup_manager_key" not in data:
+        data["backup_manager_key"] = _ed25519_openssh()
     pw = data.setdefault("passwords", {})
     hashes = data.setdefault("hashes", {})
     for addr in [u.address for u in s.users] + list(extra_users):
@@ -135,8 +143,9 @@ def context(s, data: dict | None = None) -> Context:
         user_hashes={u.address: data["hashes"][u.address] for u in s.users},
         backup_passwords=dict(data.get("backup_passwords", {})),
         backup_keys=dict(data.get("backup_keys", {})),
+        backup_manager_key=data.get("backup_manager_key", ""),
     )
-    return Context(s, H.hosts(s), addresses(s), sec)
+    return Context(s, H.hosts(s), addresses(s), sec, storage_box=storage_box(s))
 
 
 def password(address: str) -> str:

@@ -22,6 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from mailstack.backup import STORAGE_BOX_PATH, STORAGE_BOX_PORT
+
 from . import net
 from .util import NETNS, ROOT, STATE, log, run, stop_pidfile, wait_until, write_private
 
@@ -248,7 +250,12 @@ def pebble_roots() -> str:
 
 # ------------------------------------------------------------------ storage host
 
-STORAGE_PORT = 23   # as on a Storage Box
+STORAGE_PORT = STORAGE_BOX_PORT    # as on a Storage Box
+
+
+def storage_repositories() -> Path:
+    """Where the hosts' restic repositories are on the storage host."""
+    return storage().home / STORAGE_BOX_PATH
 
 
 def storage():

@@ -76,7 +76,7 @@ def up(topology: str | None = None) -> dict:
     internet.start_knot(zone_texts(s, data))
     internet.start_pebble()
     internet.start_outside_mta()
-    internet.start_storage(config.backup_public_keys(data))
+    internet.start_storage(config.storage_box_creation_keys(data))
     (STATE / "tls" / "pebble-roots.pem").write_text(internet.pebble_roots())
     ca = _host_cas()
     timings["internet host"] = time.monotonic() - t

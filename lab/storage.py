@@ -1,7 +1,10 @@
 """A stand-in for the Hetzner Storage Box: a real OpenSSH sshd serving SFTP only,
-chrooted, for one unprivileged account (`nobody`), with key authentication only. The lab
-runs it on its own address on the lab's outside network (so only the lab hosts reach
-it); tests/test_backup.py runs the same on a loopback port.
+chrooted, for one unprivileged account (`nobody`), with key authentication only. Like a
+Storage Box, the account's sessions start in its home directory, and the keys it accepts
+are in `.ssh/authorized_keys` there, which the account itself may rewrite over SFTP
+(the stack's `backup-keys` step does). The lab runs it on its own address on the lab's
+outside network (so only the lab hosts reach it); tests/test_backup.py runs the same on a
+loopback port.
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 USER = "nobody"
-REPO_DIR = "backups"        # inside the chroot, writable by USER
+HOME = "home"               # inside the chroot: the account's own, where sessions start
+REPO_DIR = "backups"        # in HOME: the repositories of an sftp:// target
 
 
 @dataclass(frozen=True)
@@ -26,12 +30,16 @@ class Storage:
         return self.base / "root"
 
     @property
+    def home(self) -> Path:
+        return self.root / HOME
+
+    @property
     def host_key(self) -> Path:
         return self.base / "ssh_host_ed25519_key"
 
     @property
     def authorized_keys(self) -> Path:
-        return self.base / "authorized_keys"
+        return self.home / ".ssh" / "authorized_keys"
 
     def target(self) -> str:
         host = f"[{self.listen}]" if ":" in self.listen else self.listen
@@ -56,7 +64,7 @@ class Storage:
             "PermitRootLogin no",
             f"AllowUsers {USER}",
             f"ChrootDirectory {self.root}",
-            "ForceCommand internal-sftp",
+            f"ForceCommand internal-sftp -d /{HOME}",
             "Subsystem sftp internal-sftp",
             "AllowTcpForwarding no",
             "AllowAgentForwarding no",
@@ -72,10 +80,10 @@ def prepare(st: Storage, public_keys: list[str], keep_host_key: Path | None = No
     os.chmod(st.base, 0o755)
     st.root.mkdir(exist_ok=True)
     os.chmod(st.root, 0o755)
-    repo = st.root / REPO_DIR
-    repo.mkdir(exist_ok=True)
-    os.chown(repo, *_ids(USER))
-    os.chmod(repo, 0o700)
+    for d in (st.home, st.home / ".ssh"):
+        d.mkdir(exist_ok=True)
+        os.chown(d, *_ids(USER))
+        os.chmod(d, 0o700)
     if keep_host_key is not None and keep_host_key.exists():
         for suffix in ("", ".pub"):
             data = Path(f"{keep_host_key}{suffix}").read_bytes()
@@ -86,7 +94,8 @@ def prepare(st: Storage, public_keys: list[str], keep_host_key: Path | None = No
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailstack-storage",
                         "-f", str(st.host_key)], check=True)
     st.authorized_keys.write_text("".join(k.strip() + "\n" for k in public_keys))
-    os.chmod(st.authorized_keys, 0o644)
+    os.chown(st.authorized_keys, *_ids(USER))
+    os.chmod(st.authorized_keys, 0o600)
     (st.base / "sshd_config").write_text(st.sshd_config())
     # sshd's privilege separation directory (a packaged sshd's unit makes it).
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

@@ -31,6 +31,7 @@ UNIT = "mailstack-backup"
 STORAGE_BOX_PORT = 23                          # Storage Boxes serve SFTP/restic on 23
 STORAGE_BOX_PATH = "mailstack"
 SSH_HOST = "mailstack-backup"                  # the Host entry of our own ssh_config
+MANAGER_COMMENT = "mailstack-backup-keys"      # the box's own key, in authorized_keys
 
 PARTS = ("mail", "db", "rspamd")
 
@@ -76,7 +77,7 @@ def target(ctx: Context) -> dict[str, str]:
         if not ctx.storage_box:
             raise ValueError("backup.target is storagebox but no Storage Box was created")
         return {"user": ctx.storage_box["username"], "host": ctx.storage_box["server"],
-                "port": str(STORAGE_BOX_PORT), "path": STORAGE_BOX_PATH}
+                "port": str(ctx.storage_box.get("port", STORAGE_BOX_PORT)), "path": STORAGE_BOX_PATH}
     t = sftp_target(b.target)
     if t is None:
         raise ValueError(f"backup.target {b.target!r} is not an SFTP target")
@@ -91,6 +92,7 @@ def ssh_config(ctx: Context, layout: Layout = Layout()) -> str:
     t = target(ctx)
     return templates.render(
         "backup/ssh_config.j2", host_alias=SSH_HOST, t=t, conf_dir=layout.conf_dir,
+        identity=f"{layout.conf_dir}/id_ed25519",
         strict="yes" if ctx.settings.backup.known_hosts else "accept-new")
 
 
@@ -129,9 +131,56 @@ def files(ctx: Context, host: H.Host, layout: Layout = Layout()) -> tuple[File, 
         File(f"{d}/password", sec.backup_passwords[host.role] + "\n", 0o600, secret=True),
         File(f"{d}/id_ed25519", sec.backup_keys[host.role].rstrip("\n") + "\n", 0o600, secret=True),
     ]
-    if ctx.settings.backup.known_hosts:
-        out.append(File(f"{d}/known_hosts", "\n".join(ctx.settings.backup.known_hosts) + "\n", 0o600))
-    return tuple(out)
+    return tuple(out) + _known_hosts(ctx, layout)
+
+
+def public_openssh(private_openssh: str, comment: str) -> str:
+    """The authorized_keys line of an OpenSSH private key."""
+    from cryptography.hazmat.primitives import serialization as ser
+    key = ser.load_ssh_private_key(private_openssh.encode(), None)
+    pub = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
+    return f"{pub} {comment}"
+
+
+def manages_keys(settings: Settings) -> bool:
+    """A Storage Box keeps the keys it was created with; later keys (a new data host, a
+    rotated one) reach its .ssh/authorized_keys through the `backup-keys` step."""
+    return settings.backup.target == "storagebox"
+
+
+def authorized_keys(ctx: Context) -> str:
+    """The box's whole .ssh/authorized_keys: its own key first (so the step can always
+    log in again), then each data host's. The stack owns the file."""
+    sec = ctx.secrets
+    lines = [public_openssh(sec.backup_manager_key, MANAGER_COMMENT)]
+    lines += [public_openssh(sec.backup_keys[r], f"mailstack-backup-{r}")
+              for r in sorted(hosts(ctx.settings))]
+    return "".join(line + "\n" for line in lines)
+
+
+def keys_bundle(ctx: Context, layout: Layout = Layout()) -> Bundle:
+    """Writes the box's authorized_keys over SFTP with the box's own key, which is only
+    staged for this step (in /run, removed when it ends), never installed."""
+    if not ctx.secrets.backup_manager_key:
+        raise ValueError("no key for the Storage Box (backup_manager_key)")
+    d, conf = layout.conf_dir, f"{layout.conf_dir}/keys"
+    fs = (
+        File(f"{conf}/id_ed25519", ctx.secrets.backup_manager_key.rstrip("\n") + "\n", 0o600,
+             secret=True),
+        File(f"{conf}/authorized_keys", authorized_keys(ctx), 0o600),
+        File(f"{conf}/ssh_config", templates.render(
+            "backup/ssh_config.j2", host_alias=SSH_HOST, t=target(ctx), conf_dir=d,
+            identity="",          # the staged key, given with -i
+            strict="yes" if ctx.settings.backup.known_hosts else "accept-new"), 0o600),
+    ) + _known_hosts(ctx, layout)
+    script = templates.render("backup/keys.sh.j2", L=layout, conf=conf, host_alias=SSH_HOST,
+                              known_hosts=bool(ctx.settings.backup.known_hosts))
+    return Bundle(fs, script)
+
+
+def _known_hosts(ctx: Context, layout: Layout = Layout()) -> tuple[File, ...]:
+    kh = ctx.settings.backup.known_hosts
+    return (File(f"{layout.conf_dir}/known_hosts", "\n".join(kh) + "\n", 0o600),) if kh else ()
 
 
 def program() -> str:

@@ -37,6 +37,9 @@ class Secrets:
     # reaches the backup target with. Empty when backups are off.
     backup_passwords: Mapping[str, str] = field(default_factory=dict)
     backup_keys: Mapping[str, str] = field(default_factory=dict)
+    # With a Storage Box: the key the box was created with, which only the `backup-keys`
+    # step uses, to write the box's .ssh/authorized_keys (Hetzner can't change a box's keys).
+    backup_manager_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,8 @@ class Context:
     hosts: Mapping[str, H.Host]
     addresses: Mapping[str, H.Address]
     secrets: Secrets
-    # The Storage Box the stack created ({"server": ..., "username": ...}), when
-    # `backup.target` is `storagebox`.
+    # The Storage Box the stack created ({"server": ..., "username": ...}; "port" only
+    # where it isn't a Storage Box's 23, as in a test), when `backup.target` is `storagebox`.
     storage_box: Mapping[str, str] | None = None
 
     def host_for(self, service: str) -> H.Host:
@@ -78,10 +81,15 @@ def plan(settings: Settings) -> list[Step]:
         (f"wait-{primary.role}",),
     ))
     backed_up = backup.hosts(settings)
+    keys = ()
+    if backup.manages_keys(settings) and backed_up:
+        steps.append(Step("backup-keys", primary.role, "the backup target's authorized keys",
+                          backup.keys_bundle, (f"wait-{primary.role}",)))
+        keys = ("backup-keys",)
     # A fresh primary restores its database (if backups hold one) before the settings
     # are synced into it, and a fresh mail store its mail before Dovecot takes any.
     if primary.role in backed_up:
-        steps.append(_backup_step(backed_up[primary.role], ("postgres-primary",)))
+        steps.append(_backup_step(backed_up[primary.role], ("postgres-primary", *keys)))
     steps.append(Step(
         "mail-sync", primary.role, "sync domains, users and aliases",
         database.sync_bundle,
@@ -97,7 +105,7 @@ def plan(settings: Settings) -> list[Step]:
     for h in hs.values():
         db_step = "postgres-primary" if h.runs(H.DB_PRIMARY) else f"postgres-replica-{h.role}"
         if h.role in backed_up and h.role != primary.role:
-            steps.append(_backup_step(h, (f"wait-{h.role}", db_step)))
+            steps.append(_backup_step(h, (f"wait-{h.role}", db_step, *keys)))
         after = (f"backup-{h.role}",) if h.role in backed_up else ()
         steps.append(Step(
             f"services-{h.role}", h.role, f"mail services on {h.role}",

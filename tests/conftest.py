@@ -67,6 +67,7 @@ def make_context(settings, addresses=None) -> Context:
         user_hashes={u.address: u.password_hash or TEST_HASH for u in settings.users},
         backup_passwords={r: f"test-backup-{r}-Pw0rd" for r in hs},
         backup_keys={r: ed25519_openssh(f"backup-{r}")[0] for r in hs},
+        backup_manager_key=ed25519_openssh("backup-keys")[0],
     )
     return Context(settings, hs, addrs, secrets,
                    storage_box={"server": "u1.your-storagebox.de", "username": "u1"})

@@ -219,7 +219,7 @@ def test_restic_backup_and_restore_of_a_mail_store_over_sftp(sftp_target, tmp_pa
     assert status["last_run"]["result"] == "ok" and status["last_check"]["result"] == "ok"
     assert status["last_success"]["snapshot"] and status["last_success"]["repository_bytes"] > 0
     # encrypted: no message text on the storage side
-    repo = sftp_target.root / LS.REPO_DIR / "imap"
+    repo = sftp_target.home / LS.REPO_DIR / "imap"
     assert (repo / "config").exists()
     assert not any(b"flagged" in p.read_bytes() for p in repo.rglob("*") if p.is_file())
     # the password never shows in the config restic is run with
@@ -252,6 +252,61 @@ def test_restic_backup_and_restore_of_a_mail_store_over_sftp(sftp_target, tmp_pa
     assert all(p.lstat().st_uid == H.VMAIL_UID for p in m.rglob("*"))
     status = json.loads(Path(layout.status_file).read_text())
     assert status["last_restore"]["address"] == "alice@example.org"
+
+
+def test_backup_keys_step_writes_the_boxs_authorized_keys_with_the_boxs_own_key(sftp_target, tmp_path):
+    """A box that knows only its own key (as after creation, when a host's key is added
+    or rotated later): the `backup-keys` step writes every data host's key into it, then
+    the hosts reach their repositories; a rerun writes nothing; a rotated key replaces
+    the old one."""
+    manager, manager_pub = ed25519_openssh("backup-keys")
+    sftp_target.authorized_keys.write_text(manager_pub + "\n")
+    keys = {r: ed25519_openssh(f"backup-{r}")[0] for r in ("imap", "mx1")}
+    s = settings_from(backup={"target": "storagebox",
+                              "knownHosts": [sftp_target.known_hosts_line()]})
+    ctx = make_context(s)
+    ctx = replace(ctx, storage_box={"server": "127.0.0.1", "username": LS.USER,
+                                    "port": str(sftp_target.port)},
+                  secrets=replace(ctx.secrets, backup_keys=keys, backup_manager_key=manager))
+    layout = B.Layout(conf_dir=str(tmp_path / "etc"), vmail=str(tmp_path / "vmail"),
+                      dump_dir=str(tmp_path / "dump"), status_file=str(tmp_path / "status.json"),
+                      cache_dir=str(tmp_path / "cache"), systemd=False)
+    (tmp_path / "vmail").mkdir()
+    env = _install(ctx, ctx.hosts["imap"], layout, tmp_path)
+    r = subprocess.run([str(tmp_path / "mailstack-backup"), "init"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0            # imap's key isn't on the box yet
+
+    def step(c):
+        b = B.keys_bundle(c, layout)
+        assert {f.path for f in b.files if f.secret} == {f"{layout.conf_dir}/keys/id_ed25519"}
+        r = subprocess.run(["bash", "-s"], input=b.shell("backup-keys"), capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stderr
+
+    assert "writing the backup target's authorized keys (3 keys)" in step(ctx)
+    assert sftp_target.authorized_keys.read_text() == B.authorized_keys(ctx)
+    lines = sftp_target.authorized_keys.read_text().splitlines()
+    assert lines[0] == B.public_openssh(manager, B.MANAGER_COMMENT)
+    assert [ln.split()[2] for ln in lines[1:]] == ["mailstack-backup-imap", "mailstack-backup-mx1"]
+    assert not (tmp_path / "etc" / "keys").exists()   # the box's key was only staged
+    _run(env, tmp_path, "init")                        # imap reaches its repository now
+    assert "writing" not in step(ctx)                  # unchanged: nothing written
+
+    rotated = replace(ctx, secrets=replace(ctx.secrets, backup_keys={**keys, "imap": ed25519_openssh("new")[0]}))
+    assert "writing" in step(rotated)
+    assert B.public_openssh(keys["imap"], "x").split()[1] not in sftp_target.authorized_keys.read_text()
+    assert sftp_target.authorized_keys.read_text() == B.authorized_keys(rotated)
+
+
+def test_storage_box_keys_step_comes_before_every_backup_step():
+    steps = {s.name: s for s in deploy.plan(settings_from())}
+    assert steps["backup-keys"].host == "mx1"
+    assert "backup-keys" in steps["backup-imap"].depends_on
+    assert "backup-keys" in steps["backup-mx1"].depends_on
+    sftp = settings_from(backup={"target": "sftp://u@h:22/b"})
+    assert "backup-keys" not in {s.name for s in deploy.plan(sftp)}
 
 
 def test_database_dump_and_restore_through_the_repository(sftp_target, tmp_path):

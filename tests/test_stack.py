@@ -85,7 +85,7 @@ def test_ha_declares_every_resource_once():
         COMMAND: len(deploy.plan(s)),
         # + a restic password per data host (mx1, imap) and the Storage Box's own
         PASSWORD: 3 + sum(1 for u in s.users if u.password_hash is None) + 2 + 1,
-        KEY: 1 + len(s.domains) + 2,   # + a backup SSH key per data host
+        KEY: 1 + len(s.domains) + 2 + 1,   # + a backup SSH key per data host, and the box's own
         STORAGE_BOX: 1,
     }
 
@@ -96,8 +96,10 @@ def test_storage_box_is_protected_and_keeps_its_keys():
     assert box.protect and box.inputs["deleteProtection"] is True
     # Hetzner can't update a box's keys: a changed list must not replace it.
     assert box.ignore_changes == ["sshKeys"]
-    assert sorted(box.inputs["sshKeys"]) == sorted(
-        k.strip() for k in run.outputs["backupPublicKeys"].values())
+    # Created with its own key (for the backup-keys step) and the hosts' keys.
+    assert box.inputs["sshKeys"][1:] == [
+        k.strip() for _, k in sorted(run.outputs["backupPublicKeys"].items())]
+    assert len(box.inputs["sshKeys"]) == 3
     assert box.inputs["accessSettings"]["sshEnabled"] is True
     assert "password" in box.secret_inputs
 

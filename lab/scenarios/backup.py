@@ -11,7 +11,6 @@ import time
 from collections import Counter
 
 from .. import internet, machines
-from .. import storage as LS
 from ..util import log, wait_until
 from .clients import (
     _expect,
@@ -180,7 +179,7 @@ def s_backup_restore() -> str:
         _expect(st.get("last_check", {}).get("result") == "ok", f"{role} repository check: {st}")
     figures["repository imap"] = (
         f"{_mb(_status('imap')['last_success']['repository_bytes'])} (restic stats), "
-        f"{_mb(_du(internet.storage().root / LS.REPO_DIR / 'imap'))} on the storage host")
+        f"{_mb(_du(internet.storage_repositories() / 'imap'))} on the storage host")
 
     # 3.-4. imap lost with all its data; a fresh one is deployed and restores by itself.
     times = rebuild("imap")
