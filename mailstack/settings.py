@@ -190,8 +190,11 @@ class Status(_Model):
 STORAGE_BOX_DEFAULT_LOCATIONS = frozenset({"fsn1", "nbg1", "hel1"})
 BACKUP_TARGET_FIX = (
     "use 'storagebox' (a Hetzner Storage Box the stack creates), "
-    "'sftp://user@host[:port]/path' (any SFTP server) or 'none' (no backups)"
+    "'sftp://user@host[:port]/path' (any SFTP server), "
+    "'s3:https://endpoint/bucket[/path]' (any S3 service) or 'none' (no backups)"
 )
+S3_FIX = ("`pulumi config set --secret --path 'mailstack:backup.s3.accessKeyId' <id>` and "
+          "`pulumi config set --secret --path 'mailstack:backup.s3.secretAccessKey' <key>`")
 
 
 class StorageBoxSettings(_Model):
@@ -205,9 +208,18 @@ class Keep(_Model):
     monthly: int = Field(default=12, ge=0, le=1200)
 
 
+class S3Credentials(_Model):
+    # For an `s3:` target; secrets (`pulumi config set --secret --path ...`). They reach
+    # the data hosts only in a 0600 file of the backup step.
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    region: str = ""
+
+
 class Backup(_Model):
     # Where the restic repositories live (one per data host, under this target).
     target: str = "storagebox"
+    s3: S3Credentials = S3Credentials()
     storage_box: StorageBoxSettings = StorageBoxSettings()
     # systemd OnCalendar expression (checked again by systemd-analyze on the server).
     schedule: str = "*-*-* 03:17:00"
@@ -501,13 +513,17 @@ def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]
             p.append(f"{ns}:resolver.forwardTo[{i}]: {ip!r} is not an IP address; use e.g. '192.0.2.53' or leave the list empty")
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", s.dkim.selector):
         p.append(f"{ns}:dkim.selector: {s.dkim.selector!r} is not a DNS label; use e.g. 'mail'")
-    p += _check_backup(s)
+    p += _check_backup(s, secret_keys)
     return p
 
 
 _SFTP_TARGET_RE = re.compile(
     r"^sftp://(?P<user>[a-z0-9_][a-z0-9_.-]*)@(?P<host>[A-Za-z0-9.-]+|\[[0-9a-fA-F:]+\])"
     r"(:(?P<port>\d{1,5}))?/(?P<path>[A-Za-z0-9_./-]*)$"
+)
+_S3_TARGET_RE = re.compile(
+    r"^s3:(?P<scheme>https?://)?(?P<host>[A-Za-z0-9.-]+(:\d{1,5})?)/(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])"
+    r"(?P<path>/[A-Za-z0-9_./-]*)?$"
 )
 _CALENDAR_RE = re.compile(r"^[A-Za-z0-9*,./:~ -]{1,100}$")
 _KNOWN_HOST_RE = re.compile(
@@ -523,10 +539,35 @@ def sftp_target(target: str) -> dict[str, str] | None:
             "path": m["path"].strip("/")}
 
 
-def _check_backup(s: Settings) -> list[str]:
+def s3_target(target: str) -> dict[str, str] | None:
+    """endpoint (with scheme), bucket, path of an s3: backup target (None if it isn't one)."""
+    m = _S3_TARGET_RE.match(target)
+    if not m:
+        return None
+    return {"endpoint": f"{m['scheme'] or 'https://'}{m['host']}", "bucket": m["bucket"],
+            "path": (m["path"] or "").strip("/")}
+
+
+def _check_backup(s: Settings, secret_keys: set[str]) -> list[str]:
     p: list[str] = []
     b, key = s.backup, f"{NAMESPACE}:backup"
-    if b.target not in ("storagebox", "none"):
+    if b.target.startswith("s3:"):
+        t3 = s3_target(b.target)
+        if t3 is None:
+            p.append(f"{key}.target: {_fmt(b.target)} is not an S3 target; use "
+                     "'s3:https://endpoint/bucket[/path]', e.g. 's3:https://fsn1.your-objectstorage.com/my-bucket/mailstack'")
+        elif ".." in t3["path"].split("/"):
+            p.append(f"{key}.target: {_fmt(b.target)} climbs out of the bucket; name a path inside it")
+        if not (b.s3.access_key_id and b.s3.secret_access_key):
+            p.append(f"{key}.s3: an S3 target needs accessKeyId and secretAccessKey; set them with {S3_FIX}")
+        elif key not in secret_keys:
+            p.append(f"{key}.s3: the S3 credentials are stored in clear text in the stack file; "
+                     f"they are secrets: set them with {S3_FIX}")
+    elif b.s3.access_key_id or b.s3.secret_access_key:
+        p.append(f"{key}.s3: S3 credentials are set but the target {_fmt(b.target)} is not an "
+                 "s3: target; remove them (`pulumi config rm --path 'mailstack:backup.s3'`) or "
+                 "name an s3: target")
+    elif b.target not in ("storagebox", "none"):
         t = sftp_target(b.target)
         if t is None:
             p.append(f"{key}.target: {_fmt(b.target)} is not a backup target; {BACKUP_TARGET_FIX}")

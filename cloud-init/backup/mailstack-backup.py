@@ -29,9 +29,22 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def target_environment():
+    """An S3 target's credentials, from their 0600 file (never a command line)."""
+    out = {}
+    if C.get("env_file"):
+        with open(C["env_file"]) as f:
+            for line in f:
+                name, sep, value = line.rstrip("\n").partition("=")
+                if sep and name.startswith("AWS_"):
+                    out[name] = value
+    return out
+
+
 def restic(*args, capture=False, check=True, stdout=None, stderr=None):
     env = dict(os.environ, RESTIC_REPOSITORY=C["repository"],
-               RESTIC_PASSWORD_FILE=C["password_file"], RESTIC_CACHE_DIR=C["cache_dir"])
+               RESTIC_PASSWORD_FILE=C["password_file"], RESTIC_CACHE_DIR=C["cache_dir"],
+               **target_environment())
     out = subprocess.PIPE if capture else stdout
     r = subprocess.run([*C["restic"], *args], env=env, stdout=out, stderr=stderr,
                        text=capture or None, stdin=subprocess.DEVNULL)
