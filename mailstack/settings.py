@@ -636,13 +636,3 @@ def _alias_loops(s: Settings) -> list[str]:
     for start in graph:
         walk(start, [start])
     return problems
-
-
-def pulumi_config() -> tuple[dict[str, Any], set[str]]:
-    """The running program's stack config and secret keys (only used by __main__)."""
-    from pulumi.runtime import config as rc
-
-    merged = dict(rc.get_config_env())
-    merged.update(rc.CONFIG.get())
-    secret = set(rc.get_config_secret_keys_env()) | set(rc._SECRET_KEYS.get())
-    return merged, secret
