@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 
 from .util import CACHE, STATE, log, stop_pidfile, wait_until
 
@@ -78,5 +77,3 @@ def start_forwarder() -> None:
     forward.start("apt-forwarder", [(True, PROXY_IP, ACNG_PORT, "127.0.0.1", ACNG_PORT)])
 
 
-def stop_forwarder() -> None:
-    stop_pidfile(STATE / "apt-forwarder.pid", 2.0)

@@ -3,7 +3,6 @@ process: the listening socket is made in one namespace, the outgoing ones in the
 so no route or NAT ever joins the lab to the real network."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

@@ -9,7 +9,6 @@ the way systemd-nspawn@.service does on a real machine.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from . import net
-from .util import NETNS, ROOT, STATE, log, pid_alive, run, wait_until
+from .util import NETNS, ROOT, STATE, pid_alive, run, wait_until
 
 HOSTS_DIR = Path(os.environ.get("MAILSTACK_LAB_HOSTS", "/var/lib/mailstack-lab/hosts"))
 
@@ -236,13 +235,6 @@ def wait_booted(role: str, timeout: float = 120) -> None:
         r = exec_in(role, ["systemctl", "is-system-running"], timeout=10)
         return r.stdout.strip() in ("running", "degraded")
     wait_until(ok, timeout, f"{role} to boot")
-
-
-def console_has(role: str, text: str) -> bool:
-    try:
-        return text in (host_dir(role) / "console.log").read_text(errors="replace")
-    except OSError:
-        return False
 
 
 def stop(role: str, timeout: float = 60) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from . import templates
 
@@ -29,7 +29,6 @@ class File:
 class Bundle:
     files: tuple[File, ...] = ()
     script: str = ""
-    env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
 
     @property
     def secret(self) -> bool:
@@ -46,7 +45,7 @@ class Bundle:
         clash = [f.path for f in other.files if f.path in paths]
         if clash:
             raise ValueError(f"two parts of one step write {clash}")
-        return Bundle(self.files + other.files, _join(self.script, other.script), self.env + other.env)
+        return Bundle(self.files + other.files, _join(self.script, other.script))
 
     def shell(self, step_name: str) -> str:
         """The whole program for `bash -s`."""
@@ -58,8 +57,6 @@ class Bundle:
             f"STAGE=$(mktemp -d /run/mailstack-stage.{step_name}.XXXXXX)",
             "trap 'rm -rf \"$STAGE\"' EXIT",
         ]
-        for k, v in self.env:
-            lines.append(f"export {k}={_quote(v)}")
         lines.append(templates.read("deploy/prelude.sh"))
         for f in self.files:
             data = base64.b64encode(f.content.encode()).decode()

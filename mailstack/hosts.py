@@ -53,7 +53,6 @@ class Address:
 class Network:
     cidr: str
     subnet: str
-    gateway: str
 
 
 def network(settings: Settings) -> Network:
@@ -61,7 +60,7 @@ def network(settings: Settings) -> Network:
     # The second /24 (10.77.1.0/24 by default) leaves .0 free for future use.
     subnets = list(net.subnets(new_prefix=24)) if net.prefixlen < 24 else [net]
     subnet = subnets[1] if len(subnets) > 1 else subnets[0]
-    return Network(str(net), str(subnet), str(subnet.network_address + 1))
+    return Network(str(net), str(subnet))
 
 
 def hosts(settings: Settings) -> dict[str, Host]:

@@ -6,23 +6,11 @@ host (LMTP), nginx last.
 """
 from __future__ import annotations
 
-import importlib
-
 from . import hosts as H
-from . import mx, resolver, spam, supervision, web
+from . import imap, mx, resolver, spam, supervision, web
 from .bundle import Bundle
 from .deploy import Context
 from .status import timer as status_timer
-
-
-def _imap_bundle(ctx: Context, host: H.Host) -> Bundle:
-    try:
-        imap = importlib.import_module(f"{__package__}.imap")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.imap":
-            raise
-        return Bundle()  # until mailstack/imap.py lands
-    return imap.bundle(ctx, host)
 
 
 def bundle(ctx: Context, host: H.Host) -> Bundle:
@@ -31,7 +19,7 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     if spam.runs_rspamd(host):
         b = b + spam.bundle(ctx, host)
     if host.runs(H.IMAP):
-        b = b + _imap_bundle(ctx, host)
+        b = b + imap.bundle(ctx, host)
     if mx.runs_smtpd(host):
         b = b + mx.bundle(ctx, host)
     if host.runs(H.WEB):
