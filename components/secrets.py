@@ -65,6 +65,7 @@ class StackSecrets(pulumi.ComponentResource):
             hashes=hashes,
             backup_passwords={r: p.result for r, p in backup_passwords.items()},
             backup_keys={r: k.private_key_openssh for r, k in self.backup_keys.items()},
+            deploy_public_key=self.deploy_key.public_key_openssh,
         ).apply(lambda v: Secrets(
             replication_password=v["replication"],
             lookup_password=v["lookup"],
@@ -73,6 +74,7 @@ class StackSecrets(pulumi.ComponentResource):
             user_hashes=dict(v["hashes"]),
             backup_passwords=dict(v["backup_passwords"]),
             backup_keys=dict(v["backup_keys"]),
+            deploy_public_key=v["deploy_public_key"],
         )))
         self.register_outputs({})
 
