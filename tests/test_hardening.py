@@ -29,7 +29,7 @@ def test_ssh_limit_is_applied_by_the_step_and_never_changes_user_data():
         assert 'ip saddr { 198.51.100.0/24 } tcp dport 22 accept' in ruleset
         assert 'ip6 saddr { 2001:db8::/48 } tcp dport 22 accept' in ruleset
         # No other rule lets SSH in.
-        assert [l for l in ruleset.splitlines() if "dport 22 " in l and "saddr" not in l] == []
+        assert [line for line in ruleset.splitlines() if "dport 22 " in line and "saddr" not in line] == []
         assert _nft_check(ruleset).returncode == 0
         step = hardening.bundle(make_context(b), hb)
         assert step.file(firewall.NFTABLES_CONF).content == ruleset
@@ -46,7 +46,7 @@ def _sshd_effective(tmp_path: Path) -> dict[str, str]:
     subprocess.run(["sshd", "-t", "-f", main], check=True, capture_output=True, timeout=30)
     out = subprocess.run(["sshd", "-T", "-f", main, "-C", "user=root,host=x,addr=192.0.2.1"],
                          check=True, capture_output=True, text=True, timeout=30).stdout
-    return dict(l.split(" ", 1) for l in out.splitlines() if " " in l)
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
 
 
 def test_sshd_refuses_forwarding_and_passwords(tmp_path):
@@ -62,7 +62,7 @@ def test_sshd_refuses_forwarding_and_passwords(tmp_path):
 def test_authorized_keys_are_exactly_the_settings_and_the_deploy_key():
     s = settings_from(admin={"sshCidrs": ["192.0.2.7/32"], "sshKeys": [ADMIN_A, ADMIN_B]})
     removed = settings_from(admin={"sshCidrs": ["192.0.2.7/32"], "sshKeys": [ADMIN_B]})
-    keys = [l for l in ssh.authorized_keys(removed, DEPLOY_KEY).splitlines() if not l.startswith("#")]
+    keys = [k for k in ssh.authorized_keys(removed, DEPLOY_KEY).splitlines() if not k.startswith("#")]
     assert keys == [ADMIN_B, DEPLOY_KEY]
     assert ADMIN_A in ssh.authorized_keys(s, DEPLOY_KEY)
     b = ssh.bundle(removed, DEPLOY_KEY)
