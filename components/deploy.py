@@ -1,4 +1,13 @@
-"""One `remote.Command` per deploy step of `mailstack.deploy.plan`.
+"""One `remote.Command` per deploy step of `mailstack.deploy.plan`, and one per server
+that learns its SSH host key.
+
+Host keys are learned once, not generated in the stack: they must exist at first boot,
+before any SSH connection, and user-data (the only earlier channel) must not carry
+secrets. `host-key-<role>` runs `ssh.HOST_KEY_COMMAND` over the first connection (which
+carries no secret) and keeps the key in state; it runs again only when the server is
+replaced. Every deploy step then passes that key as the connection's `host_key`, so a
+server presenting another key fails the deploy before the program (and its secrets) is
+sent.
 
 The program travels on stdin (a secret input), never on the command line, so neither the
 Pulumi log nor the server's process list shows its secrets; `deploy.RUN_PROGRAM`, shared
@@ -10,7 +19,7 @@ import pulumi
 import pulumi_hcloud as hcloud
 from pulumi_command import remote
 
-from mailstack import deploy
+from mailstack import deploy, ssh
 from mailstack import hosts as H
 from mailstack.settings import Settings
 
@@ -43,6 +52,29 @@ class DeploySteps(pulumi.ComponentResource):
         plan = deploy.plan(settings)
         by_name = {s.name: s for s in plan}
         self.commands = {}
+        self.host_keys: dict[str, pulumi.Output[str]] = {}
+        for role in hosts:
+            learn = remote.Command(
+                f"host-key-{role}",
+                connection=remote.ConnectionArgs(
+                    host=addresses.apply(lambda a, r=role: a[r].ipv4),
+                    user="root",
+                    private_key=pulumi.Output.secret(private_key),
+                    dial_error_limit=60,
+                    per_dial_timeout=10,
+                ),
+                create=ssh.HOST_KEY_COMMAND,
+                triggers=[servers[role].id],
+                opts=pulumi.ResourceOptions(
+                    parent=self,
+                    depends_on=[servers[role], *host_extras.get(role, ())],
+                    # Learned once per server: a changed command must not relearn a key
+                    # from a server that may no longer be the one first seen.
+                    ignore_changes=["create", "connection"],
+                    custom_timeouts=pulumi.CustomTimeouts(create="30m"),
+                ),
+            )
+            self.host_keys[role] = learn.stdout.apply(ssh.host_key_line)
         for step in plan:
             bundle = pulumi.Output.all(addresses, secrets, storage_box).apply(
                 lambda v, step=step: step.render(deploy.Context(settings, hosts, v[0], v[1], v[2])))
@@ -50,6 +82,7 @@ class DeploySteps(pulumi.ComponentResource):
                 host=addresses.apply(lambda a, r=step.host: a[r].ipv4),
                 user="root",
                 private_key=pulumi.Output.secret(private_key),
+                host_key=self.host_keys[step.host],
                 # A fresh server needs a minute or two before sshd answers.
                 dial_error_limit=60,
                 per_dial_timeout=10,

@@ -73,6 +73,7 @@ class StackSecrets(pulumi.ComponentResource):
             backup_keys={r: k.private_key_openssh for r, k in self.backup_keys.items()},
             backup_manager_key=(self.backup_manager_key.private_key_openssh
                                 if self.backup_manager_key else ""),
+            deploy_public_key=self.deploy_key.public_key_openssh,
         ).apply(lambda v: Secrets(
             replication_password=v["replication"],
             lookup_password=v["lookup"],
@@ -82,6 +83,7 @@ class StackSecrets(pulumi.ComponentResource):
             backup_passwords=dict(v["backup_passwords"]),
             backup_keys=dict(v["backup_keys"]),
             backup_manager_key=v["backup_manager_key"],
+            deploy_public_key=v["deploy_public_key"],
         )))
         self.register_outputs({})
 

@@ -40,6 +40,9 @@ class Secrets:
     # With a Storage Box: the key the box was created with, which only the `backup-keys`
     # step uses, to write the box's .ssh/authorized_keys (Hetzner can't change a box's keys).
     backup_manager_key: str = ""
+    # The stack's deploy key (OpenSSH public line): kept in root's authorized_keys next to
+    # the admin keys. Empty in the lab, which deploys without SSH.
+    deploy_public_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,13 +71,15 @@ class Step:
 
 def plan(settings: Settings) -> list[Step]:
     """Every step, in an order that satisfies depends_on (a valid serial order)."""
-    from . import backup, cloudinit, database, services, tls  # late: these import templates
+    from . import backup, cloudinit, database, hardening, services, tls  # late: these import templates
 
     hs = H.hosts(settings)
     primary = H.find(hs, H.DB_PRIMARY)
     steps: list[Step] = []
     for role in hs:
         steps.append(Step(f"wait-{role}", role, f"wait for cloud-init on {role}", cloudinit.wait_bundle))
+        steps.append(Step(f"host-{role}", role, f"firewall, SSH and updates on {role}",
+                          lambda ctx, h=hs[role]: hardening.bundle(ctx, h), (f"wait-{role}",)))
     steps.append(Step(
         "postgres-primary", primary.role, f"PostgreSQL primary on {primary.role}",
         lambda ctx, h=primary: database.primary_bundle(ctx, h),

@@ -3,15 +3,19 @@ the host's own nftables ruleset.
 
 Hetzner's firewall does not see private-network traffic, so the unauthenticated private
 services (LMTP, PostgreSQL) are guarded by nftables alone, matched on the peers' private
-source addresses. The nftables file is part of cloud-init user-data and therefore depends
-only on the host's services and the private network, never on domains, users or admin
-networks (those would replace the server on every change).
+source addresses. The nftables file is rendered twice: into cloud-init user-data for the
+first boot, where it depends only on the host's services and the private network (admin
+networks there would replace the server on every change) and leaves SSH to the Hetzner
+firewall; and by the `host-<role>` deploy step, which adds the `admin.sshCidrs` limit and
+applies it in place.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from . import hosts as H
+from .bundle import Bundle, File
 from .settings import Settings
 from .templates import render
 
@@ -92,12 +96,26 @@ def hcloud_rules(settings: Settings, host: H.Host) -> list[Rule]:
     return rules
 
 
-def nftables(settings: Settings, host: H.Host) -> str:
-    """/etc/nftables.conf for `host`."""
+NFTABLES_CONF = "/etc/nftables.conf"
+
+
+def nftables(settings: Settings, host: H.Host, *, ssh_limit: bool = False) -> str:
+    """/etc/nftables.conf for `host`; with `ssh_limit`, SSH only from admin.sshCidrs."""
+    cidrs = [ipaddress.ip_network(c) for c in settings.admin.ssh_cidrs] if ssh_limit else None
     return render(
         "nftables.conf.j2",
         role=host.role,
         ssh_port=SSH_PORT,
+        ssh_v4=None if cidrs is None else [str(c) for c in cidrs if c.version == 4],
+        ssh_v6=None if cidrs is None else [str(c) for c in cidrs if c.version == 6],
         public=[(proto, port, why) for (proto, port), why in _public(host).items()],
         private=private_flows(settings, host),
     )
+
+
+def bundle(settings: Settings, host: H.Host) -> Bundle:
+    """The host firewall with the SSH limit, checked by `nft -c` and applied in place
+    (established connections, such as this step's own SSH session, survive the swap)."""
+    return Bundle(
+        (File(NFTABLES_CONF, nftables(settings, host, ssh_limit=True)),),
+        render("firewall/deploy.sh.j2", conf=NFTABLES_CONF))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from . import database as D
 from . import hosts as H
-from . import templates
+from . import templates, tls
 from .bundle import Bundle, File
 
 ETC = "/etc/dovecot"
@@ -45,6 +45,7 @@ def dovecot_conf(ctx, host: H.Host, layout: Layout = Layout()) -> str:
     return templates.render(
         "dovecot/dovecot.conf.j2",
         L=layout,
+        tls=tls,
         hostname=host.fqdn,
         postmaster=f"postmaster@{s.primary_domain}",
         lmtp_address=lmtp_address(host),

@@ -6,7 +6,7 @@ depends on the topology and host names only, never on domains, users or aliases.
 """
 from __future__ import annotations
 
-from . import database
+from . import database, tls
 from . import hosts as H
 from .bundle import Bundle, File
 from .deploy import Context
@@ -44,6 +44,10 @@ def lmtp_target(ctx: Context, host: H.Host) -> str:
     return f"{'127.0.0.1' if imap.role == host.role else imap.private_ip}:24"
 
 
+def _tls_options(ciphers: str) -> str:
+    return f'protocols "{tls.libtls_protocols()}" ciphers "{ciphers}"'
+
+
 def smtpd_conf(ctx: Context, host: H.Host) -> str:
     s = ctx.settings
     role = _role(host)
@@ -65,6 +69,8 @@ def smtpd_conf(ctx: Context, host: H.Host) -> str:
         internal=internal,
         imap_internal=imap.private_ip if imap.private_ip in internal else "",
         relay_port=RELAY_PORT,
+        tls_intermediate=_tls_options(tls.openssl_ciphers()),
+        tls_inbound=_tls_options(tls.INBOUND_MX_CIPHERS),
         subaddress_delimiter=H.SUBADDRESS_DELIMITER,
         filter_guard=FILTER_GUARD,
         filter_dir=FILTER_DIR,

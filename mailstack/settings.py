@@ -183,6 +183,13 @@ class Status(_Model):
     # (Hetzner blocks outbound 25 on new projects). The lab points it at its outside MTA.
     outbound_probe: str = "gmail-smtp-in.l.google.com"
 
+class Updates(_Model):
+    # Unattended upgrades install security and backports updates every day; when one needs
+    # a reboot (a new kernel), the host reboots at this time of day (server time, UTC).
+    reboot: bool = True
+    reboot_time: str = "04:30"
+
+
 # Storage Boxes exist in Germany and Finland only.
 # Only to pick a default: where Hetzner offered Storage Boxes when this was written (the
 # provider's data sources don't say per location). A location named in the settings is
@@ -252,6 +259,7 @@ class Settings(_Model):
     resolver: Resolver = Resolver()
     spam: Spam = Spam()
     status: Status = Status()
+    updates: Updates = Updates()
 
     backup: Backup = Backup()
 
@@ -497,6 +505,9 @@ def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]
     if not s.admin.ssh_cidrs:
         p.append(f"{ns}:admin.sshCidrs: is empty; list the networks allowed to reach SSH (the deploy steps need it), e.g. ['203.0.113.7/32']")
 
+    if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", s.updates.reboot_time):
+        p.append(f"{ns}:updates.rebootTime: {s.updates.reboot_time!r} is not a time of day HH:MM "
+                 "(24-hour, server time UTC); use e.g. '04:30'")
     check_address(f"{ns}:acme.email", s.acme.email, False)
     if not re.match(r"^https://[^\s/]+(/\S*)?$", s.acme.directory):
         p.append(f"{ns}:acme.directory: {s.acme.directory!r} is not an https URL; use {LETSENCRYPT!r}")

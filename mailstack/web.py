@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import hosts as H
+from . import tls
 from .bundle import Bundle, File
 from .deploy import Context
 from .templates import render
@@ -18,7 +19,7 @@ def server_names(ctx: Context) -> list[str]:
 
 def site_conf(ctx: Context) -> str:
     return render("nginx/mailstack-web.j2", names=server_names(ctx),
-                  tls_dir=TLS_DIR, web_root=WEB_ROOT)
+                  tls_dir=TLS_DIR, web_root=WEB_ROOT, tls=tls)
 
 
 def _clients(ctx: Context) -> dict[str, object]:

@@ -30,6 +30,10 @@ HOST_NUMBER = {"mx1": 11, "imap": 12, "mx2": 13}
 MOCK_NAMESERVERS = ["hydrogen.ns.hetzner.com.", "oxygen.ns.hetzner.com.", "helium.ns.hetzner.de."]
 
 
+# Base64 body of the mock servers' ed25519 host keys (the role's last letters appended).
+MOCK_HOST_KEY = "AAAAC3NzaC1lZDI1NTE5AAAAIMockHostKey"
+
+
 def mock_id(typ: str, name: str) -> str:
     # hcloud IDs are integers; derive them from the name so they are stable across runs.
     return str(zlib.crc32(f"{typ}::{name}".encode()) % 900_000_000 + 100_000_000)
@@ -241,7 +245,9 @@ class StackMocks(pulumi.runtime.Mocks):
         elif typ == "hcloud:index/storageBox:StorageBox":
             out.update(server="u123456.your-storagebox.de", username="u123456")
         elif typ == "command:remote:Command":
-            out.update(stdout="", stderr="")
+            # host-key-<role> reads the server's host key (mailstack/ssh.py).
+            stdout = f"ssh-ed25519 {MOCK_HOST_KEY}{name.rsplit('-', 1)[1]} root@{name}\n" if name.startswith("host-key-") else ""
+            out.update(stdout=stdout, stderr="")
         return mock_id(typ, name), out
 
     def secret_fragments(self) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import tls_scan
 from mailstack import database as D
 from mailstack import hosts as H
 from mailstack import imap
@@ -213,6 +214,17 @@ def test_imaps_login_with_stored_hash(dovecot):
     refused = refused_logins(dovecot, [("alice@example.org", "wrong password"),
                                        ("postmaster@example.org", TEST_PASSWORD)])  # an alias is no login
     assert all("AUTHENTICATIONFAILED" in r for r in refused), refused
+
+
+@needs_dovecot
+@pytest.mark.parametrize("listener", ["imaps", "sieve"])
+def test_tls_offers_only_the_intermediate_profile(dovecot, listener):
+    """sslyze against the real Dovecot, on 993 and through ManageSieve's STARTTLS: TLS 1.2
+    and 1.3 only, and on 1.2 only Mozilla's intermediate suites."""
+    layout, name = dovecot["layout"], dovecot["host"].fqdn
+    accepted = (tls_scan.scan("127.0.0.1", layout.imaps_port, name=name) if listener == "imaps"
+                else tls_scan.scan("127.0.0.2", layout.sieve_port, "sieve", name=name))
+    assert tls_scan.problems(accepted) == [], accepted
 
 
 @needs_dovecot

@@ -473,6 +473,40 @@ def test_internal_port_only_for_our_hosts(mx1_running):
     assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tls_scan(ns, ip: str, port: int, starttls: bool, name: str) -> dict:
+    """sslyze from the client namespace (lab/tls_scan.py), as whichever source address the
+    route to `ip` names."""
+    r = ns.run(sys.executable, "-m", "lab.tls_scan", ip, port, "--name", name,
+               *(["--starttls", "smtp"] if starttls else []), client=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_tls_profiles_of_every_listener(mx1_running):
+    """sslyze against the real smtpd: submission (587 STARTTLS, 465) and the relay port
+    offer only Mozilla's intermediate profile; port 25 keeps older strong suites for
+    opportunistic senders but nothing before TLS 1.2 (docs/hardening.md)."""
+    from lab import tls_scan
+    ctx, ns = mx1_running
+    ip, fqdn, smtp_fqdn = ctx.hosts["mx1"].private_ip, ctx.hosts["mx1"].fqdn, ctx.settings.fqdn("smtp")
+    for port, starttls, name in ((587, True, smtp_fqdn), (465, False, smtp_fqdn),
+                                 (mx.RELAY_PORT, True, fqdn)):
+        accepted = _tls_scan(ns, ip, port, starttls, name)
+        assert tls_scan.problems(accepted) == [], (port, accepted)
+    # Port 25's connect filters want a client with forward-confirmed reverse DNS.
+    route = ["ip", "route", "replace", f"{ip}/32", "dev", "vc"]
+    assert ns.run(*route, "src", OUTSIDE_OK, client=True).returncode == 0
+    try:
+        accepted = _tls_scan(ns, ip, 25, True, fqdn)
+    finally:
+        ns.run(*route, client=True)
+    assert tls_scan.problems(accepted, wide=True) == [], accepted
+    assert set(tls_scan.mozilla_intermediate()["ciphers"]["iana"]) & set(accepted["TLSv1.2"])
+
+
 def test_smtpd_waits_for_its_database_and_comes_back(ctx):
     """At boot smtpd must start after the local PostgreSQL (table-postgres exits, taking
     smtpd with it, if the database isn't up), and return if the database restarts."""

@@ -10,12 +10,13 @@ from functools import lru_cache
 import pytest
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
-from mailstack import deploy, dns, firewall
+from mailstack import deploy, dns, firewall, ssh
 from mailstack import hosts as H
 from mailstack.settings import SettingsError, load_settings
 from tests import pulumi_mocks
 from tests.conftest import TEST_HASH
 from tests.pulumi_mocks import (
+    MOCK_HOST_KEY,
     MOCK_LOCATIONS, MOCK_SERVER_TYPES, SNAPSHOT_DIR, Run, _keypair, example_config,
     run_program, snapshot_text,
 )
@@ -82,7 +83,7 @@ def test_ha_declares_every_resource_once():
         ATTACH: 1,
         ZONE: len(zones),
         RRSET: len(dns.records(s, _addresses(run), _dkim(s))),
-        COMMAND: len(deploy.plan(s)),
+        COMMAND: len(deploy.plan(s)) + 3,   # + host-key-<role> per server
         # + a restic password per data host (mx1, imap) and the Storage Box's own
         PASSWORD: 3 + sum(1 for u in s.users if u.password_hash is None) + 2 + 1,
         KEY: 1 + len(s.domains) + 2 + 1,   # + a backup SSH key per data host, and the box's own
@@ -303,7 +304,7 @@ def test_firewall_rules_follow_the_firewall_module_per_role():
 
 def test_deploy_steps_are_secret_ordered_and_wait_for_dns():
     run, s = stack(), settings_of()
-    commands = {r.name: r for r in run.of_type(COMMAND)}
+    commands = {r.name: r for r in run.of_type(COMMAND) if not r.name.startswith("host-key-")}
     plan = deploy.plan(s)
     assert set(commands) == {p.name for p in plan}
     rrsets = {r.urn for r in run.of_type(RRSET)}
@@ -324,6 +325,20 @@ def test_deploy_steps_are_secret_ordered_and_wait_for_dns():
             assert commands[dep].urn in c.dependencies
         assert (rrsets <= set(c.dependencies)) == step.needs_dns
     assert "user-data" not in json.dumps([c.inputs["create"] for c in commands.values()])
+
+
+def test_deploy_steps_pin_the_host_key_learned_once_per_server():
+    """Every step's connection carries the key its server's host-key-<role> command read;
+    that command reruns only for a new server, never for a changed command."""
+    run, s = stack(), settings_of()
+    for role in ("mx1", "imap", "mx2"):
+        learn = run.one(COMMAND, f"host-key-{role}")
+        assert learn.inputs["create"] == ssh.HOST_KEY_COMMAND
+        assert learn.inputs["triggers"] == [run.one(SERVER, role).id]
+        assert "stdin" not in learn.inputs      # the unpinned first connection carries no secret
+    for step in deploy.plan(s):
+        conn = run.one(COMMAND, step.name).inputs["connection"]
+        assert conn["hostKey"] == f"ssh-ed25519 {MOCK_HOST_KEY}{step.host}", step.name
 
 
 def test_replica_steps_rerun_when_the_primary_server_is_rebuilt():
@@ -348,7 +363,7 @@ def test_single_topology_is_one_server_with_everything():
     assert [r.name for r in run.of_type(SERVER)] == ["mx1"]
     assert len(run.of_type(PRIMARY_IP)) == 2 and len(run.of_type(RDNS)) == 2
     assert as_id(run.one(ATTACH, "mail-store").inputs["serverId"]) == run.one(SERVER, "mx1").id
-    assert {c.name for c in run.of_type(COMMAND)} == {p.name for p in deploy.plan(s)}
+    assert {c.name for c in run.of_type(COMMAND)} == {p.name for p in deploy.plan(s)} | {"host-key-mx1"}
     assert not [c for c in run.of_type(COMMAND) if c.name.startswith("postgres-replica")]
     mx = [r for r in run.of_type(RRSET) if (r.inputs["zone"], r.inputs["name"], r.inputs["type"]) == ("example.org", "@", "MX")]
     assert [x["value"] for x in mx[0].inputs["records"]] == ["10 mx1.example.org."]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lab import tls_scan
+
 from mailstack import dns, resolver, web
 from tests.conftest import make_context, settings_from
 from tests.test_mx import _cert
@@ -120,6 +122,13 @@ def test_mta_sts_and_autoconfig_over_https(ctx, nginx):
         status, _, body = _get(nginx, f"autodiscover.{d}", "/autodiscover/autodiscover.xml", "POST")
         assert status == 200 and "<Server>imap.example.org</Server>" in body
     assert _get(nginx, "mta-sts.example.org", "/etc/passwd")[0] == 404
+
+
+def test_https_offers_only_the_intermediate_profile(nginx):
+    """sslyze against the real nginx: TLS 1.2 and 1.3 only, and on 1.2 only Mozilla's
+    intermediate suites (no CBC, SHA-1, CAMELLIA or ARIA)."""
+    accepted = tls_scan.scan("127.0.0.1", nginx, name="mta-sts.example.org")
+    assert tls_scan.problems(accepted) == [], accepted
 
 
 def test_web_only_on_the_web_host(ctx):

@@ -167,10 +167,10 @@ def spf_check(ip: str, sender: str, helo: str) -> str:
     return result
 
 
-def _port_open(ip: str, port: int, timeout: float = 2) -> bool:
+def _port_open(ip: str, port: int, timeout: float = 2, source: str = net.OUTSIDE_V4) -> bool:
     with inside():
         try:
-            with socket.create_connection((ip, port), timeout, (net.OUTSIDE_V4, 0)):
+            with socket.create_connection((ip, port), timeout, (source, 0)):
                 return True
         except OSError:
             return False

@@ -7,7 +7,7 @@ import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import config, internet, machines, steps
+from .. import config, internet, machines, net, steps
 from ..netns import inside
 from ..util import wait_until
 from .clients import (
@@ -260,8 +260,8 @@ def s_replication() -> str:
 def s_firewall() -> str:
     """(7) only intended ports answer from outside; LMTP/PG only between the right hosts."""
     roles = machines_roles()
-    # 22 answers here because the lab has no Hetzner firewall in front: on Hetzner the
-    # cloud firewall narrows SSH to mailstack:admin.sshCidrs (tests/test_stack.py).
+    # 22 answers the outside host because it is in the lab's admin.sshCidrs (lab/stack.yaml):
+    # the host-<role> step narrows SSH in nftables, as the Hetzner firewall does in front.
     if roles == ["mx1"]:  # single: everything on one host
         want_open = {"mx1": [22, 25, 80, 443, 465, 587, 993, 4190]}
     else:
@@ -281,6 +281,10 @@ def s_firewall() -> str:
             raise AssertionError(f"{role}:{p} does not answer from outside "
                                  f"(listening on the host: {listening.strip() or 'nothing'})")
         _expect(want or not answered, f"{role}:{p} answers from outside")
+    # Any other address is refused SSH (the lab's internet host is not an admin network).
+    for role in roles:
+        _expect(not _port_open(_host_ip(role), 22, source=net.INTERNET_V4),
+                f"{role}:22 answers an address outside admin.sshCidrs")
     if "imap" in roles:
         ip_imap, ip_mx1 = "10.77.1.12", "10.77.1.11"
         _expect(_host_can_connect("mx1", ip_imap, 24), "mx1 cannot reach imap LMTP")
