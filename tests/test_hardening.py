@@ -115,3 +115,54 @@ def test_reboot_time_is_validated():
     with pytest.raises(SettingsError, match=r"updates\.rebootTime: '25:00'.*HH:MM"):
         settings_from(updates={"rebootTime": "25:00"})
     assert "Automatic-Reboot \"false\"" in updates.apt_conf(settings_from(updates={"reboot": False}))
+
+
+def test_a_key_removed_from_the_settings_no_longer_logs_in(tmp_path):
+    """The real sshd with the rendered authorized_keys and our sshd policy: the admin
+    key still in the settings logs in, the removed one is refused."""
+    import socket
+    import time
+    priv_a, pub_a = ed25519_openssh("admin-a")
+    priv_b, pub_b = ed25519_openssh("admin-b")
+    removed = settings_from(admin={"sshCidrs": ["192.0.2.7/32"], "sshKeys": [pub_b]})
+    auth = tmp_path / "authorized_keys"
+    auth.write_text(ssh.authorized_keys(removed, DEPLOY_KEY))
+    auth.chmod(0o600)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    hk = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hk], check=True)
+    conf = tmp_path / "sshd_config"
+    conf.write_text(ssh.sshd_conf() + "\n".join([
+        f"ListenAddress 127.0.0.1:{port}", f"HostKey {hk}", "PidFile none",
+        f"AuthorizedKeysFile {auth}", "AllowUsers root", "UsePAM no",
+        # StrictModes would refuse a key file under /tmp (world-writable); on the servers
+        # the file is /root/.ssh/authorized_keys.
+        "ForceCommand /bin/true", "StrictModes no", ""]))
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", conf], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+
+        def login(priv: str) -> int:
+            key = tmp_path / "id"
+            key.write_text(priv)
+            key.chmod(0o600)
+            return subprocess.run(
+                ["ssh", "-F", "/dev/null", "-i", key, "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                 "-p", str(port), "root@127.0.0.1", "true"],
+                capture_output=True, timeout=30).returncode
+
+        assert login(priv_b) == 0
+        assert login(priv_a) == 255          # Permission denied (publickey)
+    finally:
+        proc.terminate()
+        proc.wait(10)
