@@ -226,7 +226,7 @@ def sync_sql(settings: Settings, user_hashes: Mapping[str, str]) -> str:
     ]
     aliases = [
         dict(alias=a.address, destination=d, domain=a.domain, active=a.active)
-        for a in settings.aliases for d in dict.fromkeys(a.to)
+        for a in settings.all_aliases for d in dict.fromkeys(a.to)
     ]
     return _render("sync.sql.j2", domains=list(settings.domains), users=users, aliases=aliases)
 
