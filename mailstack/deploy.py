@@ -37,6 +37,8 @@ class Secrets:
     # reaches the backup target with. Empty when backups are off.
     backup_passwords: Mapping[str, str] = field(default_factory=dict)
     backup_keys: Mapping[str, str] = field(default_factory=dict)
+    # The role Dovecot's quota clone writes mailbox usage with (database.QUOTA_USER).
+    quota_password: str = ""
 
 
 @dataclass(frozen=True)

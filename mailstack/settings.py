@@ -78,7 +78,8 @@ class User(_Model):
     address: str
     # None means: the stack generates an initial password (a secret stack output).
     password_hash: str | None = None
-    quota_mb: int = Field(default=10240, ge=0)
+    # None: quota.defaultMb. 0: unlimited.
+    quota_mb: int | None = Field(default=None, ge=0)
     active: bool = True
 
     _norm = field_validator("address", mode="before")(_lower)
@@ -183,6 +184,13 @@ class Spam(_Model):
     test_patterns: bool = False
 
 
+class Quota(_Model):
+    # Every user's mailbox size unless the user sets quotaMb; 0 is unlimited.
+    default_mb: int = Field(default=10240, ge=0)
+    # Percentages at which Dovecot mails the user a warning, highest first when crossed.
+    warn_at: tuple[int, ...] = (80, 95)
+
+
 class Dkim(_Model):
     selector: str = "mail"
 
@@ -244,6 +252,7 @@ class Settings(_Model):
     mta_sts: MtaSts = MtaSts()
     dns: Dns = Dns()
     dkim: Dkim = Dkim()
+    quota: Quota = Quota()
     resolver: Resolver = Resolver()
     spam: Spam = Spam()
     status: Status = Status()
@@ -273,6 +282,10 @@ class Settings(_Model):
     @property
     def tls_rpt_rua(self) -> str:
         return self.dns.tls_rpt or f"tls-reports@{self.primary_domain}"
+
+    def quota_mb(self, user: User) -> int:
+        """The user's mailbox size in MiB (0: unlimited)."""
+        return self.quota.default_mb if user.quota_mb is None else user.quota_mb
 
     @property
     def role_addresses(self) -> tuple[str, ...]:
@@ -540,7 +553,29 @@ def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", s.dkim.selector):
         p.append(f"{ns}:dkim.selector: {s.dkim.selector!r} is not a DNS label; use e.g. 'mail'")
     p += _check_backup(s)
+    p += _check_quota(s)
     p += _check_roles(s)
+    return p
+
+
+def _check_quota(s: Settings) -> list[str]:
+    """A quota beyond the whole mail volume can never be enforced; warnings must be
+    distinct percentages below 100."""
+    ns = NAMESPACE
+    p: list[str] = []
+    volume_mb = s.hetzner.mail_volume_gb * 1024
+    fix = f"lower it (0 is unlimited), or raise {ns}:hetzner.mailVolumeGb"
+    if s.quota.default_mb > volume_mb:
+        p.append(f"{ns}:quota.defaultMb: {s.quota.default_mb} is more than the whole mail volume "
+                 f"({s.hetzner.mail_volume_gb} GB = {volume_mb} MB); {fix}")
+    for i, u in enumerate(s.users):
+        if u.quota_mb is not None and u.quota_mb > volume_mb:
+            p.append(f"{ns}:users[{i}].quotaMb: {u.quota_mb} is more than the whole mail volume "
+                     f"({s.hetzner.mail_volume_gb} GB = {volume_mb} MB); {fix}")
+    w = s.quota.warn_at
+    if any(not 0 < x < 100 for x in w) or len(set(w)) != len(w):
+        p.append(f"{ns}:quota.warnAt: {_fmt(list(w))} must be distinct percentages between 1 and 99; "
+                 "use e.g. [80, 95] (or [] for no warnings)")
     return p
 
 

@@ -435,3 +435,34 @@ def test_role_alias_must_reach_a_mailbox_of_the_stack():
     def inactive(r):
         r["mailstack:aliases"][1]["active"] = False  # abuse@example.org
     one_problem(inactive, "mailstack:aliases[1]", "'abuse@example.org'", "active mailbox")
+
+
+# --------------------------------------------------------------------------- quota
+
+def test_quota_default_and_per_user_override():
+    raw = raw_example()
+    raw["mailstack:quota"] = {"defaultMb": 2048}
+    s = load(raw)
+    # alice and bob set quotaMb in the example, carol takes the default.
+    assert [s.quota_mb(u) for u in s.users] == [10240, 5120, 2048]
+    assert s.quota.warn_at == (80, 95)
+    raw["mailstack:users"][2]["quotaMb"] = 0  # unlimited
+    assert load(raw).quota_mb(load(raw).users[2]) == 0
+
+
+def test_quota_larger_than_the_mail_volume():
+    one_problem(lambda r: r["mailstack:users"][0].update(quotaMb=30000),
+                "mailstack:users[0].quotaMb", "30000", "mail volume", "20480 MB", "hetzner.mailVolumeGb")
+    one_problem(lambda r: r.update({"mailstack:quota": {"defaultMb": 20481}}),
+                "mailstack:quota.defaultMb", "20481", "0 is unlimited")
+
+
+@pytest.mark.parametrize("warn", [[80, 100], [0], [95, 95]])
+def test_quota_warnings_are_distinct_percentages(warn):
+    one_problem(lambda r: r.update({"mailstack:quota": {"warnAt": warn}}),
+                "mailstack:quota.warnAt", "between 1 and 99", "[80, 95]")
+
+
+def test_negative_quota_is_refused():
+    one_problem(lambda r: r["mailstack:users"][0].update(quotaMb=-1),
+                "mailstack:users[0].quotaMb", "-1")
