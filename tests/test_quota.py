@@ -3,6 +3,8 @@ filter-quota), the real Dovecot of the IMAP host (LMTP, count quota, quota clone
 warnings) and PostgreSQL with the rendered schema and pg_hba, all in one private network
 namespace with each host's private address.
 
+mx2's smtpd reads a streaming replica of the primary, as on the servers.
+
 A mailbox that fills up gets its warnings by mail at 80 % and 95 %; once full, mx1 and
 mx2 refuse it at RCPT with 552 while they still take mail for a mailbox with room."""
 from __future__ import annotations
@@ -24,7 +26,7 @@ from mailstack import imap, mx
 from tests.conftest import make_context, settings_from
 from tests.test_imap import self_signed
 from tests.test_mx import (
-    MX2_LISTEN, OUTSIDE_OK, SMTPD, Netns, rcpt_reply, stage, start_resolver_and_database, swaks,
+    PG_BIN, MX2_LISTEN, OUTSIDE_OK, SMTPD, Netns, rcpt_reply, stage, start_resolver_and_database, swaks,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -34,6 +36,7 @@ FULL, ROOM = "bob@example.org", "alice@example.org"
 USERS = [{"address": ROOM, "quotaMb": QUOTA_MB}, {"address": FULL, "quotaMb": QUOTA_MB},
          {"address": "carol@example.net"}]
 ALIASES = [{"address": "team@example.net", "to": [ROOM, FULL]}]
+REPLICA_PORT = 5433   # mx2's replica, beside the primary on 5432
 
 
 def _wait(predicate, what: str, limit: float = 60.0):
@@ -80,6 +83,25 @@ def _start_dovecot(ns: Netns, ctx, root: Path) -> imap.Layout:
     return layout
 
 
+def _start_replica(ns: Netns, ctx, root: Path) -> None:
+    """mx2's replica, made the way its deploy step makes it (database.basebackup_args,
+    its slot, the replication role's .pgpass), listening on REPLICA_PORT."""
+    rep = root / "pg-replica"
+    rep.mkdir()
+    shutil.chown(rep, "postgres", "postgres")
+    pgpass = rep / "pgpass"
+    pgpass.write_text(D.pgpass(ctx))
+    shutil.chown(pgpass, "postgres", "postgres")
+    pgpass.chmod(0o600)
+    cmd = D.basebackup_args(ctx, ctx.hosts["mx2"], str(rep / "data"))
+    r = ns.run("runuser", "-u", "postgres", "--", "env", f"PGPASSFILE={pgpass}", PG_BIN / cmd[0], *cmd[1:])
+    assert r.returncode == 0, r.stderr
+    p = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", rep / "data", "-k", rep,
+                 "-c", "listen_addresses=127.0.0.1", "-c", f"port={REPLICA_PORT}",
+                 log=root / "replica.log")
+    ns.wait_port("127.0.0.1", REPLICA_PORT, p, root / "replica.log")
+
+
 @pytest.fixture(scope="module")
 def quota_stack():
     ctx = make_context(settings_from(users=USERS, aliases=ALIASES))
@@ -95,10 +117,17 @@ def quota_stack():
         primary = D.primary_host(ctx)
         # All three hosts share this namespace, so Dovecot's connection to the primary
         # leaves from mx1's address, not imap's: the rendered line, for that address too.
+        # The same holds for mx2's replica connecting for replication.
         hba = D.hba_conf(ctx, primary)
-        line = next(x for x in hba.splitlines() if D.QUOTA_USER in x and imap_host.private_ip in x)
-        hba += line.replace(imap_host.private_ip, primary.private_ip) + "\n"
+        mx2_ip = ctx.hosts["mx2"].private_ip
+        for user, src in ((D.QUOTA_USER, imap_host.private_ip), (D.REPLICATION_USER, mx2_ip)):
+            line = next(x for x in hba.splitlines() if user in x and src in x)
+            hba += line.replace(src, primary.private_ip) + "\n"
         start_resolver_and_database(ns, ctx, root, listen=f"127.0.0.1,{primary.private_ip}", hba=hba)
+        _start_replica(ns, ctx, root)
+        for name in ("pgsql.conf", "quota.conf"):
+            f = root / "mx2" / "smtpd" / name
+            f.write_text(f.read_text().replace("port=5432", f"port={REPLICA_PORT}"))
         layout = _start_dovecot(ns, ctx, root)
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         ns.wait_port(mx1.private_ip, 25, smtpd, root / "smtpd.log")
@@ -113,8 +142,10 @@ def quota_stack():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _psql(env, sql: str) -> str:
-    r = env["ns"].run("runuser", "-u", "postgres", "--", "psql", "-h", str(env["root"] / "pg"),
+def _psql(env, sql: str, replica: bool = False) -> str:
+    where = ["-h", str(env["root"] / "pg-replica"), "-p", str(REPLICA_PORT)] if replica else \
+        ["-h", str(env["root"] / "pg")]
+    r = env["ns"].run("runuser", "-u", "postgres", "--", "psql", *where,
                       "-X", "-At", "-d", D.DB_NAME, "-c", sql)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
@@ -163,6 +194,9 @@ def test_filling_a_mailbox_warns_then_refuses_it_at_rcpt_on_both_mx(quota_stack)
         _wait(lambda: usage(FULL) >= kb * 1024 * (0.9 if i == 1 else 1),
               f"the quota clone after the {subject} message")
     assert usage(FULL) >= limit, usage(FULL)
+    # mx2 decides on its replica: the copy arrives there by streaming replication.
+    _wait(lambda: _psql(env, f"SELECT bytes FROM {D.QUOTA_TABLE} WHERE address = '{FULL}'",
+                        replica=True) == str(usage(FULL)), "the usage on mx2's replica")
     # Warned once per threshold as it grew (the third message crossed 95 %).
     warnings = [s for s in _subjects(env, FULL) if "full" in s]
     assert warnings == ["Subject: Your mailbox is 80% full", "Subject: Your mailbox is 95% full"], \
