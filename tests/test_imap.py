@@ -365,3 +365,32 @@ def test_managesieve_upload_takes_effect(dovecot):
     inbox = new_messages(maildir(dovecot, user))
     assert len(lists) == 1 and "Subject: [lists] weekly digest" in lists[0], (lists, inbox)
     assert len(inbox) == 1 and "Subject: hello carol" in inbox[0]
+
+
+@needs_dovecot
+def test_delivery_goes_on_without_the_quota_clones_database(dovecot):
+    """The quota clone writes to the primary (mx1 in ha). While it can't, Dovecot logs
+    the failure and delivers anyway: mx1's outage never stops imap's mail."""
+    base, conf = dovecot["base"], dovecot["conf"]
+    dict_conf = base / "etc" / "dovecot-dict-quota.conf.ext"
+    good = dict_conf.read_text()
+    log = base / "dovecot.log"
+    seen = len(log.read_text()) if log.exists() else 0
+
+    def reload():
+        r = subprocess.run(with_vmail_user(base, ["doveadm", "-c", conf, "reload"]),
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        time.sleep(1)  # the master restarts its services in the background
+
+    try:
+        dict_conf.write_text(good.replace(f"port={dovecot['layout'].db_port}", "port=1"))
+        reload()
+        assert lmtp(dovecot, ["bob@example.org"], message("while mx1 is down")) == {}
+        subjects = [m for m in new_messages(maildir(dovecot, "bob@example.org"))
+                    if "Subject: while mx1 is down" in m]
+        assert len(subjects) == 1
+        wait(lambda: "quota_clone" in log.read_text()[seen:], "the clone's failure in the log", 15)
+    finally:
+        dict_conf.write_text(good)
+        reload()
