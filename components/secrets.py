@@ -35,6 +35,7 @@ class StackSecrets(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         replication = _password("replication-password", 32, self)
         lookup = _password("lookup-password", 32, self)
+        quota = _password("quota-password", 32, self)
         rspamd = _password("rspamd-controller-password", 32, self)
         # The stack's own SSH identity for the deploy steps; admins' keys stay theirs.
         self.deploy_key = tls.PrivateKey("deploy-key", algorithm="ED25519", opts=child)
@@ -66,6 +67,7 @@ class StackSecrets(pulumi.ComponentResource):
         self.value = pulumi.Output.secret(pulumi.Output.all(
             replication=replication.result,
             lookup=lookup.result,
+            quota=quota.result,
             rspamd=rspamd.result,
             dkim={d: k.private_key_pem for d, k in self.dkim_keys.items()},
             hashes=hashes,
@@ -77,6 +79,7 @@ class StackSecrets(pulumi.ComponentResource):
         ).apply(lambda v: Secrets(
             replication_password=v["replication"],
             lookup_password=v["lookup"],
+            quota_password=v["quota"],
             rspamd_controller_password=v["rspamd"],
             dkim_keys=dict(v["dkim"]),
             user_hashes=dict(v["hashes"]),

@@ -103,6 +103,7 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
     tok = lambda: pysecrets.token_urlsafe(24)
     data.setdefault("replication_password", tok())
     data.setdefault("lookup_password", tok())
+    data.setdefault("quota_password", tok())
     data.setdefault("rspamd_controller_password", tok())
     dkim = data.setdefault("dkim_keys", {})
     for d in s.domains:
@@ -138,6 +139,7 @@ def context(s, data: dict | None = None) -> Context:
     sec = Secrets(
         replication_password=data["replication_password"],
         lookup_password=data["lookup_password"],
+        quota_password=data["quota_password"],
         rspamd_controller_password=data["rspamd_controller_password"],
         dkim_keys={d: data["dkim_keys"][d] for d in s.domains},
         user_hashes={u.address: data["hashes"][u.address] for u in s.users},

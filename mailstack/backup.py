@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from . import database
 from . import hosts as H
 from . import templates
 from .bundle import Bundle, File
@@ -130,6 +131,9 @@ def config(ctx: Context, host: H.Host, layout: Layout = Layout()) -> str:
         "redis_rdb": layout.redis_rdb,
         "status_file": layout.status_file,
         "db": "mailstack",
+        # Dovecot's copy of each mailbox's usage is not data: an old copy restored could
+        # keep refusing a mailbox that has room (docs/mail-flow.md, "Quota").
+        "db_exclude_data": [database.QUOTA_TABLE],
         "as_postgres": ["runuser", "-u", "postgres", "--"],
         "services": ({"dovecot": "dovecot", "smtpd": "opensmtpd", "redis": "redis-server"}
                      if layout.systemd else {}),

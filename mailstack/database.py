@@ -20,6 +20,10 @@ from .settings import Settings
 
 DB_NAME = "mailstack"
 LOOKUP_USER = "mailstack_lookup"
+# Dovecot on the IMAP host writes each mailbox's usage into `quota_usage` on the primary
+# (its quota_clone plugin); this role may do that and nothing else.
+QUOTA_USER = "mailstack_quota"
+QUOTA_TABLE = "quota_usage"
 REPLICATION_USER = "mailstack_replicator"
 SLOT_PREFIX = "mailstack_"
 PG_VERSION = "15"
@@ -95,6 +99,16 @@ def dovecot_user_query(vmail_dir: str, uid: int) -> str:
         "JOIN domains d ON d.name = u.domain WHERE u.address = '%u' AND u.active AND d.active"
     )
 
+
+# The RCPT-time quota decision (filter-quota on mx1 and mx2, each asking its own
+# database): the recipient, as written or without its sub-address, is an active
+# mailbox whose usage (cloned by Dovecot) has reached its quota. Aliases are not judged
+# here: their other destinations may still take the mail, and LMTP refuses the full one.
+QUOTA_FULL_QUERY = (
+    f"SELECT u.address FROM users u JOIN {QUOTA_TABLE} q ON q.address = u.address "
+    f"WHERE u.address IN ({_RCPT_KEYS}) AND u.active AND u.quota_mb > 0 "
+    "AND q.bytes >= u.quota_mb::bigint * 1048576 LIMIT 1"
+)
 
 DOVECOT_ITERATE_QUERY = (
     "SELECT u.address AS \"user\" FROM users u JOIN domains d ON d.name = u.domain "
@@ -178,7 +192,26 @@ def server_conf(ctx, host: H.Host) -> str:
 def hba_conf(ctx, host: H.Host) -> str:
     replicas = replica_hosts(ctx) if host.runs(H.DB_PRIMARY) else []
     return _render("pg_hba.conf.j2", db=DB_NAME, lookup=LOOKUP_USER,
-                   replicator=REPLICATION_USER, replicas=replicas)
+                   replicator=REPLICATION_USER, replicas=replicas,
+                   quota=QUOTA_USER, quota_writers=quota_writers(ctx, host))
+
+
+def quota_writers(ctx, host: H.Host) -> list[str]:
+    """Where Dovecot's quota clone connects from to the primary: the IMAP host's private
+    address (a replica host, so the firewall already lets it reach 5432), or loopback
+    when the primary runs on the IMAP host."""
+    if not host.runs(H.DB_PRIMARY):
+        return []
+    imap = ctx.host_for(H.IMAP)
+    return ["127.0.0.1/32"] if imap.role == host.role else [f"{imap.private_ip}/32"]
+
+
+def quota_conninfo(ctx, port: int = 5432) -> str:
+    """Dovecot's dict connection for the quota clone: always the primary."""
+    imap, primary = ctx.host_for(H.IMAP), primary_host(ctx)
+    host = "127.0.0.1" if imap.role == primary.role else primary.private_ip
+    pw = check_secret("quota_password", ctx.secrets.quota_password)
+    return f"host={host} port={port} dbname={DB_NAME} user={QUOTA_USER} password={pw} connect_timeout=3"
 
 
 def setup_sql(ctx) -> str:
@@ -189,6 +222,9 @@ def setup_sql(ctx) -> str:
         db=DB_NAME,
         lookup=LOOKUP_USER,
         replicator=REPLICATION_USER,
+        quota=QUOTA_USER,
+        quota_table=QUOTA_TABLE,
+        quota_verifier=scram_verifier(check_secret("quota_password", s.quota_password), QUOTA_USER),
         lookup_verifier=scram_verifier(check_secret("lookup_password", s.lookup_password), LOOKUP_USER),
         replicator_verifier=scram_verifier(
             check_secret("replication_password", s.replication_password), REPLICATION_USER),
@@ -221,12 +257,12 @@ def sync_sql(settings: Settings, user_hashes: Mapping[str, str]) -> str:
         raise ValueError(f"no password hash for {', '.join(missing)}")
     users = [
         dict(address=u.address, domain=u.domain, local_part=u.local_part,
-             hash=user_hashes[u.address], quota_mb=u.quota_mb, active=u.active)
+             hash=user_hashes[u.address], quota_mb=settings.quota_mb(u), active=u.active)
         for u in settings.users
     ]
     aliases = [
         dict(alias=a.address, destination=d, domain=a.domain, active=a.active)
-        for a in settings.aliases for d in dict.fromkeys(a.to)
+        for a in settings.all_aliases for d in dict.fromkeys(a.to)
     ]
     return _render("sync.sql.j2", domains=list(settings.domains), users=users, aliases=aliases)
 

@@ -43,6 +43,8 @@ class Secrets:
     # The stack's deploy key (OpenSSH public line): kept in root's authorized_keys next to
     # the admin keys. Empty in the lab, which deploys without SSH.
     deploy_public_key: str = ""
+    # The role Dovecot's quota clone writes mailbox usage with (database.QUOTA_USER).
+    quota_password: str = ""
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ ETC = "/etc/dovecot"
 CONF = f"{ETC}/dovecot.conf"
 SQL_CONF = f"{ETC}/dovecot-sql.conf.ext"
 SIEVE_BEFORE = f"{ETC}/sieve/spam-to-junk.sieve"
+DICT_QUOTA_CONF = f"{ETC}/dovecot-dict-quota.conf.ext"
+LIBEXEC = "/usr/local/libexec/mailstack"
+QUOTA_WARNING = f"{LIBEXEC}/quota-warning"
+LDA = "/usr/lib/dovecot/dovecot-lda"
+VMAIL_USER = "vmail"
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Layout:
     lmtp_port: int = 24
     sieve_port: int = 4190
     db_port: int = 5432
+    libexec: str = LIBEXEC
 
 
 def lmtp_address(host: H.Host) -> str:
@@ -52,6 +58,11 @@ def dovecot_conf(ctx, host: H.Host, layout: Layout = Layout()) -> str:
         vmail_uid=H.VMAIL_UID,
         subaddress_delimiter=H.SUBADDRESS_DELIMITER,
         submission_host=submission_host(ctx, host),
+        vmail_user=VMAIL_USER,
+        quota_warning=f"{layout.libexec}/quota-warning",
+        # Dovecot runs only the first matching warning, so the highest comes first.
+        warn_at=sorted(s.quota.warn_at, reverse=True),
+        default_quota_mb=s.quota.default_mb,
     )
 
 
@@ -78,6 +89,17 @@ def sql_conf(ctx, layout: Layout = Layout()) -> str:
     )
 
 
+def dict_quota_conf(ctx, layout: Layout = Layout()) -> str:
+    """Where the quota clone writes each mailbox's usage: the primary's quota table."""
+    return templates.render("dovecot/dovecot-dict-quota.conf.ext.j2",
+                            connect=D.quota_conninfo(ctx, layout.db_port), table=D.QUOTA_TABLE)
+
+
+def quota_warning_script(ctx, layout: Layout = Layout()) -> str:
+    return templates.render("dovecot/quota-warning.sh.j2", lda=LDA, conf=f"{layout.etc}/dovecot.conf",
+                            sender=f"postmaster@{ctx.settings.primary_domain}")
+
+
 def sieve_before() -> str:
     return templates.read("dovecot/spam-to-junk.sieve")
 
@@ -87,11 +109,15 @@ def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
         File(f"{layout.etc}/dovecot.conf", dovecot_conf(ctx, host, layout), 0o644),
         File(f"{layout.etc}/dovecot-sql.conf.ext", sql_conf(ctx, layout), 0o640, "root", "dovecot",
              secret=True),
+        File(f"{layout.etc}/dovecot-dict-quota.conf.ext", dict_quota_conf(ctx, layout), 0o640, "root",
+             "dovecot", secret=True),
         File(f"{layout.etc}/sieve/spam-to-junk.sieve", sieve_before(), 0o644),
+        File(f"{layout.libexec}/quota-warning", quota_warning_script(ctx, layout), 0o755),
     )
 
 
 def bundle(ctx, host: H.Host) -> Bundle:
     script = templates.render("dovecot/install.sh.j2", conf=CONF, sql_conf=SQL_CONF,
+                              dict_conf=DICT_QUOTA_CONF, quota_warning=QUOTA_WARNING,
                               sieve=SIEVE_BEFORE, vmail=Layout().vmail, vmail_uid=H.VMAIL_UID)
     return Bundle(files(ctx, host), script)

@@ -15,6 +15,8 @@ from .templates import read, render
 SMTPD_CONF = "/etc/smtpd.conf"
 TABLE_CONF = "/etc/smtpd/pgsql.conf"
 DYNDNS_REGEX = "/etc/smtpd/dyndns.regex"
+# filter-quota's connection and query (the lookup role's password: root:opensmtpd 0640).
+QUOTA_CONF = "/etc/smtpd/quota.conf"
 TLS_DIR = "/etc/mailstack/tls"
 # mx1's port for our own hosts (mx2's backup queue, imap's Sieve redirects): a separate
 # listener, because the connect filters on port 25 would refuse their private addresses.
@@ -74,6 +76,8 @@ def smtpd_conf(ctx: Context, host: H.Host) -> str:
         subaddress_delimiter=H.SUBADDRESS_DELIMITER,
         filter_guard=FILTER_GUARD,
         filter_dir=FILTER_DIR,
+        filter_quota=FILTER_QUOTA,
+        quota_conf=QUOTA_CONF,
         lmtp=lmtp_target(ctx, host) if role == "mx1" else "",
         primary_relay=(f"{ctx.host_for(H.MX).private_ip}:{RELAY_PORT}" if role == "mx2" else ""),
     )
@@ -84,14 +88,24 @@ def _conninfo_value(v: str) -> str:
     return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def table_conf(ctx: Context, host: H.Host) -> str:
-    conninfo = " ".join([
+def _conninfo(ctx: Context) -> str:
+    return " ".join([
         "host=127.0.0.1",
         "port=5432",
         f"dbname={database.DB_NAME}",
         f"user={database.LOOKUP_USER}",
         f"password={_conninfo_value(ctx.secrets.lookup_password)}",
     ])
+
+
+def quota_conf(ctx: Context) -> str:
+    """filter-quota's database connection (the local server, lookup role) and its query."""
+    return render("smtpd/quota.conf.j2", conninfo=_conninfo(ctx) + " connect_timeout=2",
+                  query=" ".join(database.QUOTA_FULL_QUERY.split()))
+
+
+def table_conf(ctx: Context, host: H.Host) -> str:
+    conninfo = _conninfo(ctx)
     # Only the lookups this host's smtpd.conf uses.
     keys = ["query_domain", "query_mailaddr"] + (["query_alias"] if host.runs(H.MX) else [])
     if host.runs(H.SUBMISSION):
@@ -109,6 +123,8 @@ UNIT_DROPIN = f"/etc/systemd/system/{UNIT}.d/mailstack.conf"
 # filter that exits takes smtpd down with it.
 FILTER_GUARD = "/usr/local/libexec/mailstack/filter-guard"
 FILTER_DIR = "/usr/libexec/opensmtpd"
+# The RCPT-time quota check (cloud-init/smtpd/filter-quota.py, docs/mail-flow.md "Quota").
+FILTER_QUOTA = "/usr/local/libexec/mailstack/filter-quota"
 
 
 def flush_units(host: H.Host) -> tuple[File, File]:
@@ -127,11 +143,13 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         File(DYNDNS_REGEX, read("smtpd/dyndns.regex")),
         File(UNIT_DROPIN, render("smtpd/opensmtpd.service.d.conf.j2", pg_unit=database.PG_UNIT)),
         File(FILTER_GUARD, read("smtpd/filter-guard.py"), mode=0o755),
+        File(QUOTA_CONF, quota_conf(ctx), mode=0o640, group="opensmtpd", secret=True),
+        File(FILTER_QUOTA, read("smtpd/filter-quota.py"), mode=0o755),
     ]
     backup = not host.runs(H.MX)
     if backup:
         files += flush_units(host)
     script = render("smtpd/deploy.sh.j2", backup=backup, unit_dropin=UNIT_DROPIN,
-                    filter_guard=FILTER_GUARD,
+                    filter_guard=FILTER_GUARD, filter_quota=FILTER_QUOTA,
                     smtpd_conf=SMTPD_CONF, flush_timer=FLUSH_TIMER)
     return Bundle(tuple(files), script)

@@ -25,6 +25,9 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 NAMESPACE = "mailstack"
+# RFC 2142: every mail domain must accept mail for these (and Hetzner's abuse desk and
+# DNSBL operators write to abuse@).
+ROLE_LOCAL_PARTS = ("postmaster", "abuse")
 
 # What Hetzner offers (server types, locations, images) is not kept here: it changes
 # (cx22-cx52 and cpx11-cpx51 were retired in January 2026), so the program asks the
@@ -75,7 +78,8 @@ class User(_Model):
     address: str
     # None means: the stack generates an initial password (a secret stack output).
     password_hash: str | None = None
-    quota_mb: int = Field(default=10240, ge=0)
+    # None: quota.defaultMb. 0: unlimited.
+    quota_mb: int | None = Field(default=None, ge=0)
     active: bool = True
 
     _norm = field_validator("address", mode="before")(_lower)
@@ -135,6 +139,12 @@ class Hetzner(_Model):
 class Admin(_Model):
     ssh_keys: tuple[str, ...] = ()
     ssh_cidrs: tuple[str, ...] = ()
+    # The mailbox that receives the role addresses (postmaster@ and abuse@ of every
+    # domain, the DMARC and TLS-RPT reports) the aliases don't route. None: the first
+    # active user.
+    mailbox: str | None = None
+
+    _norm = field_validator("mailbox", mode="before")(_lower)
 
 
 class Acme(_Model):
@@ -172,6 +182,13 @@ class Spam(_Model):
     # production (anyone could use them to push mail past the filter); the lab turns it on
     # to prove that spam lands in Junk.
     test_patterns: bool = False
+
+
+class Quota(_Model):
+    # Every user's mailbox size unless the user sets quotaMb; 0 is unlimited.
+    default_mb: int = Field(default=10240, ge=0)
+    # Percentages at which Dovecot mails the user a warning, highest first when crossed.
+    warn_at: tuple[int, ...] = (80, 95)
 
 
 class Dkim(_Model):
@@ -256,6 +273,7 @@ class Settings(_Model):
     mta_sts: MtaSts = MtaSts()
     dns: Dns = Dns()
     dkim: Dkim = Dkim()
+    quota: Quota = Quota()
     resolver: Resolver = Resolver()
     spam: Spam = Spam()
     status: Status = Status()
@@ -286,6 +304,41 @@ class Settings(_Model):
     @property
     def tls_rpt_rua(self) -> str:
         return self.dns.tls_rpt or f"tls-reports@{self.primary_domain}"
+
+    def quota_mb(self, user: User) -> int:
+        """The user's mailbox size in MiB (0: unlimited)."""
+        return self.quota.default_mb if user.quota_mb is None else user.quota_mb
+
+    @property
+    def role_addresses(self) -> tuple[str, ...]:
+        """Addresses that must reach a mailbox (RFC 2142, and the report addresses the
+        DNS records publish when they are in our domains)."""
+        roles = [f"{kind}@{d}" for d in self.domains for kind in ROLE_LOCAL_PARTS]
+        roles += [a for a in (self.dmarc_rua, self.tls_rpt_rua)
+                  if a.rpartition("@")[2] in self.domains]
+        return tuple(dict.fromkeys(roles))
+
+    @property
+    def admin_mailbox(self) -> str | None:
+        if self.admin.mailbox:
+            return self.admin.mailbox
+        return next((u.address for u in self.users if u.active), None)
+
+    @property
+    def role_aliases(self) -> tuple[Alias, ...]:
+        """Role addresses that no user or alias of the settings covers, as aliases of
+        the admin mailbox (the decision is in docs/mail-flow.md, "Role addresses")."""
+        taken = {u.address for u in self.users} | {a.address for a in self.aliases}
+        box = self.admin_mailbox
+        if box is None:
+            return ()
+        return tuple(Alias(address=r, to=(box,)) for r in self.role_addresses
+                     if r not in taken and r != box)
+
+    @property
+    def all_aliases(self) -> tuple[Alias, ...]:
+        """The configured aliases plus the role aliases: what the database holds."""
+        return self.aliases + self.role_aliases
 
     @property
     def storage_box_location(self) -> str:
@@ -525,6 +578,74 @@ def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", s.dkim.selector):
         p.append(f"{ns}:dkim.selector: {s.dkim.selector!r} is not a DNS label; use e.g. 'mail'")
     p += _check_backup(s, secret_keys)
+    p += _check_quota(s)
+    p += _check_roles(s)
+    return p
+
+
+def _check_quota(s: Settings) -> list[str]:
+    """A quota beyond the whole mail volume can never be enforced; warnings must be
+    distinct percentages below 100."""
+    ns = NAMESPACE
+    p: list[str] = []
+    volume_mb = s.hetzner.mail_volume_gb * 1024
+    fix = f"lower it (0 is unlimited), or raise {ns}:hetzner.mailVolumeGb"
+    if s.quota.default_mb > volume_mb:
+        p.append(f"{ns}:quota.defaultMb: {s.quota.default_mb} is more than the whole mail volume "
+                 f"({s.hetzner.mail_volume_gb} GB = {volume_mb} MB); {fix}")
+    for i, u in enumerate(s.users):
+        if u.quota_mb is not None and u.quota_mb > volume_mb:
+            p.append(f"{ns}:users[{i}].quotaMb: {u.quota_mb} is more than the whole mail volume "
+                     f"({s.hetzner.mail_volume_gb} GB = {volume_mb} MB); {fix}")
+    w = s.quota.warn_at
+    if any(not 0 < x < 100 for x in w) or len(set(w)) != len(w):
+        p.append(f"{ns}:quota.warnAt: {_fmt(list(w))} must be distinct percentages between 1 and 99; "
+                 "use e.g. [80, 95] (or [] for no warnings)")
+    return p
+
+
+def _check_roles(s: Settings) -> list[str]:
+    """Every role address reaches an active mailbox: the missing ones become aliases of
+    the admin mailbox, and configured ones must not lead nowhere."""
+    ns = NAMESPACE
+    p: list[str] = []
+    users = {u.address: u for u in s.users}
+    key = f"{ns}:admin.mailbox"
+    if s.admin.mailbox is not None:
+        box = s.admin.mailbox
+        if box not in users:
+            p.append(f"{key}: {s.admin.mailbox!r} is not one of {ns}:users; name an active "
+                     "user, who receives postmaster@, abuse@ and the DMARC/TLS-RPT reports")
+        elif not users[box].active:
+            p.append(f"{key}: {s.admin.mailbox!r} is an inactive user (active: false); name an "
+                     "active user, or activate it")
+        if p:
+            return p
+    configured = {u.address for u in s.users} | {a.address for a in s.aliases}
+    missing = [r for r in s.role_addresses if r not in configured]
+    if missing and s.admin_mailbox is None:
+        p.append(f"{key}: there is no active user to receive {', '.join(missing)}; add a user to "
+                 f"{ns}:users (the first active one is the default admin mailbox) or route these "
+                 f"addresses with {ns}:aliases")
+    aliases = {a.address: a for a in s.aliases}
+    index = {a.address: i for i, a in enumerate(s.aliases)}
+
+    def reaches_mailbox(addr: str, seen: frozenset[str]) -> bool:
+        if addr in users:
+            return users[addr].active
+        a = aliases.get(addr)
+        if a is None or not a.active or addr in seen:
+            return False
+        return any(reaches_mailbox(d, seen | {addr}) for d in a.to)
+
+    for r in s.role_addresses:
+        if r in configured and not reaches_mailbox(r, frozenset()):
+            where = (f"{ns}:aliases[{index[r]}]" if r in index
+                     else f"{ns}:users[{[u.address for u in s.users].index(r)}]")
+            p.append(f"{where}: {r!r} is a role address and must reach an active mailbox of this "
+                     "stack (outside forwards break SPF, inactive entries refuse mail); add an "
+                     f"active user to its 'to' list, or remove the entry and let {ns}:admin.mailbox "
+                     "receive it")
     return p
 
 

@@ -62,6 +62,7 @@ def make_context(settings, addresses=None) -> Context:
     secrets = Secrets(
         replication_password="test-replication-Pw0rd",
         lookup_password="test-lookup-Pw0rd",
+        quota_password="test-quota-Pw0rd",
         rspamd_controller_password="test-rspamd-Pw0rd",
         dkim_keys={d: _rsa_key() for d in settings.domains},
         user_hashes={u.address: u.password_hash or TEST_HASH for u in settings.users},

@@ -351,7 +351,7 @@ def test_smtpd_queries(lab, where):
     assert smtpd(pg, "query_credentials", "postmaster@example.org") == []
     # alice may send as herself and the aliases that deliver to her, not as bob.
     alice_may = smtpd(pg, "query_mailaddrmap", "alice@example.org")
-    assert alice_may == sorted(["alice@example.org", "dmarc-reports@example.org", "postmaster@example.net",
+    assert alice_may == sorted(["abuse@example.net", "alice@example.org", "dmarc-reports@example.org", "postmaster@example.net",
                                 "postmaster@example.org", "team@example.net", "tls-reports@example.org"])
     assert "bob@example.org" not in alice_may
     assert smtpd(pg, "query_mailaddrmap", "team@example.net") == []
@@ -384,6 +384,37 @@ def test_lookup_role_reads_but_cannot_write(lab):
     assert lab["primary"].as_user(D.LOOKUP_USER, "wrong-password", "SELECT 1").returncode != 0
 
 
+def test_quota_role_writes_usage_only_and_replicas_decide(lab):
+    """Dovecot's quota clone writes usage as the quota role (an upsert, as its dict
+    does); it can't touch anything else, and the RCPT query on a replica sees it."""
+    primary, pw = lab["primary"], lab["ctx"].secrets.quota_password
+    upsert = (f"INSERT INTO {D.QUOTA_TABLE} (address, bytes) VALUES ('bob@example.org', {{n}}) "
+              "ON CONFLICT (address) DO UPDATE SET bytes = EXCLUDED.bytes")
+    full = 5120 * 1048576  # bob's quota in the example stack
+    try:
+        res = primary.as_user(D.QUOTA_USER, pw, upsert.format(n=full - 1))
+        assert res.returncode == 0, res.stderr
+        for sql in ("UPDATE users SET quota_mb = 0", "SELECT count(*) FROM users",
+                    "DELETE FROM aliases", "CREATE TABLE t (x int)"):
+            res = primary.as_user(D.QUOTA_USER, pw, sql)
+            assert res.returncode != 0 and "permission denied" in res.stderr, sql
+        res = lab["primary"].as_user(D.LOOKUP_USER, lab["ctx"].secrets.lookup_password,
+                                     f"UPDATE {D.QUOTA_TABLE} SET bytes = 0")
+        assert res.returncode != 0 and "permission denied" in res.stderr
+
+        def full_on_replica(rcpt):
+            return lab["replica"].q(f"PREPARE f(text) AS {D.QUOTA_FULL_QUERY}; "
+                                    f"EXECUTE f({D.sql_literal(rcpt)});")
+        wait(lambda: lab["replica"].q(f"SELECT bytes FROM {D.QUOTA_TABLE}") == [[str(full - 1)]],
+             "the usage on the replica")
+        assert full_on_replica("bob@example.org") == []
+        assert primary.as_user(D.QUOTA_USER, pw, upsert.format(n=full)).returncode == 0
+        wait(lambda: full_on_replica("Bob+x@Example.org") == [["bob@example.org"]], "bob full")
+        assert full_on_replica("alice@example.org") == [] and full_on_replica("team@example.net") == []
+    finally:
+        primary.sql(f"DELETE FROM {D.QUOTA_TABLE}", D.DB_NAME)
+
+
 def test_setup_and_sync_are_idempotent(lab):
     primary, ctx, settings = lab["primary"], lab["ctx"], lab["settings"]
     roles = "SELECT rolname, xmin, rolpassword FROM pg_authid WHERE rolname LIKE 'mailstack%' ORDER BY 1"
@@ -393,7 +424,8 @@ def test_setup_and_sync_are_idempotent(lab):
     primary.sql(D.sync_sql(settings, lab["hashes"]), D.DB_NAME)
     assert primary.q(roles, "postgres") == before_roles
     assert snapshot(primary) == before
-    assert len(before["users"]) == 3 and len(before["aliases"]) == 8
+    # 8 alias rows of the example stack, and abuse@example.net made by the stack.
+    assert len(before["users"]) == 3 and len(before["aliases"]) == 9
 
 
 def test_sync_updates_renames_and_removes(lab):
@@ -419,8 +451,9 @@ def test_sync_updates_renames_and_removes(lab):
         assert smtpd(primary, "query_alias", "carol@example.net") == []   # inactive
         assert smtpd(primary, "query_credentials", "carol@example.net") == []
         assert smtpd(primary, "query_alias", "team@example.net") == ["alice@example.org", "robert@example.org"]
-        assert smtpd(primary, "query_alias", "abuse@example.org") == []
-        assert len(after["aliases"]) == 4
+        # Role addresses the settings dropped go to the admin mailbox (the first user).
+        assert smtpd(primary, "query_alias", "abuse@example.org") == ["alice@example.org"]
+        assert len(after["aliases"]) == 4 + 4
         # The unchanged alias rows were not rewritten.
         keep = [r for r in before["aliases"] if r[1] == "postmaster@example.net"]
         assert keep and keep[0] in after["aliases"]

@@ -203,7 +203,7 @@ def test_mta_sts_id_changes_exactly_with_the_policy(settings):
     pid = D.mta_sts_policy_id(settings)
     assert D.mta_sts_policy_id(settings_from()) == pid
     assert D.mta_sts_policy_id(settings_from(dns={"ttl": 600})) == pid
-    assert D.mta_sts_policy_id(settings_from(users=[], aliases=[])) == pid
+    assert D.mta_sts_policy_id(settings_from(users=[{"address": "zed@example.net"}], aliases=[])) == pid
     assert D.mta_sts_policy_id(settings_from(mtaSts={"mode": "testing"})) != pid
     assert D.mta_sts_policy_id(settings_from(mtaSts={"maxAge": 86400})) != pid
     assert D.mta_sts_policy_id(settings_from(topology="single")) != pid
@@ -246,7 +246,7 @@ def test_rrsets_are_merged_sorted_deterministic(settings):
 
 
 def test_records_ignore_users_and_aliases(settings):
-    assert _records(settings) == _records(settings_from(users=[], aliases=[]))
+    assert _records(settings) == _records(settings_from(users=[{"address": "zed@example.net"}], aliases=[]))
 
 
 def test_ptr_is_forward_confirmed_and_covers_exact_ipv6(settings, single_settings):

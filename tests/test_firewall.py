@@ -82,7 +82,7 @@ def test_private_flows(settings, single_settings):
 
 def test_nftables_is_independent_of_mail_settings_and_admin(settings):
     other = settings_from(
-        domains=["example.com"], users=[], aliases=[],
+        domains=["example.com"], users=[{"address": "zed@example.com"}], aliases=[],
         hostnames={"domain": "example.com", "mx1": "a", "mx2": "b", "imap": "c", "smtp": "d"},
         admin={"sshCidrs": ["192.0.2.7/32"], "sshKeys": []},
         dmarc={"policy": "reject"}, mtaSts={"mode": "testing"}, dns={"ttl": 600},

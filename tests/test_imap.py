@@ -8,6 +8,8 @@ import base64
 import email.message
 import imaplib
 import os
+import re
+import shlex
 import shutil
 import smtplib
 import socket
@@ -79,6 +81,20 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def with_vmail_user(base: Path, argv: list[str]) -> list[str]:
+    """argv in a mount namespace whose /etc/passwd and /etc/group know vmail, as the
+    servers' do (Dovecot's quota-warning and dict services run as, or for, vmail): the
+    machine running the tests keeps its own. A daemonized Dovecot stays in it."""
+    for name, line in (("passwd", f"vmail:x:{H.VMAIL_UID}:{H.VMAIL_UID}::/var/vmail:/usr/sbin/nologin"),
+                       ("group", f"vmail:x:{H.VMAIL_UID}:")):
+        copy = base / f"etc-{name}"
+        if not copy.exists():
+            copy.write_text(Path(f"/etc/{name}").read_text() + line + "\n")
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
+            f"mount --bind {base}/etc-passwd /etc/passwd && mount --bind {base}/etc-group /etc/group "
+            f"&& exec {shlex.join(argv)}"]
+
+
 @pytest.fixture(scope="module")
 def dovecot():
     settings = settings_from(topology="single")
@@ -95,8 +111,8 @@ def dovecot():
             etc=str(base / "etc"), vmail=str(base / "vmail"), tls_dir=str(base / "tls"),
             base_dir=str(base / "run"), state_dir=str(base / "state"),
             log_path=str(base / "dovecot.log"), imaps_port=free_port(), lmtp_port=free_port(),
-            sieve_port=free_port(), db_port=primary.port)
-        for d in ("etc/sieve", "tls", "state"):
+            sieve_port=free_port(), db_port=primary.port, libexec=str(base / "libexec"))
+        for d in ("etc/sieve", "tls", "state", "libexec"):
             (base / d).mkdir(parents=True)
         (base / "vmail").mkdir(mode=0o750)
         os.chown(base / "vmail", H.VMAIL_UID, H.VMAIL_UID)
@@ -110,7 +126,7 @@ def dovecot():
         sieve = base / "etc" / "sieve" / "spam-to-junk.sieve"
         subprocess.run(["sievec", "-c", conf, sieve], check=True, capture_output=True, timeout=30)
         # The master daemonizes; its children would hold captured pipes open.
-        subprocess.run(["dovecot", "-c", conf], check=True, stdin=subprocess.DEVNULL,
+        subprocess.run(with_vmail_user(base, ["dovecot", "-c", conf]), check=True, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
         try:
             wait(lambda: all(port_open(p) for p in (layout.imaps_port, layout.sieve_port)), "dovecot", 30)
@@ -122,7 +138,7 @@ def dovecot():
     finally:
         if pid_file.exists():
             pid = int(pid_file.read_text())
-            subprocess.run(["doveadm", "-c", str(base / "etc" / "dovecot.conf"), "stop"],
+            subprocess.run(with_vmail_user(base, ["doveadm", "-c", str(base / "etc" / "dovecot.conf"), "stop"]),
                            capture_output=True, timeout=30)
             end = time.monotonic() + 15
             while time.monotonic() < end and Path(f"/proc/{pid}").exists():
@@ -299,3 +315,94 @@ def test_sieve_mail_leaves_through_mx1_relay_port(ctx, single_ctx):
     assert f"match from src <imap> tag INTERNAL for any action \"outbound\"" in mx.smtpd_conf(ctx, ctx.hosts["mx1"])
     # One host: Dovecot hands such mail to the local OpenSMTPD's sendmail.
     assert "submission_host" not in imap.dovecot_conf(single_ctx, single_ctx.hosts["mx1"])
+
+
+def managesieve(port: int, user: str, password: str, commands: list[bytes]) -> list[bytes]:
+    """A minimal ManageSieve client (RFC 5804; Python has none): STARTTLS, AUTHENTICATE
+    PLAIN, then each command; returns the final reply line of each."""
+    def reply(s) -> bytes:
+        """The response line (OK, NO or BYE), with its literal text if it has one."""
+        buf = b""
+        while True:
+            lines = buf.split(b"\r\n")
+            for i, line in enumerate(lines[:-1]):
+                if line.startswith((b"OK", b"NO", b"BYE")):
+                    literal = re.search(rb"\{(\d+)\+?\}$", line)
+                    if not literal:
+                        return line
+                    rest = b"\r\n".join(lines[i + 1:])
+                    if len(rest) >= int(literal[1]):
+                        return line + b" " + rest[:int(literal[1])]
+            chunk = s.recv(65536)
+            if not chunk:
+                return buf
+            buf += chunk
+
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        reply(raw)
+        raw.sendall(b"STARTTLS\r\n")
+        assert reply(raw).startswith(b"OK")
+        with tls_context().wrap_socket(raw) as s:
+            reply(s)  # capabilities again, now with SASL
+            token = base64.b64encode(f"\0{user}\0{password}".encode())
+            s.sendall(b'AUTHENTICATE "PLAIN" "' + token + b'"\r\n')
+            assert reply(s).startswith(b"OK"), "ManageSieve login failed"
+            out = []
+            for cmd in commands:
+                s.sendall(cmd)
+                out.append(reply(s))
+            s.sendall(b"LOGOUT\r\n")
+            return out
+
+
+FILE_INTO = b'require ["fileinto"];\r\nif header :contains "subject" "[lists]" { fileinto "Lists"; }\r\n'
+
+
+@needs_dovecot
+def test_managesieve_upload_takes_effect(dovecot):
+    """A script uploaded and activated over ManageSieve (port 4190) files the next LMTP
+    delivery; a broken script is refused at upload and leaves the active one alone."""
+    user = "carol@example.net"
+    broken = b'require ["fileinto"];\r\nfileinto "x"\r\n'  # no semicolon
+    replies = managesieve(dovecot["layout"].sieve_port, user, TEST_PASSWORD, [
+        b'PUTSCRIPT "rules" {%d+}\r\n' % len(FILE_INTO) + FILE_INTO + b"\r\n",
+        b'SETACTIVE "rules"\r\n',
+        b'PUTSCRIPT "bad" {%d+}\r\n' % len(broken) + broken + b"\r\n",
+    ])
+    assert replies[0].startswith(b"OK") and replies[1].startswith(b"OK"), replies
+    assert replies[2].startswith(b"NO"), replies
+    assert lmtp(dovecot, [user], message("[lists] weekly digest")) == {}
+    assert lmtp(dovecot, [user], message("hello carol")) == {}
+    lists = new_messages(maildir(dovecot, user, "Lists"))
+    inbox = new_messages(maildir(dovecot, user))
+    assert len(lists) == 1 and "Subject: [lists] weekly digest" in lists[0], (lists, inbox)
+    assert len(inbox) == 1 and "Subject: hello carol" in inbox[0]
+
+
+@needs_dovecot
+def test_delivery_goes_on_without_the_quota_clones_database(dovecot):
+    """The quota clone writes to the primary (mx1 in ha). While it can't, Dovecot logs
+    the failure and delivers anyway: mx1's outage never stops imap's mail."""
+    base, conf = dovecot["base"], dovecot["conf"]
+    dict_conf = base / "etc" / "dovecot-dict-quota.conf.ext"
+    good = dict_conf.read_text()
+    log = base / "dovecot.log"
+    seen = len(log.read_text()) if log.exists() else 0
+
+    def reload():
+        r = subprocess.run(with_vmail_user(base, ["doveadm", "-c", conf, "reload"]),
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        time.sleep(1)  # the master restarts its services in the background
+
+    try:
+        dict_conf.write_text(good.replace(f"port={dovecot['layout'].db_port}", "port=1"))
+        reload()
+        assert lmtp(dovecot, ["bob@example.org"], message("while mx1 is down")) == {}
+        subjects = [m for m in new_messages(maildir(dovecot, "bob@example.org"))
+                    if "Subject: while mx1 is down" in m]
+        assert len(subjects) == 1
+        wait(lambda: "quota_clone" in log.read_text()[seen:], "the clone's failure in the log", 15)
+    finally:
+        dict_conf.write_text(good)
+        reload()

@@ -367,3 +367,102 @@ def test_token_problem_is_reported_with_the_others():
         load_stack(cfg, set(), {})
     keys = [p.split(":")[0] + ":" + p.split(":")[1] for p in exc.value.problems]
     assert "mailstack:topology" in keys and "hcloud:token" in keys
+
+
+# --------------------------------------------------------------------------- role addresses
+
+def _roles_only(raw: dict, keep=("team@example.net",)) -> None:
+    raw["mailstack:aliases"] = [a for a in raw["mailstack:aliases"] if a["address"] in keep]
+
+
+def test_missing_role_addresses_become_aliases_of_the_first_user():
+    raw = raw_example()
+    _roles_only(raw)
+    s = load(raw)
+    assert {a.address: a.to for a in s.role_aliases} == {
+        r: ("alice@example.org",) for r in (
+            "postmaster@example.org", "abuse@example.org", "postmaster@example.net",
+            "abuse@example.net", "dmarc-reports@example.org", "tls-reports@example.org")}
+    assert s.all_aliases == s.aliases + s.role_aliases
+    # Configured ones are kept as they are; only the missing ones are added.
+    full = load(raw_example())
+    assert [a.address for a in full.role_aliases] == ["abuse@example.net"]
+
+
+def test_named_admin_mailbox_receives_the_role_addresses():
+    raw = raw_example()
+    _roles_only(raw)
+    raw["mailstack:admin"]["mailbox"] = "Bob@Example.org"
+    assert {a.to for a in load(raw).role_aliases} == {("bob@example.org",)}
+
+
+def test_report_addresses_outside_our_domains_need_no_alias():
+    raw = raw_example()
+    _roles_only(raw)
+    raw["mailstack:dmarc"]["rua"] = "reports@dmarc.example.com"
+    s = load(raw)
+    assert "reports@dmarc.example.com" not in {a.address for a in s.role_aliases}
+    assert "dmarc-reports@example.org" not in s.role_addresses
+
+
+def test_admin_mailbox_must_be_an_active_user():
+    def not_user(r):
+        r["mailstack:admin"]["mailbox"] = "team@example.net"
+    one_problem(not_user, "mailstack:admin.mailbox", "'team@example.net'", "not one of mailstack:users",
+                "name an active user")
+
+    def inactive(r):
+        r["mailstack:admin"]["mailbox"] = "bob@example.org"
+        r["mailstack:users"][1]["active"] = False
+    one_problem(inactive, "mailstack:admin.mailbox", "'bob@example.org'", "inactive")
+
+
+def test_role_addresses_without_any_user_are_refused():
+    def mutate(r):
+        r["mailstack:users"] = []
+        _roles_only(r, keep=())
+    msg = one_problem(mutate, "mailstack:admin.mailbox", "no active user", "postmaster@example.net",
+                      "add a user to mailstack:users")
+    assert "abuse@example.org" in msg
+
+
+def test_role_alias_must_reach_a_mailbox_of_the_stack():
+    def outside(r):
+        r["mailstack:aliases"][0]["to"] = ["someone@gmail.com"]  # postmaster@example.org
+    one_problem(outside, "mailstack:aliases[0]", "'postmaster@example.org'", "role address",
+                "active mailbox", "mailstack:admin.mailbox")
+
+    def inactive(r):
+        r["mailstack:aliases"][1]["active"] = False  # abuse@example.org
+    one_problem(inactive, "mailstack:aliases[1]", "'abuse@example.org'", "active mailbox")
+
+
+# --------------------------------------------------------------------------- quota
+
+def test_quota_default_and_per_user_override():
+    raw = raw_example()
+    raw["mailstack:quota"] = {"defaultMb": 2048}
+    s = load(raw)
+    # alice and bob set quotaMb in the example, carol takes the default.
+    assert [s.quota_mb(u) for u in s.users] == [10240, 5120, 2048]
+    assert s.quota.warn_at == (80, 95)
+    raw["mailstack:users"][2]["quotaMb"] = 0  # unlimited
+    assert load(raw).quota_mb(load(raw).users[2]) == 0
+
+
+def test_quota_larger_than_the_mail_volume():
+    one_problem(lambda r: r["mailstack:users"][0].update(quotaMb=30000),
+                "mailstack:users[0].quotaMb", "30000", "mail volume", "20480 MB", "hetzner.mailVolumeGb")
+    one_problem(lambda r: r.update({"mailstack:quota": {"defaultMb": 20481}}),
+                "mailstack:quota.defaultMb", "20481", "0 is unlimited")
+
+
+@pytest.mark.parametrize("warn", [[80, 100], [0], [95, 95]])
+def test_quota_warnings_are_distinct_percentages(warn):
+    one_problem(lambda r: r.update({"mailstack:quota": {"warnAt": warn}}),
+                "mailstack:quota.warnAt", "between 1 and 99", "[80, 95]")
+
+
+def test_negative_quota_is_refused():
+    one_problem(lambda r: r["mailstack:users"][0].update(quotaMb=-1),
+                "mailstack:users[0].quotaMb", "-1")

@@ -84,8 +84,9 @@ def test_ha_declares_every_resource_once():
         ZONE: len(zones),
         RRSET: len(dns.records(s, _addresses(run), _dkim(s))),
         COMMAND: len(deploy.plan(s)) + 3,   # + host-key-<role> per server
-        # + a restic password per data host (mx1, imap) and the Storage Box's own
-        PASSWORD: 3 + sum(1 for u in s.users if u.password_hash is None) + 2 + 1,
+        # replication, lookup, quota, rspamd; the users' initial passwords; a restic
+        # password per data host (mx1, imap) and the Storage Box's own
+        PASSWORD: 4 + sum(1 for u in s.users if u.password_hash is None) + 2 + 1,
         KEY: 1 + len(s.domains) + 2 + 1,   # + a backup SSH key per data host, and the box's own
         STORAGE_BOX: 1,
     }
@@ -424,7 +425,8 @@ def test_resource_graph_matches_snapshot():
 
 
 def test_stack_without_generated_passwords_outputs_an_empty_secret_mapping():
-    run = stack(users=[], aliases=[{"address": "postmaster@example.org", "to": ["ops@example.com"]}])
+    run, _ = _run(_freeze({"users": [{"address": "ops@example.org", "passwordHash": TEST_HASH}],
+                           "aliases": []}), ("mailstack:users",))
     assert run.outputs["initialPasswords"] == {}
     assert "initialPasswords" in run.secret_outputs
     assert not [r for r in run.of_type(PASSWORD) if r.name.startswith("user-")]

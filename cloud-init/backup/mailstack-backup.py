@@ -94,7 +94,8 @@ def write_status(**changes):
 
 def dump_db(path):
     with open(path + ".tmp", "wb") as f:
-        subprocess.run([*C["as_postgres"], "pg_dump", "-Fc", "-d", C["db"]], stdout=f, check=True,
+        skip = [f"--exclude-table-data={t}" for t in C.get("db_exclude_data", [])]
+        subprocess.run([*C["as_postgres"], "pg_dump", "-Fc", *skip, "-d", C["db"]], stdout=f, check=True,
                        stdin=subprocess.DEVNULL)
     os.replace(path + ".tmp", path)
 

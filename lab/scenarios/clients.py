@@ -205,7 +205,7 @@ def copies(address: str) -> tuple[list[str], list[str]]:
     s = _s()
     local, domain = address.rsplit("@", 1)
     address = f"{local.split(H.SUBADDRESS_DELIMITER, 1)[0]}@{domain}"
-    to = next((a.to for a in s.aliases if a.address == address), (address,))
+    to = next((a.to for a in s.all_aliases if a.address == address), (address,))
     ours = [m for m in to if m.rsplit("@", 1)[1] in s.domains]
     return ours, [m for m in to if m not in ours]
 
