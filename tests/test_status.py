@@ -569,3 +569,19 @@ def test_certificate_expiry_and_names_read_with_the_standard_library():
     assert abs(days - 5.5) < 1e-6 and names == ("mx2.example.org", "smtp.example.org")
     days, names = probe.cert_info(cert(datetime.datetime(2051, 1, 1, tzinfo=datetime.timezone.utc), []), now)
     assert names == () and 8795 < days < 8797      # GeneralizedTime from 2050 on
+
+
+def test_peer_ports_are_judged_per_family():
+    """mx1 in admin.sshCidrs by its IPv4 only: mx2's SSH answers mx1 on v4, not on v6,
+    and each family is held to its own expectation."""
+    from mailstack.status import hostchecks
+    s = settings_from(admin={"sshCidrs": ["198.51.100.11/32"], "sshKeys": []})
+    e = expect.Environment(s, FAKE_ADDRESSES, {}, {}, None)
+    params = inside.params(e, "mx1")
+    assert params["peers"]["hosts"]["mx2"]["open"] == {"v4": [22, 25, 80], "v6": [25, 80]}
+    healthy = _healthy_peer(params, "mx2")
+    checks = hostchecks.peer_checks(params, {"peers": {"mx2": healthy}})
+    assert all(c.status == OK for c in checks), [c for c in checks if c.status != OK]
+    healthy["v6"]["open"] = [22, 25, 80]
+    bad = [c.name for c in hostchecks.peer_checks(params, {"peers": {"mx2": healthy}}) if c.status == ERROR]
+    assert bad == ["mx1→mx2 v6 ports"]
