@@ -585,3 +585,64 @@ def test_peer_ports_are_judged_per_family():
     healthy["v6"]["open"] = [22, 25, 80]
     bad = [c.name for c in hostchecks.peer_checks(params, {"peers": {"mx2": healthy}}) if c.status == ERROR]
     assert bad == ["mx1→mx2 v6 ports"]
+
+
+def test_untrusted_certificate_is_still_described(tmp_path):
+    """probe.certificate over a real TLS handshake on loopback: with the issuing CA
+    trusted it reports days and names; without, the verify error and still the days and
+    names (the unverified second look, which the standard library can't decode)."""
+    import datetime
+    import socket
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from mailstack.status import probe
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "status test CA")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(9).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=10))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx2.example.org")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    srv.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    lsock.settimeout(20)
+
+    def serve():   # one handshake for the trusted look, two for the untrusted: bounded
+        for _ in range(3):
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            try:
+                with srv.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        ok = probe.certificate(probe.Origin("p.invalid", cafile=str(tmp_path / "c.pem")), "127.0.0.1", port,
+                               "mx2.example.org")
+        assert ok.verify_error is None and ok.names == ("mx2.example.org",) and 9.9 < ok.days_left < 10.1
+        # the system's store: a private CA is not in it
+        bad = probe.certificate(probe.Origin("p.invalid"), "127.0.0.1", port, "mx2.example.org")
+        assert bad.verify_error and bad.names == ("mx2.example.org",) and 9.9 < bad.days_left < 10.1
+        assert st(decide.certificate(["mx2.example.org"], bad.days_left, bad.names, bad.verify_error)) == ERROR
+    finally:
+        lsock.close()
+        t.join(5)
