@@ -33,7 +33,4 @@ def environment(extra_ca: str = "") -> Environment:
     return Environment(
         settings=s, addresses=config.addresses(s), dkim_public=config.dkim_public(s, data),
         nameservers={z: [internet.NS_NAME] for z in dns.zones(s)}, run_on=run_on, resolver=net.INTERNET_V4, cafile=str(TRUST),
-        helo=internet.OUTSIDE_MX, vantage=inside, source_v4=net.OUTSIDE_V4, source_v6=net.OUTSIDE_V6,
-        # No Hetzner firewall in front of the lab hosts (scenarios/mailflow.py s_firewall):
-        # what mx1 and mx2 see of each other is their nftables alone, SSH included.
-        cloud_firewall=False)
+        helo=internet.OUTSIDE_MX, vantage=inside, source_v4=net.OUTSIDE_V4, source_v6=net.OUTSIDE_V6)

@@ -401,6 +401,13 @@ def test_daily_job_is_standard_library_only_and_carries_no_secret(settings):
     assert ctx.secrets.replication_password not in text
     conf = json.loads(b.file(f"{timer.CONF_DIR}/daily.json").content)
     assert conf["mail_to"] == "postmaster@example.org"
+    # the job looks at mx2 too, with the expectations rendered from the settings: SSH is
+    # closed to mx1 unless admin.sshCidrs covers its address
+    def peer_open(bundle):
+        return json.loads(bundle.file(f"{timer.CONF_DIR}/params.json").content)["peers"]["hosts"]["mx2"]["open"]
+    assert peer_open(b) == {"v4": [25, 80], "v6": [25, 80]}
+    inside_cidrs = make_context(settings_from(admin={"sshCidrs": ["198.51.100.0/24"], "sshKeys": []}))
+    assert peer_open(timer.bundle(inside_cidrs, inside_cidrs.hosts["mx1"]))["v4"] == [22, 25, 80]
 
 
 def test_a_failed_ptr_lookup_is_an_error_line_not_a_crash(env, monkeypatch):
@@ -418,16 +425,14 @@ def test_a_failed_ptr_lookup_is_an_error_line_not_a_crash(env, monkeypatch):
 
 def test_peer_sees_what_the_firewall_lets_in_from_its_address(settings, env):
     """mx1 looking at mx2 and back: the rules read for the peer's public source address.
-    SSH only where admin.sshCidrs covers the peer (Hetzner's cloud firewall), never the
-    private flows (mx2 may reach mx1's relay port 10025 only on the private network)."""
+    SSH only where admin.sshCidrs covers the peer (the cloud firewall and the deployed
+    nftables both say so), never the private flows (mx2 may reach mx1's relay port 10025
+    only on the private network)."""
     hs = H.hosts(settings)
     assert expect.peer_open_ports(env, hs["mx2"], "mx1", 4) == {25, 80}
     assert expect.peer_open_ports(env, hs["mx1"], "mx2", 6) == {25, 80, 443, 465, 587}
     assert [h.role for h in expect.peers(env, "mx1")] == ["mx2"]
     assert [h.role for h in expect.peers(env, "mx2")] == ["mx1"] and expect.peers(env, "imap") == []
-    # no cloud firewall in front (the lab): the host's nftables alone, which lets SSH in
-    bare = expect.Environment(settings, FAKE_ADDRESSES, {}, {}, None, cloud_firewall=False)
-    assert expect.peer_open_ports(bare, hs["mx1"], "mx2", 4) == {22, 25, 80, 443, 465, 587}
     # the peer inside admin.sshCidrs: SSH answers, on that family only
     s2 = settings_from(admin={"sshCidrs": ["198.51.100.11/32"], "sshKeys": []})
     e2 = expect.Environment(s2, FAKE_ADDRESSES, {}, {}, None)
@@ -435,7 +440,7 @@ def test_peer_sees_what_the_firewall_lets_in_from_its_address(settings, env):
     assert expect.peer_open_ports(e2, h2["mx2"], "mx1", 4) == {22, 25, 80}
     assert expect.peer_open_ports(e2, h2["mx2"], "mx1", 6) == {25, 80}
     # the private flows (relay port, PostgreSQL) never answer on a public address
-    assert not {10025, 5432} & expect.peer_open_ports(bare, hs["mx1"], "mx2", 4)
+    assert not {10025, 5432} & expect.peer_open_ports(env, hs["mx1"], "mx2", 4)
 
 
 def test_peer_params_from_the_rendering(env, settings):

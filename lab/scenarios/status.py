@@ -14,7 +14,7 @@ from typing import Callable
 
 from mailstack import backup, tls
 from mailstack.database import PG_VERSION
-from mailstack.status import engine, model
+from mailstack.status import engine, model, timer
 
 from .. import config, internet, machines, net, stand
 from .. import status as lab_status
@@ -234,7 +234,10 @@ def s_status() -> str:
     # `lab status` exits 0 on a healthy lab: no error and no warning either.
     _expect(not warned, "the healthy lab has warnings: " + "; ".join(
         f"{c.id}: {c.found}" for c in base if c.status == model.WARN)[:1500])
-    _daily()   # the daily job's reference run
+    _daily()   # the daily job's reference run: as clean as the healthy lab (its view of mx2 too)
+    last = model.from_json(_sh("mx1", f"cat {timer.STATE_FILE}"))
+    _expect(model.exit_code(last) == 0, "the daily job finds problems on the healthy lab: " + "; ".join(
+        f"{c.id}: {c.found}" for c in last if c.status != model.OK)[:1500])
     done = []
     for f in faults():
         log(f"status: injecting '{f.name}'")

@@ -20,7 +20,7 @@ if "PARAMS" not in globals():
 if "PROBE" in globals():   # sent inline by inside.program
     probe = types.ModuleType("mailstack_status_probe")
     sys.modules[probe.__name__] = probe   # dataclasses look their module up
-    exec(compile(PROBE, "probe.py", "exec"), probe.__dict__)
+    exec(compile(PROBE, "probe.py", "exec"), probe.__dict__)  # noqa: F821 (prepended by inside.program)
 else:                      # the daily job: installed next to this file
     import probe
 

@@ -42,9 +42,6 @@ class Environment:
     vantage: Callable[[], ContextManager] = field(default=nullcontext)
     source_v4: str | None = None
     source_v6: str | None = None
-    # Hetzner's cloud firewall filters the public addresses (the lab has none in front:
-    # there, what one host sees of another is the nftables ruleset alone).
-    cloud_firewall: bool = True
 
     @property
     def outbound_target(self) -> str:
@@ -78,7 +75,7 @@ def peer_open_ports(env: Environment, host: H.Host, peer: str, family: int) -> s
     host) connects from its own public address: the same rendering as the rules, read
     for that source (firewall.reachable_from)."""
     src = env.v4(peer) if family == 4 else env.v6(peer)
-    return {p for proto, p in firewall.reachable_from(env.settings, host, src, env.cloud_firewall)
+    return {p for proto, p in firewall.reachable_from(env.settings, host, src)
             if proto == "tcp"}
 
 
