@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 
 from mailstack import cloudinit, deploy, dns
@@ -130,7 +131,9 @@ def _wait_cloud_init(roles: list[str], t: float) -> dict[str, float]:
                 raise RuntimeError(f"{role}: container exited during boot; see {machines.host_dir(role)}/console.log")
             try:
                 r = machines.exec_in(role, ["cloud-init", "status"], timeout=20)
-            except (LookupError, OSError, ValueError):
+            # a busy machine (2 cores, three hosts installing) can take longer than the
+            # probe's timeout: ask again, within the deadline
+            except (LookupError, OSError, ValueError, subprocess.TimeoutExpired):
                 continue
             st = r.stdout.strip().removeprefix("status:").strip()
             if st in ("done", "error", "degraded done"):

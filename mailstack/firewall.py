@@ -96,6 +96,26 @@ def hcloud_rules(settings: Settings, host: H.Host) -> list[Rule]:
     return rules
 
 
+def _covers(sources, ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    nets = [ipaddress.ip_network(s, strict=False) for s in sources]
+    return any(addr in n for n in nets if n.version == addr.version)
+
+
+def reachable_from(settings: Settings, host: H.Host, source_ip: str) -> set[tuple[str, int]]:
+    """(protocol, port) that a connection from `source_ip` (another server's public
+    address) gets through to `host`'s public address, both layers read for that source:
+    the deployed nftables ruleset (`nftables(ssh_limit=True)`: the public ports from
+    anywhere, SSH only from admin.sshCidrs; its private flows match the peers' private
+    addresses, which never come to a public one) and Hetzner's cloud firewall rules."""
+    nft = set(_public(host))
+    if _covers(settings.admin.ssh_cidrs, source_ip):
+        nft.add(("tcp", SSH_PORT))
+    cloud = {(r.protocol, int(r.port)) for r in hcloud_rules(settings, host)
+             if r.port is not None and _covers(r.source_ips, source_ip)}
+    return nft & cloud
+
+
 NFTABLES_CONF = "/etc/nftables.conf"
 
 

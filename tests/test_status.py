@@ -13,7 +13,7 @@ from mailstack.status import __main__ as status_main
 from mailstack.status.model import ERROR, OK, WARN, Check
 from mailstack.status.outside import parse_values
 
-from .conftest import FAKE_ADDRESSES
+from .conftest import FAKE_ADDRESSES, settings_from
 
 
 def st(verdict):
@@ -106,6 +106,9 @@ def test_banner_names_the_host():
     assert st(decide.banner("mx1.example.org", "220 localhost ESMTP")) == ERROR
     assert st(decide.banner("mx1.example.org", "554 go away")) == ERROR
     assert st(decide.banner("mx1.example.org", None, "refused")) == ERROR
+    # judged on the greeting: a refusal shows its reply, a later break is not the banner's
+    assert decide.banner("mx1.example.org", "550 5.7.25 no rDNS", "connection closed")[2].startswith("550 5.7.25")
+    assert st(decide.banner("mx1.example.org", "220 mx1.example.org ESMTP", "connection closed")) == OK
 
 
 def test_port_25_refused_for_missing_fcrdns_is_not_judged():
@@ -338,12 +341,13 @@ def test_hostchecks_from_params_and_data(env):
     pubs = dict(env.dkim_public)
     data = _data(dkim=pubs, dnsbl={q: {"answers": []} for _, _, q in params["dnsbl"]},
                  smtp_probes={k: {"line": f"220 {v[2] or 'mx.outside.test'} ESMTP", "error": None}
-                              for k, v in params["smtp_probes"].items()})
+                              for k, v in params["smtp_probes"].items()},
+                 peers={"mx2": _healthy_peer(params, "mx2")})
     checks = hostchecks.checks(params, data, pubs)
     assert model.exit_code(checks) == 0, [c for c in checks if c.status != OK]
     ids = {c.id for c in checks}
     assert {"replication: mx2 streaming", "replication: slot mailstack_imap", "queue: mx1",
-            "outbound: mx1 -> gmail-smtp-in.l.google.com:25", "smtp: mx1 -> mx2:25 (v6)",
+            "outbound: mx1 -> gmail-smtp-in.l.google.com:25", "peer: mx1→mx2 v6 :25 banner",
             "dkim: example.org key in use (mx1)", "backup: mx1"} <= ids
     # the replica on mx2 gone: its replication errors, its slot warns, nothing else moves
     gone = {**data, "replicas": [data["replicas"][0]],
@@ -377,6 +381,8 @@ def test_daily_job_is_standard_library_only_and_carries_no_secret(settings):
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+                # a shipped sibling (collect.py's `import probe` in the daily job)
+                names = [n for n in names if f"{n}.py" not in timer.MODULES]
             elif isinstance(node, ast.ImportFrom):
                 if node.level:   # relative: must be one of the shipped modules
                     assert f"{node.module}.py" in timer.MODULES or node.module is None, (m, node.module)
@@ -395,6 +401,13 @@ def test_daily_job_is_standard_library_only_and_carries_no_secret(settings):
     assert ctx.secrets.replication_password not in text
     conf = json.loads(b.file(f"{timer.CONF_DIR}/daily.json").content)
     assert conf["mail_to"] == "postmaster@example.org"
+    # the job looks at mx2 too, with the expectations rendered from the settings: SSH is
+    # closed to mx1 unless admin.sshCidrs covers its address
+    def peer_open(bundle):
+        return json.loads(bundle.file(f"{timer.CONF_DIR}/params.json").content)["peers"]["hosts"]["mx2"]["open"]
+    assert peer_open(b) == {"v4": [25, 80], "v6": [25, 80]}
+    inside_cidrs = make_context(settings_from(admin={"sshCidrs": ["198.51.100.0/24"], "sshKeys": []}))
+    assert peer_open(timer.bundle(inside_cidrs, inside_cidrs.hosts["mx1"]))["v4"] == [22, 25, 80]
 
 
 def test_a_failed_ptr_lookup_is_an_error_line_not_a_crash(env, monkeypatch):
@@ -406,3 +419,235 @@ def test_a_failed_ptr_lookup_is_an_error_line_not_a_crash(env, monkeypatch):
     checks = [c for job in engine._dns_jobs(env) for c in job()]
     rdns = [c for c in checks if c.area == "rdns"]
     assert rdns and all(c.status == ERROR and "no answer" in c.found for c in rdns)
+
+
+# ------------------------------------------------------------------ the MX hosts' view of each other
+
+def test_peer_sees_what_the_firewall_lets_in_from_its_address(settings, env):
+    """mx1 looking at mx2 and back: the rules read for the peer's public source address.
+    SSH only where admin.sshCidrs covers the peer (the cloud firewall and the deployed
+    nftables both say so), never the private flows (mx2 may reach mx1's relay port 10025
+    only on the private network)."""
+    hs = H.hosts(settings)
+    assert expect.peer_open_ports(env, hs["mx2"], "mx1", 4) == {25, 80}
+    assert expect.peer_open_ports(env, hs["mx1"], "mx2", 6) == {25, 80, 443, 465, 587}
+    assert [h.role for h in expect.peers(env, "mx1")] == ["mx2"]
+    assert [h.role for h in expect.peers(env, "mx2")] == ["mx1"] and expect.peers(env, "imap") == []
+    # the peer inside admin.sshCidrs: SSH answers, on that family only
+    s2 = settings_from(admin={"sshCidrs": ["198.51.100.11/32"], "sshKeys": []})
+    e2 = expect.Environment(s2, FAKE_ADDRESSES, {}, {}, None)
+    h2 = H.hosts(s2)
+    assert expect.peer_open_ports(e2, h2["mx2"], "mx1", 4) == {22, 25, 80}
+    assert expect.peer_open_ports(e2, h2["mx2"], "mx1", 6) == {25, 80}
+    # the private flows (relay port, PostgreSQL) never answer on a public address
+    assert not {10025, 5432} & expect.peer_open_ports(env, hs["mx1"], "mx2", 4)
+
+
+def test_peer_params_from_the_rendering(env, settings):
+    p = inside.params(env, "mx2")["peers"]
+    assert p["helo"] == "mx2.example.org" and p["source"] == {"v4": "198.51.100.13", "v6": "2001:db8:13::1"}
+    mx1 = p["hosts"]["mx1"]
+    assert mx1["ip"] == {"v4": "198.51.100.11", "v6": "2001:db8:11::1"}
+    assert [port for port, _ in mx1["tls"]] == [25, 465, 587, 443]
+    assert mx1["open"] == {"v4": [25, 80, 443, 465, 587], "v6": [25, 80, 443, 465, 587]}
+    assert mx1["cert_names"] == expect.cert_names(settings, H.hosts(settings)["mx1"])
+    assert inside.params(env, "imap")["peers"] == {}
+    # the program on the host carries the probes: the same file the operator's side runs
+    prog = inside.program(env, "mx2")
+    assert json.dumps(inside.PROBE.read_text()) in prog
+
+
+def _healthy_peer(params: dict, other: str) -> dict:
+    """What collect.py reports for a healthy peer, per family."""
+    exp = params["peers"]["hosts"][other]
+    fam = {"open": None, "tls": {}, "smtp": {}}
+    for port, sni in exp["tls"]:
+        fam["tls"][str(port)] = {"days_left": 60.0, "names": list(exp["cert_names"]), "verify_error": None}
+        if port == 25:
+            fam["smtp"]["25"] = {"banner": f"220 {exp['fqdn']} ESMTP OpenSMTPD",
+                                 "features": ["PIPELINING", "8BITMIME", "STARTTLS"], "tls_ok": True,
+                                 "auth_after_tls": False, "relay_reply": 550, "error": None}
+        elif port == 587:
+            fam["smtp"]["587"] = {"banner": f"220 {sni} ESMTP OpenSMTPD", "features": ["STARTTLS"],
+                                  "tls_ok": True, "auth_after_tls": True, "relay_reply": None, "error": None}
+        elif port == 465:
+            fam["smtp"]["465"] = {"banner": f"220 {sni} ESMTP OpenSMTPD", "error": None}
+    return {f: {**json.loads(json.dumps(fam)), "open": exp["open"][f]} for f in ("v4", "v6")}
+
+
+def _peer(env, role: str, other: str, **over) -> dict[str, Check]:
+    from mailstack.status import hostchecks
+    params = inside.params(env, role)
+    got = _healthy_peer(params, other)
+    for path, value in over.items():   # "v4.smtp.25.relay_reply": 250
+        *keys, last = path.split(".")
+        d = got
+        for k in keys:
+            d = d[k]
+        d[last] = value
+    return {c.name: c for c in hostchecks.peer_checks(params, {"peers": {other: got}})}
+
+
+def test_peer_checks_healthy_and_named_by_vantage(env):
+    checks = _peer(env, "mx2", "mx1")
+    assert all(c.status == OK and c.area == "peer" for c in checks.values()), \
+        [c for c in checks.values() if c.status != OK]
+    assert {"mx2→mx1 v4 ports", "mx2→mx1 v6 ports", "mx2→mx1 v4 :25 certificate (mx1.example.org)",
+            "mx2→mx1 v6 :443 certificate (mta-sts.example.org)", "mx2→mx1 v4 :25 banner",
+            "mx2→mx1 v4 :25 STARTTLS", "mx2→mx1 v4 :25 no open relay", "mx2→mx1 v6 :587 STARTTLS",
+            "mx2→mx1 v4 :465 banner"} <= set(checks)
+    assert set(_peer(env, "mx1", "mx2")) == {
+        f"mx1→mx2 {f} {w}" for f in ("v4", "v6")
+        for w in ("ports", ":25 certificate (mx2.example.org)", ":25 banner", ":25 STARTTLS", ":25 no open relay")}
+
+
+@pytest.mark.parametrize("over, bad", [
+    ({"v4.open": [25, 80, 8080]}, {"mx1→mx2 v4 ports"}),                     # a port opened
+    ({"v6.open": [80]}, {"mx1→mx2 v6 ports"}),                               # smtpd gone on v6
+    ({"v4.smtp.25.relay_reply": 250}, {"mx1→mx2 v4 :25 no open relay"}),     # open relay
+    ({"v4.smtp.25.banner": "220 localhost ESMTP"}, {"mx1→mx2 v4 :25 banner"}),
+    ({"v6.smtp.25.features": ["STARTTLS", "AUTH PLAIN"]}, {"mx1→mx2 v6 :25 STARTTLS"}),   # AUTH before TLS
+    ({"v4.smtp.25.features": ["PIPELINING"], "v4.smtp.25.tls_ok": False}, {"mx1→mx2 v4 :25 STARTTLS"}),
+    ({"v4.tls.25.days_left": 3.0}, {"mx1→mx2 v4 :25 certificate (mx2.example.org)"}),    # < 7 days
+    ({"v4.tls.25.verify_error": "unable to get local issuer certificate"},
+     {"mx1→mx2 v4 :25 certificate (mx2.example.org)"}),                                  # not trusted
+    ({"v6.tls.25.names": ["mx1.example.org"]}, {"mx1→mx2 v6 :25 certificate (mx2.example.org)"}),
+])
+def test_peer_checks_turn_exactly_their_check_to_error(env, over, bad):
+    checks = _peer(env, "mx1", "mx2", **over)
+    assert {n for n, c in checks.items() if c.status == ERROR} == bad
+    assert all(c.status == OK for n, c in checks.items() if n not in bad)
+
+
+def test_peer_certificate_close_to_expiry_warns_and_submission_needs_auth_after_tls(env):
+    checks = _peer(env, "mx1", "mx2", **{"v4.tls.25.days_left": 15.0})
+    assert checks["mx1→mx2 v4 :25 certificate (mx2.example.org)"].status == WARN
+    sub = _peer(env, "mx2", "mx1", **{"v4.smtp.587.auth_after_tls": False})
+    assert sub["mx2→mx1 v4 :587 STARTTLS"].status == ERROR and "no AUTH after TLS" in sub["mx2→mx1 v4 :587 STARTTLS"].found
+
+
+def test_peer_refused_for_its_rdns_is_an_error(env):
+    """From a mail host a 550 5.7.25 is not a vantage problem (as from an operator's line):
+    the peer's own rDNS is broken, so other mail servers refuse it too."""
+    refused = {"banner": "550 5.7.25 Client host reverse DNS does not resolve back to its address",
+               "features": None, "tls_ok": False, "auth_after_tls": None, "relay_reply": None,
+               "error": "ConnectionError: connection closed"}
+    checks = _peer(env, "mx2", "mx1", **{"v4.smtp.25": refused})
+    assert {n for n, c in checks.items() if c.status == ERROR} == {
+        "mx2→mx1 v4 :25 banner", "mx2→mx1 v4 :25 STARTTLS", "mx2→mx1 v4 :25 no open relay"}
+    assert "5.7.25" in checks["mx2→mx1 v4 :25 banner"].found
+
+
+def test_a_peer_without_results_is_an_error(env):
+    from mailstack.status import hostchecks
+    params = inside.params(env, "mx1")
+    checks = hostchecks.peer_checks(params, {"peers": {}})
+    assert [(c.name, c.status) for c in checks] == [("mx1→mx2 v4 ports", ERROR), ("mx1→mx2 v6 ports", ERROR)]
+
+
+def test_certificate_expiry_and_names_read_with_the_standard_library():
+    """probe.cert_info (no third-party parser on the hosts) agrees with cryptography's
+    reading: UTCTime and GeneralizedTime expiry, SAN DNS names, none without SAN."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from mailstack.status import probe
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx2.example.org")])
+    now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc)
+
+    def cert(not_after, sans):
+        b = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+             .serial_number(7).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(not_after)
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
+        return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    days, names = probe.cert_info(cert(now + datetime.timedelta(days=5, hours=12),
+                                       ["mx2.example.org", "smtp.example.org"]), now)
+    assert abs(days - 5.5) < 1e-6 and names == ("mx2.example.org", "smtp.example.org")
+    days, names = probe.cert_info(cert(datetime.datetime(2051, 1, 1, tzinfo=datetime.timezone.utc), []), now)
+    assert names == () and 8795 < days < 8797      # GeneralizedTime from 2050 on
+
+
+def test_peer_ports_are_judged_per_family():
+    """mx1 in admin.sshCidrs by its IPv4 only: mx2's SSH answers mx1 on v4, not on v6,
+    and each family is held to its own expectation."""
+    from mailstack.status import hostchecks
+    s = settings_from(admin={"sshCidrs": ["198.51.100.11/32"], "sshKeys": []})
+    e = expect.Environment(s, FAKE_ADDRESSES, {}, {}, None)
+    params = inside.params(e, "mx1")
+    assert params["peers"]["hosts"]["mx2"]["open"] == {"v4": [22, 25, 80], "v6": [25, 80]}
+    healthy = _healthy_peer(params, "mx2")
+    checks = hostchecks.peer_checks(params, {"peers": {"mx2": healthy}})
+    assert all(c.status == OK for c in checks), [c for c in checks if c.status != OK]
+    healthy["v6"]["open"] = [22, 25, 80]
+    bad = [c.name for c in hostchecks.peer_checks(params, {"peers": {"mx2": healthy}}) if c.status == ERROR]
+    assert bad == ["mx1→mx2 v6 ports"]
+
+
+def test_untrusted_certificate_is_still_described(tmp_path):
+    """probe.certificate over a real TLS handshake on loopback: with the issuing CA
+    trusted it reports days and names; without, the verify error and still the days and
+    names (the unverified second look, which the standard library can't decode)."""
+    import datetime
+    import socket
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from mailstack.status import probe
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "status test CA")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(9).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=10))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx2.example.org")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    srv.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+    lsock.settimeout(20)
+
+    def serve():   # one handshake for the trusted look, two for the untrusted: bounded
+        for _ in range(3):
+            try:
+                conn, _ = lsock.accept()
+            except OSError:
+                return
+            try:
+                with srv.wrap_socket(conn, server_side=True):
+                    pass
+            except (ssl.SSLError, OSError):
+                conn.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        ok = probe.certificate(probe.Origin("p.invalid", cafile=str(tmp_path / "c.pem")), "127.0.0.1", port,
+                               "mx2.example.org")
+        assert ok.verify_error is None and ok.names == ("mx2.example.org",) and 9.9 < ok.days_left < 10.1
+        # the system's store: a private CA is not in it
+        bad = probe.certificate(probe.Origin("p.invalid"), "127.0.0.1", port, "mx2.example.org")
+        assert bad.verify_error and bad.names == ("mx2.example.org",) and 9.9 < bad.days_left < 10.1
+        assert st(decide.certificate(["mx2.example.org"], bad.days_left, bad.names, bad.verify_error)) == ERROR
+    finally:
+        lsock.close()
+        t.join(5)

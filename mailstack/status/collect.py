@@ -3,11 +3,26 @@ reads its parameters, looks around read-only, prints one JSON object. `inside.pr
 sends it over the deploy-step channel with PARAMS prepended; the daily job on the server
 runs it with the path of its parameter file. Nothing secret leaves the host: of the DKIM
 key only the public half is reported."""
-import json, os, socket, subprocess, sys, time
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
 
 if "PARAMS" not in globals():
     with open(sys.argv[1]) as _f:
         PARAMS = _f.read()
+
+if "PROBE" in globals():   # sent inline by inside.program
+    probe = types.ModuleType("mailstack_status_probe")
+    sys.modules[probe.__name__] = probe   # dataclasses look their module up
+    exec(compile(PROBE, "probe.py", "exec"), probe.__dict__)  # noqa: F821 (prepended by inside.program)
+else:                      # the daily job: installed next to this file
+    import probe
 
 P = json.loads(PARAMS)
 out = {"now": time.time()}
@@ -104,4 +119,30 @@ out["smtp_probes"] = {}
 for key, (host, port, _name) in P["smtp_probes"].items():
     line, err = greet(host, port)
     out["smtp_probes"][key] = {"line": line, "error": err}
+
+def look_at(peer, fam, pool):
+    """The outside view of one peer on one address family, from this host's own public
+    address of that family: open ports, each TLS endpoint's certificate, the SMTP
+    sessions (relay probe on 25) and the SMTPS greeting."""
+    pp = P["peers"]
+    o = probe.Origin(helo=pp["helo"], source_v4=pp["source"]["v4"], source_v6=pp["source"]["v6"])
+    ip = pp["hosts"][peer]["ip"][fam]
+    res = {"open": sorted(probe.open_ports(o, ip, pp["scan"], pool)), "tls": {}, "smtp": {}}
+    for port, sni in pp["hosts"][peer]["tls"]:
+        res["tls"][str(port)] = dataclasses.asdict(probe.certificate(o, ip, port, sni))
+        if port in (25, 587):
+            r = probe.smtp(o, ip, port, sni, pp["relay_probe"] if port == 25 else None)
+            res["smtp"][str(port)] = dataclasses.asdict(r)
+        elif port == 465:
+            line, err = probe.smtps_banner(o, ip, port, sni)
+            res["smtp"][str(port)] = {"banner": line, "error": err}
+    return res
+
+out["peers"] = {}
+if P.get("peers"):
+    with ThreadPoolExecutor(max_workers=probe.SCAN_WORKERS) as scan_pool, ThreadPoolExecutor(max_workers=8) as pool:
+        jobs = {(peer, fam): pool.submit(look_at, peer, fam, scan_pool)
+                for peer in P["peers"]["hosts"] for fam in ("v4", "v6")}
+        for (peer, fam), f in jobs.items():
+            out["peers"].setdefault(peer, {})[fam] = f.result()
 print(json.dumps(out))

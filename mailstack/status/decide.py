@@ -120,8 +120,10 @@ def _covered(name: str, have: set[str]) -> bool:
 
 
 def banner(expected_name: str, line: str | None, error: str | None = None) -> Verdict:
+    """The greeting alone: a session that breaks after a good one is the STARTTLS and
+    relay checks' business, and a refusal shows its own reply (e.g. 550 5.7.25)."""
     exp = f"220 {expected_name} ..."
-    if error or not line:
+    if not line:
         return ERROR, exp, error or "no greeting"
     parts = line.split()
     if len(parts) >= 2 and parts[0].startswith("220") and parts[1].lower() == expected_name.lower():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Callable
 
 from .. import dns as D
 from .. import hosts as H
-from . import decide, expect, hostchecks, inside, outside
+from . import decide, expect, hostchecks, inside, outside, probe
 from .model import ERROR, Check
 
 WORKERS = 24
@@ -94,14 +95,15 @@ def _port_jobs(env: expect.Environment, scan_pool: ThreadPoolExecutor) -> list[J
     for role, host in env.hosts.items():
         for fam, ip in ((4, env.v4(role)), (6, env.v6(role))):
             def j(role=role, host=host, fam=fam, ip=ip):
-                futures = [scan_pool.submit(outside.port_open, env, ip, p) for p in scan]
-                found = {p for p, f in zip(scan, futures) if f.result()}
+                found = probe.open_ports(outside.origin(env), ip, scan, scan_pool)
                 return [_check("ports", f"{role} v{fam} {ip}", decide.ports(expect.open_ports(host), found))]
             jobs.append(j)
     return jobs
 
 
 def _tls_smtp_jobs(env: expect.Environment) -> list[Job]:
+    """Certificates on every TLS endpoint, SMTP sessions on 25, 587 and 465: probed from
+    the operator's side, judged by the same hostchecks functions as the peers' view."""
     s = env.settings
     jobs: list[Job] = []
     for role, host in env.hosts.items():
@@ -110,8 +112,7 @@ def _tls_smtp_jobs(env: expect.Environment) -> list[Job]:
         for port, sni in expect.tls_endpoints(s, host):
             def j(role=role, ip=ip, port=port, sni=sni, names=names):
                 r = outside.certificate(env, ip, port, sni)
-                return [_check("tls", f"{role}:{port} ({sni})",
-                               decide.certificate(names, r.days_left, r.names, r.verify_error))]
+                return [hostchecks.tls_check("tls", f"{role}:{port} ({sni})", names, asdict(r))]
             jobs.append(j)
             if port == 25:
                 def j(role=role, ip=ip, host=host, sni=sni):
@@ -119,26 +120,17 @@ def _tls_smtp_jobs(env: expect.Environment) -> list[Job]:
                     if decide.vantage_refused(r.banner):
                         return [_check("smtp", f"{role}:25 {w}", decide.not_judged(w, r.banner))
                                 for w in ("banner", "STARTTLS", "no open relay")]
-                    return [
-                        _check("smtp", f"{role}:25 banner", decide.banner(host.fqdn, r.banner, r.error)),
-                        _check("smtp", f"{role}:25 STARTTLS", decide.starttls(r.features, r.tls_ok, None, r.error)),
-                        _check("smtp", f"{role}:25 no open relay", decide.relay(r.relay_reply, r.error)),
-                    ]
+                    return hostchecks.smtp_checks("smtp", f"{role}:25", 25, host.fqdn, asdict(r))
                 jobs.append(j)
             elif port == 587:
                 def j(role=role, ip=ip, sni=sni):
                     r = outside.smtp(env, ip, 587, sni)
-                    auth = r.auth_after_tls if r.tls_ok else None
-                    return [
-                        _check("smtp", f"{role}:587 banner", decide.banner(sni, r.banner, r.error)),
-                        _check("smtp", f"{role}:587 STARTTLS", decide.starttls(
-                            r.features, r.tls_ok, bool(auth), r.error)),
-                    ]
+                    return hostchecks.smtp_checks("smtp", f"{role}:587", 587, sni, asdict(r))
                 jobs.append(j)
             elif port == 465:
                 def j(role=role, ip=ip, sni=sni):
                     line, err = outside.smtps_banner(env, ip, 465, sni)
-                    return [_check("smtp", f"{role}:465 banner", decide.banner(sni, line, err))]
+                    return hostchecks.smtp_checks("smtp", f"{role}:465", 465, sni, {"banner": line, "error": err})
                 jobs.append(j)
     return jobs
 

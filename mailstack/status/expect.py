@@ -70,6 +70,22 @@ def open_ports(host: H.Host) -> set[int]:
     return {firewall.SSH_PORT} | {p for proto, p in firewall.public_ports(host) if proto == "tcp"}
 
 
+def peer_open_ports(env: Environment, host: H.Host, peer: str, family: int) -> set[int]:
+    """What answers on `host`'s public address of `family` when `peer` (another stack
+    host) connects from its own public address: the same rendering as the rules, read
+    for that source (firewall.reachable_from)."""
+    src = env.v4(peer) if family == 4 else env.v6(peer)
+    return {p for proto, p in firewall.reachable_from(env.settings, host, src)
+            if proto == "tcp"}
+
+
+def peers(env: Environment, role: str) -> list[H.Host]:
+    """The hosts `role` looks at from outside: the MX hosts watch each other (mx1 looking
+    at mx2 and mx2 at mx1), as another mail server would."""
+    mxes = [h for h in env.hosts.values() if h.runs(H.MX) or h.runs(H.BACKUP_MX)]
+    return [h for h in mxes if h.role != role] if any(h.role == role for h in mxes) else []
+
+
 def scan_ports() -> list[int]:
     ports = {firewall.SSH_PORT, firewall.ACME_HTTP[1]}
     ports |= {p for rules in firewall.PUBLIC.values() for _, p, _ in rules}

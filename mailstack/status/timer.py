@@ -1,6 +1,7 @@
 """The daily status job, on one host: the database primary (mx1), which sees every
-replica's replication, sends mail, holds the DKIM keys and reaches mx2 on port 25. It
-runs the host's own inside checks (hostchecks) and mails the postmaster what changed.
+replica's replication, sends mail, holds the DKIM keys and looks at mx2 from outside
+(ports, TLS, SMTP: the peer checks). It runs the host's own inside checks (hostchecks)
+and mails the postmaster what changed.
 
 It cannot see the other hosts' inside view or probe from outside: that is `make status`
 on the operator's machine. The host's files are this package's standard-library modules,
@@ -22,7 +23,7 @@ CONF_DIR = "/etc/mailstack/status"
 STATE_FILE = "/var/lib/mailstack/status-last.json"
 UNITS = ("mailstack-status.service", expect.DAILY_TIMER)
 # The modules the job needs: standard library only (tests/test_status.py checks it).
-MODULES = ("__init__.py", "model.py", "decide.py", "hostchecks.py", "collect.py", "daily.py")
+MODULES = ("__init__.py", "model.py", "decide.py", "hostchecks.py", "collect.py", "probe.py", "daily.py")
 
 
 def bundle(ctx: Context, host: H.Host) -> Bundle:
