@@ -16,7 +16,13 @@ from .bundle import Bundle, File
 ETC = "/etc/dovecot"
 CONF = f"{ETC}/dovecot.conf"
 SQL_CONF = f"{ETC}/dovecot-sql.conf.ext"
-SIEVE_BEFORE = f"{ETC}/sieve/spam-to-junk.sieve"
+# Global scripts run before the user's own, in this order (sieve_before, sieve_before2).
+SIEVE_BEFORE = ("dedupe.sieve", "spam-to-junk.sieve")
+SIEVE_DIR = f"{ETC}/sieve"
+# How long a Message-ID a user got is remembered: a redelivery comes within minutes
+# (smtpd's retry), or after an outage of imap (mx1 and mx2 queue for up to days, but
+# then the first copy was never stored).
+DUPLICATE_PERIOD = "1d"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,8 @@ def dovecot_conf(ctx, host: H.Host, layout: Layout = Layout()) -> str:
         vmail_uid=H.VMAIL_UID,
         subaddress_delimiter=H.SUBADDRESS_DELIMITER,
         submission_host=submission_host(ctx, host),
+        sieve_before=[f"{layout.etc}/sieve/{name}" for name in SIEVE_BEFORE],
+        duplicate_period=DUPLICATE_PERIOD,
     )
 
 
@@ -77,8 +85,8 @@ def sql_conf(ctx, layout: Layout = Layout()) -> str:
     )
 
 
-def sieve_before() -> str:
-    return templates.read("dovecot/spam-to-junk.sieve")
+def sieve_before(name: str) -> str:
+    return templates.read(f"dovecot/{name}")
 
 
 def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
@@ -86,11 +94,11 @@ def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
         File(f"{layout.etc}/dovecot.conf", dovecot_conf(ctx, host, layout), 0o644),
         File(f"{layout.etc}/dovecot-sql.conf.ext", sql_conf(ctx, layout), 0o640, "root", "dovecot",
              secret=True),
-        File(f"{layout.etc}/sieve/spam-to-junk.sieve", sieve_before(), 0o644),
+        *(File(f"{layout.etc}/sieve/{name}", sieve_before(name), 0o644) for name in SIEVE_BEFORE),
     )
 
 
 def bundle(ctx, host: H.Host) -> Bundle:
     script = templates.render("dovecot/install.sh.j2", conf=CONF, sql_conf=SQL_CONF,
-                              sieve=SIEVE_BEFORE, vmail=Layout().vmail, vmail_uid=H.VMAIL_UID)
+                              sieves=[f"{SIEVE_DIR}/{n}" for n in SIEVE_BEFORE], vmail=Layout().vmail, vmail_uid=H.VMAIL_UID)
     return Bundle(files(ctx, host), script)

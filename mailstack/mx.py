@@ -119,7 +119,8 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         File(SMTPD_CONF, smtpd_conf(ctx, host)),
         File(TABLE_CONF, table_conf(ctx, host), mode=0o640, group="opensmtpd", secret=True),
         File(DYNDNS_REGEX, read("smtpd/dyndns.regex")),
-        File(UNIT_DROPIN, render("smtpd/opensmtpd.service.d.conf.j2", pg_unit=database.PG_UNIT)),
+        File(UNIT_DROPIN, render("smtpd/opensmtpd.service.d.conf.j2", pg_unit=database.PG_UNIT,
+                                 after_dovecot=host.runs(H.IMAP))),
         File(FILTER_GUARD, read("smtpd/filter-guard.py"), mode=0o755),
     ]
     backup = not host.runs(H.MX)

@@ -550,3 +550,20 @@ def test_guard_keeps_strangers_fields_in_their_place(ctx, tmp_path):
     assert len(pieces) == 2 and all(len(p) < 64 * 1024 for p in pieces)
     assert "".join(p.rsplit("|", 1)[1] for p in pieces) == "x" * 65520
     assert out[-1] == "filter|0.7|1.0|smtp-in|data-line|s1|tok|a|b\x00c"
+
+
+def test_smtpd_stops_before_dovecot_on_one_host(ctx, single_ctx):
+    """systemd stops in the reverse order of After=: on one host smtpd must end its LMTP
+    sessions before Dovecot goes, or a message Dovecot stored is delivered again."""
+    import configparser
+
+    from mailstack import mx
+
+    def after(c, role):
+        unit = configparser.ConfigParser(strict=False)
+        unit.read_string(mx.bundle(c, c.hosts[role]).file(mx.UNIT_DROPIN).content)
+        return unit["Unit"]["After"].split()
+
+    assert "dovecot.service" in after(single_ctx, "mx1")
+    # Across hosts there is no order to give: mx1 has no Dovecot.
+    assert "dovecot.service" not in after(ctx, "mx1")
