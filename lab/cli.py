@@ -23,7 +23,8 @@ def main(argv: list[str]) -> int:
     c = sub.add_parser("check", help="run the scenarios against the running lab")
     c.add_argument("--only", nargs="*", help="scenario names to run")
     sub.add_parser("down", help="remove everything the lab made")
-    sub.add_parser("bench", help="print figures (throughput, mx2's drain, recovery) from the lab")
+    b = sub.add_parser("bench", help="print figures (throughput, mx2's drain, recovery) from the lab")
+    b.add_argument("--only", nargs="*", help="throughput, mx2_drain, recovery")
     from mailstack.status import cli as status_cli
     st = sub.add_parser("status", help="mailstack status against the running lab",
                         parents=[status_cli.parser("status")], add_help=False)
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> int:
         return 0 if all(r.ok for r in results) else 1
     if a.cmd == "bench":
         from . import bench
-        return bench.main()
+        return bench.main(a.only)
     if a.cmd == "status":
         from . import status
         return status_cli.report(status.environment(), a)
