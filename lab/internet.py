@@ -13,10 +13,8 @@ import ipaddress
 import json
 import ssl
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
