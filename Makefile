@@ -2,7 +2,7 @@
 # everything they need on a fresh Debian 12 machine (as root) through `setup`.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast test-lab lab lab-up lab-down snapshot hash-password status
+.PHONY: setup test test-fast test-lab lab lab-up lab-down bench snapshot hash-password status
 
 setup:
 	@bash scripts/setup-host.sh
@@ -30,6 +30,11 @@ lab-up: setup
 
 lab-down:
 	$(PY) -m lab down
+
+# Figures from the lab (throughput, mx2's backlog drain, recovery after kill -9, lab
+# phases): printed, never asserted. Uses a running lab, or brings one up and down.
+bench: setup
+	$(PY) -m lab bench
 
 # Is the deployed stack healthy? (the selected Pulumi stack; docs/status.md)
 status: setup

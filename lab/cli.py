@@ -1,4 +1,4 @@
-"""python -m lab {up|down|run|shell ROLE}: see docs/lab.md."""
+"""python -m lab {up|down|run|check|bench|shell ROLE}: see docs/lab.md."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,8 @@ def main(argv: list[str]) -> int:
     c = sub.add_parser("check", help="run the scenarios against the running lab")
     c.add_argument("--only", nargs="*", help="scenario names to run")
     sub.add_parser("down", help="remove everything the lab made")
+    b = sub.add_parser("bench", help="print figures (throughput, mx2's drain, recovery) from the lab")
+    b.add_argument("--only", nargs="*", help="throughput, mx2_drain, recovery")
     from mailstack.status import cli as status_cli
     st = sub.add_parser("status", help="mailstack status against the running lab",
                         parents=[status_cli.parser("status")], add_help=False)
@@ -51,6 +53,9 @@ def main(argv: list[str]) -> int:
         results = scenarios.run_all(a.only)
         print(scenarios.table(results))
         return 0 if all(r.ok for r in results) else 1
+    if a.cmd == "bench":
+        from . import bench
+        return bench.main(a.only)
     if a.cmd == "status":
         from . import status
         return status_cli.report(status.environment(), a)
@@ -103,7 +108,4 @@ def _internal(argv: list[str]) -> int:
     if cmd == "_forward":
         from . import forward
         return forward.main(args)
-    if cmd == "_outside_mta":
-        from . import outside_mta
-        return outside_mta.main()
     raise SystemExit(f"unknown internal command {cmd}")

@@ -1,6 +1,7 @@
 """The lab's internet host, in the lab namespace itself: knot (authoritative for the
-stack's zones, their reverse zones and the lab's own names), Pebble (ACME; its HTTP-01
-validation really connects to the hosts' port 80) and the outside MTA.
+stack's zones, their reverse zones and the lab's own names) and Pebble (ACME; its HTTP-01
+validation really connects to the hosts' port 80). The outside MTA (Postfix) is in
+lab/outside_mta.py.
 
 A lab CA (made per run) signs Pebble's HTTPS listener and the outside MTA's certificate;
 the hosts trust it and Pebble's issuing root, written into their overlay before boot.
@@ -12,7 +13,6 @@ import ipaddress
 import json
 import ssl
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -278,22 +278,3 @@ def start_storage(public_keys: list[str]) -> None:
     _spawn("storage", LS.command(st))
     LS.wait_listening(st, 10, NETNS)
     log(f"storage host (sshd, SFTP only) on {net.STORAGE_V4}:{STORAGE_PORT}")
-
-
-# ------------------------------------------------------------------ outside MTA
-
-OUTSIDE_SPOOL = STATE / "outside-mail"
-
-
-def start_outside_mta() -> None:
-    OUTSIDE_SPOOL.mkdir(parents=True, exist_ok=True)
-    _spawn("outside-mta", [sys.executable, "-m", "lab", "_outside_mta"])
-    from .netns import inside
-    import socket
-
-    def up():
-        with inside():
-            with socket.create_connection((net.OUTSIDE_V4, 25), timeout=1):
-                return True
-    wait_until(up, 10, "outside MTA")
-    log(f"outside MTA {OUTSIDE_MX} on {net.OUTSIDE_V4}:25")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .aptcache import LOCAL_URL, PROXY_URL
-from .util import CACHE, log, out, run
+from .util import CACHE, cache_lock, log, out, run
 
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
@@ -67,6 +67,13 @@ def path() -> Path:
 def ensure() -> Path:
     dest = path()
     if (dest / ".mailstack-lab-complete").exists():
+        return dest
+    with cache_lock("rootfs"):
+        return _build(dest)
+
+
+def _build(dest: Path) -> Path:
+    if (dest / ".mailstack-lab-complete").exists():   # another lab built it meanwhile
         return dest
     t0 = time.monotonic()
     tmp = CACHE / f"rootfs-build-{recipe_key()}"

@@ -10,8 +10,8 @@ import time
 from mailstack import cloudinit, deploy, dns
 from mailstack import hosts as H
 
-from . import aptcache, config, forward, internet, machines, net, rootfs, steps
-from .util import STATE, log, pid_alive, run, wait_until
+from . import aptcache, config, forward, internet, machines, net, outside_mta, rootfs, steps
+from .util import NETNS, STATE, log, pid_alive, run, wait_until
 
 ROLES_FILE = STATE / "roles.json"
 TIMINGS_FILE = STATE / "timings.json"
@@ -76,9 +76,9 @@ def up(topology: str | None = None) -> dict:
     internet.make_ca()
     internet.start_knot(zone_texts(s, data))
     internet.start_pebble()
-    internet.start_outside_mta()
     internet.start_storage(config.storage_box_creation_keys(data))
     (STATE / "tls" / "pebble-roots.pem").write_text(internet.pebble_roots())
+    outside_mta.start(base, internet.TLSDIR, (STATE / "tls" / "pebble-roots.pem").read_text())
     ca = _host_cas()
     timings["internet host"] = time.monotonic() - t
 
@@ -201,7 +201,7 @@ def access_text() -> str:
             lines.append(f"  {role}: nsenter -t {machines.leader(role)} -a bash   (pid changes on reboot)")
         except (LookupError, OSError, ValueError):
             pass
-    lines.append("the lab internet (knot, pebble, outside MTA): ip netns exec mailstack-lab bash")
+    lines.append(f"the lab internet (knot, pebble, outside Postfix): ip netns exec {NETNS} bash")
     lines.append("take it down: make lab-down")
     return "\n".join(lines)
 
@@ -215,7 +215,8 @@ def down(quiet: bool = False) -> None:
              if machines.host_dir(r).exists() or (STATE / f"supervisor-{r}.pid").exists()]
     with ThreadPoolExecutor(max_workers=max(1, len(roles))) as pool:
         list(pool.map(machines.teardown, roles))
-    for name in ("loopback-forwarder", "apt-forwarder", "storage", "outside-mta", "pebble", "knot"):
+    outside_mta.stop()
+    for name in ("loopback-forwarder", "apt-forwarder", "storage", "pebble", "knot"):
         internet.stop(name)
     aptcache.stop_cache()
     net.down()

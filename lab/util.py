@@ -71,6 +71,22 @@ def pid_alive(pid: int) -> bool:
 
 
 @contextmanager
+def cache_lock(name: str):
+    """Held while building something under CACHE: two labs starting at once (several
+    checkouts on one machine) would otherwise build in the same directory and break
+    each other's build."""
+    import fcntl
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
 def timed(timings: dict[str, float], name: str):
     t = time.monotonic()
     try:

@@ -16,12 +16,18 @@ from .bundle import Bundle, File
 ETC = "/etc/dovecot"
 CONF = f"{ETC}/dovecot.conf"
 SQL_CONF = f"{ETC}/dovecot-sql.conf.ext"
-SIEVE_BEFORE = f"{ETC}/sieve/spam-to-junk.sieve"
 DICT_QUOTA_CONF = f"{ETC}/dovecot-dict-quota.conf.ext"
 LIBEXEC = "/usr/local/libexec/mailstack"
 QUOTA_WARNING = f"{LIBEXEC}/quota-warning"
 LDA = "/usr/lib/dovecot/dovecot-lda"
 VMAIL_USER = "vmail"
+# Global scripts run before the user's own, in this order (sieve_before, sieve_before2).
+SIEVE_BEFORE = ("dedupe.sieve", "spam-to-junk.sieve")
+SIEVE_DIR = f"{ETC}/sieve"
+# How long a Message-ID a user got is remembered: a redelivery comes within minutes
+# (smtpd's retry), or after an outage of imap (mx1 and mx2 queue for up to days, but
+# then the first copy was never stored).
+DUPLICATE_PERIOD = "1d"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,8 @@ def dovecot_conf(ctx, host: H.Host, layout: Layout = Layout()) -> str:
         # Dovecot runs only the first matching warning, so the highest comes first.
         warn_at=sorted(s.quota.warn_at, reverse=True),
         default_quota_mb=s.quota.default_mb,
+        sieve_before=[f"{layout.etc}/sieve/{name}" for name in SIEVE_BEFORE],
+        duplicate_period=DUPLICATE_PERIOD,
     )
 
 
@@ -100,8 +108,8 @@ def quota_warning_script(ctx, layout: Layout = Layout()) -> str:
                             sender=f"postmaster@{ctx.settings.primary_domain}")
 
 
-def sieve_before() -> str:
-    return templates.read("dovecot/spam-to-junk.sieve")
+def sieve_before(name: str) -> str:
+    return templates.read(f"dovecot/{name}")
 
 
 def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
@@ -111,13 +119,13 @@ def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
              secret=True),
         File(f"{layout.etc}/dovecot-dict-quota.conf.ext", dict_quota_conf(ctx, layout), 0o640, "root",
              "dovecot", secret=True),
-        File(f"{layout.etc}/sieve/spam-to-junk.sieve", sieve_before(), 0o644),
         File(f"{layout.libexec}/quota-warning", quota_warning_script(ctx, layout), 0o755),
+        *(File(f"{layout.etc}/sieve/{name}", sieve_before(name), 0o644) for name in SIEVE_BEFORE),
     )
 
 
 def bundle(ctx, host: H.Host) -> Bundle:
     script = templates.render("dovecot/install.sh.j2", conf=CONF, sql_conf=SQL_CONF,
                               dict_conf=DICT_QUOTA_CONF, quota_warning=QUOTA_WARNING,
-                              sieve=SIEVE_BEFORE, vmail=Layout().vmail, vmail_uid=H.VMAIL_UID)
+                              sieves=[f"{SIEVE_DIR}/{n}" for n in SIEVE_BEFORE], vmail=Layout().vmail, vmail_uid=H.VMAIL_UID)
     return Bundle(files(ctx, host), script)

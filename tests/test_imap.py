@@ -123,8 +123,9 @@ def dovecot():
             shutil.chown(p, f.owner, f.group)
             p.chmod(f.mode)
         conf = str(base / "etc" / "dovecot.conf")
-        sieve = base / "etc" / "sieve" / "spam-to-junk.sieve"
-        subprocess.run(["sievec", "-c", conf, sieve], check=True, capture_output=True, timeout=30)
+        for name in imap.SIEVE_BEFORE:
+            subprocess.run(["sievec", "-c", conf, base / "etc" / "sieve" / name], check=True,
+                           capture_output=True, timeout=30)
         # The master daemonizes; its children would hold captured pipes open.
         subprocess.run(with_vmail_user(base, ["dovecot", "-c", conf]), check=True, stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
@@ -406,3 +407,60 @@ def test_delivery_goes_on_without_the_quota_clones_database(dovecot):
     finally:
         dict_conf.write_text(good)
         reload()
+
+
+@needs_dovecot
+def test_redelivered_message_id_is_stored_once(dovecot):
+    """mx1 delivers again when an LMTP session ended after Dovecot stored the message but
+    before the 250 reached it (a shutdown or kill -9 at the wrong moment): the global
+    dedupe script drops the second copy; another Message-ID, or another user, is stored."""
+    alice = maildir(dovecot, "alice@example.org")
+    before = len(new_messages(alice))
+    mid = f"<redelivered-{os.urandom(4).hex()}@outside.example>"
+    first = message("delivered twice", Message_ID=mid)
+    # Both deliveries are accepted (a 4xx would make mx1 try for ever).
+    assert lmtp(dovecot, ["alice@example.org"], first) == {}
+    assert lmtp(dovecot, ["alice@example.org"], first) == {}
+    assert lmtp(dovecot, ["alice+tag@example.org"], first) == {}
+    assert lmtp(dovecot, ["alice@example.org"], message("another one",
+                Message_ID=f"<other-{os.urandom(4).hex()}@outside.example>")) == {}
+    # No Message-ID: nothing to compare, never dropped.
+    assert lmtp(dovecot, ["alice@example.org"], message("no id")) == {}
+    assert lmtp(dovecot, ["alice@example.org"], message("no id")) == {}
+    got = new_messages(alice)[before:]
+    subjects = sorted(line for m in got for line in m.splitlines() if line.startswith("Subject:"))
+    assert subjects == ["Subject: another one", "Subject: delivered twice",
+                        "Subject: no id", "Subject: no id"]
+    # The same message for another user is that user's first copy.
+    bob = maildir(dovecot, "bob@example.org")
+    n = len(new_messages(bob))
+    assert lmtp(dovecot, ["bob@example.org"], first) == {}
+    assert len(new_messages(bob)) == n + 1
+
+
+def lmtp_rcpt(dv, rcpt: str, timeout: float = 90) -> tuple[int, str]:
+    """RCPT's answer alone: what mx1's smtpd would get for this recipient."""
+    with smtplib.LMTP("127.0.0.1", dv["layout"].lmtp_port, timeout=timeout) as c:
+        c.ehlo_or_helo_if_needed()
+        c.mail("sender@outside.example")
+        code, text = c.rcpt(rcpt)
+        return code, text.decode(errors="replace")
+
+
+@needs_dovecot
+def test_lookup_failure_is_a_temporary_failure(dovecot):
+    """With PostgreSQL unreachable Dovecot can't know whether a user exists: LMTP must
+    answer 4xx, so the sender keeps the message, never 550 `User doesn't exist`."""
+    primary = dovecot["primary"]
+    assert lmtp_rcpt(dovecot, "carol@example.net")[0] == 250
+    primary.stop()
+    try:
+        t = time.monotonic()
+        answers = {r: lmtp_rcpt(dovecot, r) for r in ("carol@example.net", "nobody@example.org")}
+        took = time.monotonic() - t
+    finally:
+        primary.start()
+    for rcpt, (code, text) in answers.items():
+        assert 400 <= code < 500, f"{rcpt}: {code} {text} with the database down ({took:.0f}s)"
+    wait(lambda: lmtp_rcpt(dovecot, "carol@example.net")[0] == 250, "lookups after PostgreSQL is back", 60)
+    assert lmtp_rcpt(dovecot, "nobody@example.org")[0] == 550

@@ -337,7 +337,9 @@ def mx1_running():
                    [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
                     OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN, OUTSIDE_LIAR, OUTSIDE_LOW, OUTSIDE_MEH],
                    more_server_ips=(MX2_LISTEN,))
-        start_resolver_and_database(ns, ctx, root)
+        # Kept on the namespace for the test that stops PostgreSQL (the module's last).
+        ns.daemons = start_resolver_and_database(ns, ctx, root)
+        ns.root = root
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         ns.wait_port(mx1.private_ip, 25, smtpd, root / "smtpd.log")
         ns.wait_port(mx1.private_ip, mx.RELAY_PORT, smtpd, root / "smtpd.log")
@@ -678,3 +680,48 @@ def test_guard_keeps_strangers_fields_in_their_place(ctx, tmp_path):
     assert len(pieces) == 2 and all(len(p) < 64 * 1024 for p in pieces)
     assert "".join(p.rsplit("|", 1)[1] for p in pieces) == "x" * 65520
     assert out[-1] == "filter|0.7|1.0|smtp-in|data-line|s1|tok|a|b\x00c"
+
+
+def test_smtpd_stops_before_dovecot_on_one_host(ctx, single_ctx):
+    """systemd stops in the reverse order of After=: on one host smtpd must end its LMTP
+    sessions before Dovecot goes, or a message Dovecot stored is delivered again."""
+    import configparser
+
+    from mailstack import mx
+
+    def after(c, role):
+        unit = configparser.ConfigParser(strict=False)
+        unit.read_string(mx.bundle(c, c.hosts[role]).file(mx.UNIT_DROPIN).content)
+        return unit["Unit"]["After"].split()
+
+    assert "dovecot.service" in after(single_ctx, "mx1")
+    # Across hosts there is no order to give: mx1 has no Dovecot.
+    assert "dovecot.service" not in after(ctx, "mx1")
+
+
+def test_rcpt_is_451_while_the_database_is_down(mx1_running):
+    """Runs last in this module: it stops the fixture's PostgreSQL. Without the database
+    smtpd can't know a recipient, so RCPT must be a temporary failure (the sender keeps
+    the mail), never 550; smtpd stays up and answers 250 again once the database is back."""
+    ctx, ns = mx1_running
+    ip = ctx.hosts["mx1"].private_ip
+    probe = lambda rcpt: rcpt_reply(swaks(ns, "--server", ip, "--li", OUTSIDE_OK, "--from",  # noqa: E731
+                                          "x@good.test", "--to", rcpt, "--quit-after", "RCPT"))
+    assert probe("alice@example.org").strip().startswith("<-  250")
+    pg = ns.root / "pg"
+    subprocess.run(["runuser", "-u", "postgres", "--", PG_BIN / "pg_ctl", "-D", pg / "data", "-m",
+                    "fast", "-w", "stop"], check=True, capture_output=True, timeout=60)
+    try:
+        for rcpt in ("alice@example.org", "nobody@example.org"):
+            reply = probe(rcpt)
+            assert re.search(r"\b451\b", reply), f"{rcpt} with the database down: {reply}"
+    finally:
+        postgres = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", pg / "data",
+                            "-k", pg, "-c", "listen_addresses=127.0.0.1", "-c", "port=5432",
+                            log=ns.root / "postgres.log")
+        ns.wait_port("127.0.0.1", 5432, postgres, ns.root / "postgres.log")
+    wait_for = time.monotonic() + 60
+    while not probe("alice@example.org").strip().startswith("<-  250"):
+        assert time.monotonic() < wait_for, "smtpd did not answer 250 again after the database came back"
+        time.sleep(2)
+    assert re.match(r"^<\*\* +550", probe("nobody@example.org").strip())

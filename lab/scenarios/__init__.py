@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..util import log
 from .backup import s_backup_restore
 from .hardening import s_tls_profile, s_updates
+from .faults import s_faults
 from .resilience import s_hostile_input, s_supervision
 from .mailflow import (
     s_inbound,
@@ -33,7 +34,8 @@ SCENARIOS = [
     ("sieve", s_sieve), ("firewall", s_firewall), ("hostile-input", s_hostile_input),
     ("tls-profile", s_tls_profile), ("updates", s_updates),
     # status judges a lab whose daemons have not been killed yet (restart counts warn).
-    ("status", s_status), ("supervision", s_supervision), ("redeploy", s_redeploy),
+    ("status", s_status), ("supervision", s_supervision), ("faults", s_faults),
+    ("redeploy", s_redeploy),
     ("reboot", s_reboot), ("backup-restore", s_backup_restore),
 ]
 

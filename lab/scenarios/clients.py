@@ -15,7 +15,7 @@ import dns.resolver
 
 from mailstack import hosts as H
 
-from .. import config, internet, machines, net
+from .. import config, internet, machines, net, outside_mta
 from ..netns import inside
 from ..util import STATE, wait_until
 
@@ -97,6 +97,12 @@ def inbound(to: str, token: str, role: str = "mx1", body: str = "hello\n") -> No
             c.send_message(message(f"sender@{internet.OUTSIDE_DOMAIN}", to, token, body))
 
 
+def via_outside(to: str, token: str, body: str = "hello\n") -> None:
+    """Inbound as the internet sends it: the outside Postfix takes the message and
+    delivers it by MX look-up (mx1 at 10, mx2 at 20), queueing and retrying on its own."""
+    outside_mta.submit(message(f"sender@{internet.OUTSIDE_DOMAIN}", to, token, body), to)
+
+
 @contextmanager
 def imap_session(address: str):
     """A logged-in IMAPS session on imap; raises imaplib.IMAP4.error if the login fails."""
@@ -135,7 +141,7 @@ def wait_imap(address: str, token: str, mailbox: str = "INBOX", timeout: float =
 
 
 def outside_messages(token: str) -> list[bytes]:
-    return [p.read_bytes() for p in sorted(internet.OUTSIDE_SPOOL.glob("*.eml"))
+    return [p.read_bytes() for p in sorted(outside_mta.spool().glob("*.eml"))
             if token.encode() in p.read_bytes()]
 
 

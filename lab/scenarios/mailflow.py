@@ -7,7 +7,7 @@ import smtplib
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import config, internet, machines, net, steps
+from .. import config, internet, machines, net, outside_mta, steps
 from ..netns import inside
 from ..util import wait_until
 from .clients import (
@@ -33,24 +33,32 @@ from .clients import (
     outside_messages,
     spf_check,
     tls_context,
+    via_outside,
     wait_delivered,
     wait_imap,
 )
 
 
 def s_inbound() -> str:
-    """(1) outside MTA -> mx1:25 STARTTLS (Pebble cert verified) -> user and alias -> IMAPS."""
-    t1, t2, t3 = _token(), _token(), _token()
+    """(1) outside Postfix -> MX look-up -> mx1:25 STARTTLS -> user and alias -> IMAPS."""
+    t1, t2, t3, t4 = _token(), _token(), _token(), _token()
+    # One straight to mx1 from a client that checks mx1's certificate against Pebble's
+    # roots; the rest as the internet sends them, through the outside Postfix.
     inbound("alice@example.org", t1)
-    inbound(TEAM, t2)
-    inbound(FORWARD, t3)
-    wait_delivered("alice@example.org", t1)
-    wait_delivered(TEAM, t2)
-    wait_delivered(FORWARD, t3)
+    via_outside("alice@example.org", t4)
+    via_outside(TEAM, t2)
+    via_outside(FORWARD, t3)
+    for to, tok in (("alice@example.org", t1), ("alice@example.org", t4), (TEAM, t2), (FORWARD, t3)):
+        wait_delivered(to, tok)
     r = machines.sh(_imap_role(), f"grep -rl {t1} /var/vmail/example.org/alice/Maildir/ | head -1")
     _expect(r.stdout.strip() != "", f"{t1} not in /var/vmail/example.org/alice/Maildir")
+    sent = [line for line in outside_mta.log_text().splitlines()
+            if "status=sent" in line and f"relay={_s().fqdn('mx1')}" in line]
+    _expect(sent, "the outside Postfix logged no delivery to mx1 (MX 10)")
+    tls = "TLS connection established to " + _s().fqdn("mx1")
+    _expect(tls in outside_mta.log_text(), "the outside Postfix did not use STARTTLS to mx1")
     return ("user, alias (3 members) and forwarding alias (user + outside address) "
-            "delivered; Maildir path and IMAPS checked")
+            "delivered through the outside Postfix (MX 10, STARTTLS); Maildir path and IMAPS checked")
 
 
 def s_submission() -> str:
@@ -191,8 +199,11 @@ def s_backup_mx() -> str:
     sent = {"alice@example.org": _token(), SUBADDRESS: _token(), TEAM: _token(), FORWARD: _token()}
     machines.stop("mx1")
     try:
+        # The outside Postfix finds mx1 (MX 10) dark and hands the mail to mx2 (MX 20).
+        mark = len(outside_mta.log_text())
         for to, tok in sent.items():
-            inbound(to, tok, role="mx2")
+            via_outside(to, tok)
+        wait_until(outside_mta.queue_empty, 90, "the outside Postfix to hand the mail to mx2")
         with inside():
             with LabSMTP(s.fqdn("mx2"), _host_ip("mx2"), 25) as c:
                 c.starttls(context=tls_context())
@@ -205,13 +216,16 @@ def s_backup_mx() -> str:
         q = machines.sh("mx2", "smtpctl show queue").stdout
         for to in sent:
             _expect(to in q, f"mx2 queue does not hold the message to {to}")
+        relays = {line.split("relay=", 1)[1].split("[", 1)[0]
+                  for line in outside_mta.log_text()[mark:].splitlines() if "status=sent" in line}
+        _expect(relays == {s.fqdn("mx2")}, f"the outside Postfix delivered to {relays}, not mx2 alone")
     finally:
         machines.start("mx1")
         t_start = time.monotonic()
     machines.wait_booted("mx1")
     wait_until(lambda: _port_open(_host_ip("mx1"), 25), 120, "mx1:25 after restart")
     # No manual flush: mx2's mailstack-smtpd-flush timer runs `smtpctl schedule all`
-    # every 30 s, so the messages must arrive within about a minute by themselves.
+    # every 5 s, so the messages must arrive within about a minute by themselves.
     t0 = time.monotonic()
     for to, tok in sent.items():
         wait_delivered(to, tok, timeout=max(10.0, 90 - (time.monotonic() - t0)))
@@ -221,6 +235,7 @@ def s_backup_mx() -> str:
     for role in ("mx2", "mx1"):
         wait_until(lambda: machines.sh(role, "smtpctl show queue").stdout.strip() == "", 60,
                    f"{role}'s queue to empty")
+    _expect(outside_mta.queue_empty(), f"the outside Postfix still holds mail:\n{outside_mta.queue()}")
     for to, tok in sent.items():
         ours, outside = copies(to)
         for who in ours:
@@ -232,7 +247,8 @@ def s_backup_mx() -> str:
         _expect(not bounces, f"a bounce came back for the message to {to}")
         _expect(len(at_outside) == len(outside),
                 f"the outside MTA got {len(at_outside)} copies of {tok} (want {len(outside)})")
-    return (f"4 messages (user, sub-address, 3-member alias, forwarding alias) queued on mx2, "
+    return (f"4 messages (user, sub-address, 3-member alias, forwarding alias) sent by the outside "
+            f"Postfix to mx2 (MX 20) while mx1 was off, "
             f"unknown user 550; all delivered {total:.0f}s after mx1 was started ({dt:.0f}s after "
             f"it accepted mail again), each copy exactly once, no bounce, queues empty")
 
