@@ -68,6 +68,7 @@ def smtpd_conf(ctx: Context, host: H.Host) -> str:
         subaddress_delimiter=H.SUBADDRESS_DELIMITER,
         filter_guard=FILTER_GUARD,
         filter_dir=FILTER_DIR,
+        authserv_domain=s.host_domain,
         lmtp=lmtp_target(ctx, host) if role == "mx1" else "",
         primary_relay=(f"{ctx.host_for(H.MX).private_ip}:{RELAY_PORT}" if role == "mx2" else ""),
     )

@@ -508,7 +508,7 @@ def test_filters_run_behind_the_guard(ctx):
     assert b.file(mx.FILTER_GUARD).mode == 0o755
     conf = b.file(mx.SMTPD_CONF).content
     assert (f'filter "rspamd" proc-exec "{mx.FILTER_GUARD} --swap-login-fields '
-            f'{mx.FILTER_DIR}/filter-rspamd"') in conf
+            f'--strip-headers {ctx.settings.host_domain} {mx.FILTER_DIR}/filter-rspamd"') in conf
     assert f'filter "senderscore" proc-exec "{mx.FILTER_GUARD} {mx.FILTER_DIR}/filter-senderscore ' in conf
 
 
