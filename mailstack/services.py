@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from . import hosts as H
-from . import mx, resolver, spam, supervision, web
+from . import bans, mx, resolver, spam, supervision, web
 from .bundle import Bundle
 from .deploy import Context
 from .status import timer as status_timer
@@ -34,6 +34,9 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         b = b + _imap_bundle(ctx, host)
     if mx.runs_smtpd(host):
         b = b + mx.bundle(ctx, host)
+    if bans.runs_fail2ban(host):
+        # After the daemons whose logins it watches.
+        b = b + bans.bundle(ctx, host)
     if host.runs(H.WEB):
         b = b + web.bundle(ctx, host)
     return b + status_timer.bundle(ctx, host)
