@@ -38,6 +38,7 @@ pytestmark = pytest.mark.timeout(600)
 ATTACKER6 = "fd00:99::6"
 GOOD6 = "fd00:99::5"
 SERVER6 = "fd00:77::11"
+ADMIN = "203.0.113.9"  # inside the test stack's admin.sshCidrs
 FAILURES = 3          # the smallest loginFailures the settings allow
 
 
@@ -172,7 +173,7 @@ def banning():
     dovecot_conf = None
     try:
         conf = stage(ctx, host, root, rspamd=False)
-        ns = Netns(root, host.private_ip, [OUTSIDE_OK, OUTSIDE_NO_PTR])
+        ns = Netns(root, host.private_ip, [OUTSIDE_OK, OUTSIDE_NO_PTR, ADMIN])
         # IPv6 on the same link (nodad: usable at once).
         for cmd, client in (
                 (["ip", "-6", "addr", "add", f"{SERVER6}/128", "dev", "vs", "nodad"], False),
@@ -305,6 +306,19 @@ def test_failed_imap_and_sieve_logins_over_ipv6_get_the_address_blocked(banning)
     assert attempts(banning, [good(GOOD6, "imap"), good(GOOD6, "sieve"), good(OUTSIDE_OK, "imap")]) == ["OK", "OK", "OK"]
     r = banning["ns"].run("nft", "list", "table", "inet", bans.NFT_TABLE)
     assert ATTACKER6 in r.stdout, r.stdout
+
+
+def test_admin_networks_are_never_banned(banning):
+    out = attempts(banning, [bad(ADMIN, "smtp", 587) for _ in range(FAILURES + 1)])
+    assert set(out) == {"535"}, out
+    log = banning["root"] / "fail2ban.log"
+    for _ in range(100):     # until fail2ban has read those lines (it says it ignores them)
+        if f"Ignore {ADMIN}" in log.read_text(errors="replace"):
+            break
+        time.sleep(0.2)
+    assert f"Ignore {ADMIN}" in log.read_text(errors="replace"), _log(banning)
+    assert ADMIN not in banned(banning, "mailstack-smtpd")
+    assert attempts(banning, [good(ADMIN, "smtp", 587)]) == ["235"]
 
 
 def test_unban_lets_the_address_back(banning):
