@@ -11,11 +11,12 @@ from mailstack import database, mx, services, supervision
 from tests.conftest import make_context, settings_from
 
 EXPECTED = {
-    ("ha", "mx1"): {"opensmtpd", "rspamd", "redis-server", "unbound", "nginx", "postgresql@15-main"},
-    ("ha", "imap"): {"dovecot", "unbound", "nginx", "postgresql@15-main"},
+    ("ha", "mx1"): {"opensmtpd", "rspamd", "redis-server", "unbound", "nginx", "postgresql@15-main",
+                    "fail2ban"},
+    ("ha", "imap"): {"dovecot", "unbound", "nginx", "postgresql@15-main", "fail2ban"},
     ("ha", "mx2"): {"opensmtpd", "rspamd", "redis-server", "unbound", "nginx", "postgresql@15-main"},
     ("single", "mx1"): {"opensmtpd", "rspamd", "redis-server", "dovecot", "unbound", "nginx",
-                        "postgresql@15-main"},
+                        "postgresql@15-main", "fail2ban"},
 }
 
 

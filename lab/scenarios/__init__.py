@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 
 from ..util import log
+from .abuse import s_brute_force
 from .backup import s_backup_restore
 from .resilience import s_hostile_input, s_supervision
 from .mailflow import (
@@ -30,6 +31,7 @@ SCENARIOS = [
     ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
     ("sieve", s_sieve), ("firewall", s_firewall), ("hostile-input", s_hostile_input),
+    ("brute-force", s_brute_force),
     # status judges a lab whose daemons have not been killed yet (restart counts warn).
     ("status", s_status), ("supervision", s_supervision), ("redeploy", s_redeploy),
     ("reboot", s_reboot), ("backup-restore", s_backup_restore),

@@ -54,7 +54,8 @@ def s_inbound() -> str:
 
 
 def s_submission() -> str:
-    """(2) AUTH on 587 (STARTTLS) and 465, DKIM verifies in lab DNS, spoofing refused."""
+    """(2) AUTH on 587 (STARTTLS) and 465, DKIM verifies in lab DNS, spoofing (envelope
+    or header From) refused."""
     import dkim
     s = _s()
     pw = config.password("alice@example.org")
@@ -87,6 +88,22 @@ def s_submission() -> str:
         finally:
             c.close()
     _expect(spoof is not None, "spoofed envelope sender bob@ accepted for alice's login")
+    # spoofed header From with alice's own envelope sender (docs/hardening.md)
+    with inside():
+        c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
+        c.starttls(context=tls_context())
+        c.ehlo()
+        c.login("alice@example.org", pw)
+        try:
+            c.sendmail("alice@example.org", [f"friend@{internet.OUTSIDE_DOMAIN}"],
+                       message("bob@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", _token()).as_bytes())
+            from_spoof = None
+        except smtplib.SMTPDataError as e:
+            from_spoof = e
+        finally:
+            c.close()
+    _expect(from_spoof is not None and from_spoof.smtp_code == 550,
+            f"header From: bob@ accepted for alice's login ({from_spoof!r})")
     spf_results = set()
     for tok in toks:
         wait_until(lambda: outside_messages(tok), 60, f"outside MTA to receive {tok}")
@@ -99,7 +116,7 @@ def s_submission() -> str:
         _expect(b"DKIM-Signature" in raw, f"{tok}: no DKIM-Signature header")
         _expect(dkim.verify(raw, dnsfunc=lab_dns_txt), f"{tok}: DKIM signature does not verify")
     return (f"587+465 delivered and DKIM-verified; SPF {', '.join(sorted(spf_results))}; "
-            f"spoof refused ({getattr(spoof, 'smtp_code', '?')})")
+            f"spoof refused ({getattr(spoof, 'smtp_code', '?')}), header From spoof refused (550)")
 
 
 # Relay tricks an open relay falls for: each must be refused without AUTH.
