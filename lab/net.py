@@ -20,7 +20,7 @@ OUTSIDE_V6 = f"{PUB6_PREFIX}::25"
 STORAGE_V4 = f"{PUB4_PREFIX}.30"      # the backup target (SFTP), standing in for a Storage Box
 # A stranger guessing passwords (the brute-force scenario): outside lab/stack.yaml's
 # admin.sshCidrs, unlike every other lab client, so fail2ban may ban it.
-ATTACK_V4 = f"{PUB4_PREFIX}.66"
+ATTACK_V4 = f"{PUB4_PREFIX}.200"
 ATTACK_V6 = f"{PUB6_PREFIX}::1:66"
 HOST_NUM = {"mx1": 11, "imap": 12, "mx2": 13}
 
