@@ -78,7 +78,7 @@ def test_fail2ban_check_catches_a_broken_filter(tmp_path):
     d = _confdir(ctx, ctx.hosts["mx1"], tmp_path)
     f = d / "filter.d" / Path(bans.SMTPD_FILTER).name
     check = ["fail2ban-regex", "-c", d, "mailstack probe", f]
-    assert f"fail2ban-regex -c \"$f2b_check\" \"mailstack probe\"" in bans.bundle(ctx, ctx.hosts["mx1"]).script
+    assert "fail2ban-regex -c \"$f2b_check\" \"mailstack probe\"" in bans.bundle(ctx, ctx.hosts["mx1"]).script
     assert subprocess.run(check, capture_output=True, timeout=60).returncode == 0
     f.write_text(f.read_text().replace("failregex = ^", "failregex = ^(", 1))
     assert subprocess.run(check, capture_output=True, timeout=60).returncode != 0
