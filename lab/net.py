@@ -18,6 +18,10 @@ INTERNET_V6 = f"{PUB6_PREFIX}::1"
 OUTSIDE_V4 = f"{PUB4_PREFIX}.25"      # the outside MTA (mx.outside.example.com)
 OUTSIDE_V6 = f"{PUB6_PREFIX}::25"
 STORAGE_V4 = f"{PUB4_PREFIX}.30"      # the backup target (SFTP), standing in for a Storage Box
+# A stranger guessing passwords (the brute-force scenario): outside lab/stack.yaml's
+# admin.sshCidrs, unlike every other lab client, so fail2ban may ban it.
+ATTACK_V4 = f"{PUB4_PREFIX}.200"
+ATTACK_V6 = f"{PUB6_PREFIX}::1:66"
 HOST_NUM = {"mx1": 11, "imap": 12, "mx2": 13}
 
 
@@ -58,9 +62,12 @@ def up() -> None:
     for br in (PUB_BRIDGE, PRIV_BRIDGE):
         ip("link", "add", br, "address", BRIDGE_MAC[br], "type", "bridge")
         ip("link", "set", br, "up")
-    for a in (f"{INTERNET_V4}/24", f"{OUTSIDE_V4}/24", f"{STORAGE_V4}/24", f"{INTERNET_V6}/64",
-              f"{OUTSIDE_V6}/64"):
+    for a in (f"{INTERNET_V4}/24", f"{OUTSIDE_V4}/24", f"{STORAGE_V4}/24", f"{ATTACK_V4}/24",
+              f"{INTERNET_V6}/64", f"{OUTSIDE_V6}/64"):
         ip("addr", "add", a, "dev", PUB_BRIDGE)
+    # Deprecated at once, so the kernel never picks it as a source by itself; only the
+    # scenario binds it.
+    ip("addr", "add", f"{ATTACK_V6}/64", "dev", PUB_BRIDGE, "preferred_lft", "0")
     log(f"network namespace {NETNS}: {PUB_BRIDGE} {PUB4_PREFIX}.0/24 {PUB6_PREFIX}::/64, {PRIV_BRIDGE}")
 
 

@@ -13,6 +13,7 @@ from . import hosts as H
 from . import templates, tls
 from .bundle import Bundle, File
 
+UNIT = "dovecot.service"
 ETC = "/etc/dovecot"
 CONF = f"{ETC}/dovecot.conf"
 SQL_CONF = f"{ETC}/dovecot-sql.conf.ext"

@@ -78,6 +78,7 @@ def smtpd_conf(ctx: Context, host: H.Host) -> str:
         filter_dir=FILTER_DIR,
         filter_quota=FILTER_QUOTA,
         quota_conf=QUOTA_CONF,
+        authserv_domain=s.host_domain,
         lmtp=lmtp_target(ctx, host) if role == "mx1" else "",
         primary_relay=(f"{ctx.host_for(H.MX).private_ip}:{RELAY_PORT}" if role == "mx2" else ""),
     )

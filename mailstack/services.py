@@ -7,7 +7,7 @@ host (LMTP), nginx last.
 from __future__ import annotations
 
 from . import hosts as H
-from . import imap, mx, resolver, spam, supervision, web
+from . import bans, imap, mx, resolver, spam, supervision, web
 from .bundle import Bundle
 from .deploy import Context
 from .status import timer as status_timer
@@ -22,6 +22,9 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         b = b + imap.bundle(ctx, host)
     if mx.runs_smtpd(host):
         b = b + mx.bundle(ctx, host)
+    if bans.runs_fail2ban(host):
+        # After the daemons whose logins it watches.
+        b = b + bans.bundle(ctx, host)
     if host.runs(H.WEB):
         b = b + web.bundle(ctx, host)
     return b + status_timer.bundle(ctx, host)

@@ -191,6 +191,20 @@ class Quota(_Model):
     warn_at: tuple[int, ...] = (80, 95)
 
 
+class Limits(_Model):
+    """Abuse limits (docs/hardening.md). The defaults sit far above what a person does by
+    hand, so only a stolen password or a runaway script ever meets them."""
+    # Outbound, counted in recipients (one message to 50 people counts 50) over a sliding
+    # hour, per authenticated login and per envelope sender address. Over it: 451.
+    send_per_user_per_hour: int = Field(default=1000, ge=10, le=1000000)
+    send_per_address_per_hour: int = Field(default=1000, ge=10, le=1000000)
+    # Failed logins (SMTP AUTH on 465/587, IMAP on 993, ManageSieve on 4190) from one
+    # address within loginWindow seconds before it is blocked for banSeconds.
+    login_failures: int = Field(default=10, ge=3, le=1000)
+    login_window: int = Field(default=600, ge=60, le=86400)
+    ban_seconds: int = Field(default=3600, ge=60, le=2592000)
+
+
 class Dkim(_Model):
     selector: str = "mail"
 
@@ -276,6 +290,7 @@ class Settings(_Model):
     quota: Quota = Quota()
     resolver: Resolver = Resolver()
     spam: Spam = Spam()
+    limits: Limits = Limits()
     status: Status = Status()
     updates: Updates = Updates()
 

@@ -19,6 +19,30 @@ def runs_rspamd(host: H.Host) -> bool:
     return host.runs(H.MX) or host.runs(H.BACKUP_MX)
 
 
+# Symbols of our own rules (cloud-init/rspamd/): the ratelimit note and the From check.
+RATELIMIT_SYMBOL = "MAILSTACK_RATELIMITED"
+FROM_SYMBOL = "MAILSTACK_FROM_NOT_SENDER"
+# Loaded by Rspamd after its own rules (rules/rspamd.lua: $LOCAL_CONFDIR/local.d/rspamd.lua).
+LOCAL_LUA = f"{LOCAL_D}/rspamd.lua"
+
+
+def postmaster(ctx: Context) -> str:
+    return f"postmaster@{ctx.settings.primary_domain}"
+
+
+def submission_files(ctx: Context, host: H.Host) -> list[File]:
+    """Only where users submit mail: outbound limits, the postmaster's note when one is
+    reached, and the header From check."""
+    return [
+        File(f"{LOCAL_D}/ratelimit.conf", render(
+            "rspamd/ratelimit.conf.j2", limits=ctx.settings.limits, symbol=RATELIMIT_SYMBOL)),
+        File(f"{LOCAL_D}/metadata_exporter.conf", render(
+            "rspamd/metadata_exporter.conf.j2", symbol=RATELIMIT_SYMBOL, helo=host.fqdn,
+            mail_from=f"mailer-daemon@{host.fqdn}", mail_to=postmaster(ctx))),
+        File(LOCAL_LUA, render("rspamd/from-check.lua.j2", symbol=FROM_SYMBOL)),
+    ]
+
+
 def key_path(domain: str, selector: str) -> str:
     return f"{KEY_DIR}/{domain}.{selector}.key"
 
@@ -41,6 +65,7 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         File(PASSWORD_FILE, ctx.secrets.rspamd_controller_password, 0o600, secret=True),
     ]
     if host.runs(H.SUBMISSION):
+        files += submission_files(ctx, host)
         files.append(File(f"{LOCAL_D}/dkim_signing.conf", dkim_signing_conf(ctx)))
         sel = ctx.settings.dkim.selector
         for domain in ctx.settings.domains:

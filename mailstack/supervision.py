@@ -6,7 +6,7 @@ status check reads their restart counts. Decisions: docs/mail-flow.md.
 """
 from __future__ import annotations
 
-from . import database, mx, spam
+from . import bans, database, imap, mx, spam
 from . import hosts as H
 from .bundle import Bundle, File
 from .templates import render
@@ -29,7 +29,9 @@ def units(host: H.Host) -> list[str]:
     if mx.runs_smtpd(host):
         out.append(mx.UNIT)
     if host.runs(H.IMAP):
-        out.append("dovecot.service")
+        out.append(imap.UNIT)
+    if bans.runs_fail2ban(host):
+        out.append(bans.UNIT)
     return out
 
 

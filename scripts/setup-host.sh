@@ -41,7 +41,7 @@ SRC
   DEBIAN_FRONTEND=noninteractive apt-get "${apt_wait[@]}" install -y -q --no-install-recommends \
     opensmtpd/bookworm-backports \
     opensmtpd-extras opensmtpd-filter-rspamd opensmtpd-filter-senderscore \
-    rspamd redis-server \
+    rspamd redis-server fail2ban python3-systemd \
     dovecot-core dovecot-imapd dovecot-lmtpd dovecot-pgsql dovecot-sieve dovecot-managesieved \
     postgresql-15 postgresql-client-15 \
     nftables unbound nginx-light certbot cloud-init \

@@ -47,22 +47,29 @@ HOSTILE_DNS = f"""
 """
 
 
-def _start_rspamd(ns: Netns, ctx, root: Path):
+def _start_rspamd(ns: Netns, ctx, root: Path, dkim: bool = False):
     """Rspamd with mx1's rendered local.d, in the server namespace (its own /run and
-    /var/lib/rspamd), asking the namespace's unbound."""
+    /var/lib/rspamd), asking the namespace's unbound. dkim: with the stack's keys where
+    the rendered dkim_signing.conf looks for them."""
     confdir = root / "rspamd"
+    state = root / "rspamd-state"
+    state.mkdir()
     for f in spam.bundle(ctx, ctx.hosts["mx1"]).files:
         if f.path.startswith(spam.LOCAL_D + "/"):
             p = confdir / "local.d" / Path(f.path).name
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(f.content.replace("127.0.0.1:53", "127.0.0.53:53"))
-    # No DKIM keys in this harness (signing is proven in test_spam and the lab).
-    (confdir / "local.d" / "dkim_signing.conf").unlink(missing_ok=True)
+        elif dkim and f.path.startswith(spam.KEY_DIR + "/"):
+            p = state / Path(f.path).relative_to("/var/lib/rspamd")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(f.content)
+            shutil.chown(p, "root", "_rspamd")
+            p.chmod(0o640)
+    if not dkim:  # signing is proven in tests/test_abuse.py and the lab
+        (confdir / "local.d" / "dkim_signing.conf").unlink(missing_ok=True)
     (confdir / "local.d" / "logging.inc").write_text(
         f'type = "file";\nfilename = "{root}/rspamd.log";\nlevel = "warning";\n')
     shutil.chown(root / "rspamd", "_rspamd", "_rspamd")
-    state = root / "rspamd-state"
-    state.mkdir()
     shutil.chown(state, "_rspamd", "_rspamd")
     log = root / "rspamd.out"
     (root / "rspamd.log").touch()

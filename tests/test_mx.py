@@ -638,7 +638,7 @@ def test_filters_run_behind_the_guard(ctx):
     assert b.file(mx.FILTER_GUARD).mode == 0o755
     conf = b.file(mx.SMTPD_CONF).content
     assert (f'filter "rspamd" proc-exec "{mx.FILTER_GUARD} --swap-login-fields '
-            f'{mx.FILTER_DIR}/filter-rspamd"') in conf
+            f'--strip-headers {ctx.settings.host_domain} {mx.FILTER_DIR}/filter-rspamd"') in conf
     assert f'filter "senderscore" proc-exec "{mx.FILTER_GUARD} {mx.FILTER_DIR}/filter-senderscore ' in conf
 
 
@@ -680,6 +680,23 @@ def test_guard_keeps_strangers_fields_in_their_place(ctx, tmp_path):
     assert len(pieces) == 2 and all(len(p) < 64 * 1024 for p in pieces)
     assert "".join(p.rsplit("|", 1)[1] for p in pieces) == "x" * 65520
     assert out[-1] == "filter|0.7|1.0|smtp-in|data-line|s1|tok|a|b\x00c"
+
+
+def test_guard_strips_forged_verdict_headers(ctx, tmp_path):
+    """--strip-headers: X-Spam* and Authentication-Results claiming our domain go from the
+    header section (any case, folded or not), with their continuation lines; others stay,
+    and the body is never touched. Each message of a session starts a header section."""
+    p = "filter|0.7|1.0|smtp-in|data-line|s1|tok|"
+    msg = ["Received: from x", "X-Spam-Status: No,", "  score=-100", "Authentication-Results:",
+           "\tmx1.example.org; dkim=pass", "Authentication-Results: relay.other.test; spf=pass",
+           "aUTHENTICATION-results: (v1) Example.org. ; dkim=pass",
+           "Authentication-Results: evilexample.org; spf=pass", "x-spam: no", "Subject: hi", "",
+           "X-Spam: a body line", "."]
+    kept = ["Received: from x", "Authentication-Results: relay.other.test; spf=pass",
+            "Authentication-Results: evilexample.org; spf=pass", "Subject: hi", "", "X-Spam: a body line", "."]
+    out = _guard(ctx, tmp_path, [p + x for x in msg + msg], "--swap-login-fields", "--strip-headers", "example.org")
+    assert out == [p + x for x in kept + kept]
+    assert _guard(ctx, tmp_path, [p + x for x in msg]) == [p + x for x in msg]   # without the option
 
 
 def test_smtpd_stops_before_dovecot_on_one_host(ctx, single_ctx):

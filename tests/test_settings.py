@@ -10,7 +10,7 @@ import yaml
 
 from mailstack import hosts as H
 from mailstack.settings import SettingsError, load_settings
-from tests.conftest import EXAMPLE_STACK, TEST_HASH, stack_config
+from tests.conftest import EXAMPLE_STACK, TEST_HASH, settings_from, stack_config
 
 SHA512 = "$6$saltsalt$" + "a" * 86
 
@@ -466,3 +466,15 @@ def test_quota_warnings_are_distinct_percentages(warn):
 def test_negative_quota_is_refused():
     one_problem(lambda r: r["mailstack:users"][0].update(quotaMb=-1),
                 "mailstack:users[0].quotaMb", "-1")
+
+
+def test_limits_are_checked_and_named():
+    s = settings_from()
+    assert (s.limits.send_per_user_per_hour, s.limits.send_per_address_per_hour) == (1000, 1000)
+    assert (s.limits.login_failures, s.limits.login_window, s.limits.ban_seconds) == (10, 600, 3600)
+    with pytest.raises(SettingsError) as e:
+        settings_from(limits={"loginFailures": 1, "sendPerUserPerHour": 0, "banSeconds": 10})
+    msg = str(e.value)
+    assert "mailstack:limits.loginFailures: 1 is invalid" in msg and "greater than or equal to 3" in msg
+    assert "mailstack:limits.sendPerUserPerHour: 0 is invalid" in msg
+    assert "mailstack:limits.banSeconds: 10 is invalid" in msg

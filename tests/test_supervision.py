@@ -11,11 +11,12 @@ from mailstack import database, mx, services, supervision
 from tests.conftest import make_context, settings_from
 
 EXPECTED = {
-    ("ha", "mx1"): {"opensmtpd", "rspamd", "redis-server", "unbound", "nginx", "postgresql@15-main"},
-    ("ha", "imap"): {"dovecot", "unbound", "nginx", "postgresql@15-main"},
+    ("ha", "mx1"): {"opensmtpd", "rspamd", "redis-server", "unbound", "nginx", "postgresql@15-main",
+                    "fail2ban"},
+    ("ha", "imap"): {"dovecot", "unbound", "nginx", "postgresql@15-main", "fail2ban"},
     ("ha", "mx2"): {"opensmtpd", "rspamd", "redis-server", "unbound", "nginx", "postgresql@15-main"},
     ("single", "mx1"): {"opensmtpd", "rspamd", "redis-server", "dovecot", "unbound", "nginx",
-                        "postgresql@15-main"},
+                        "postgresql@15-main", "fail2ban"},
 }
 
 
@@ -32,6 +33,8 @@ def test_every_daemon_of_a_host_is_supervised(topology, role):
         # Restart=always: on-failure ignores a clean exit, which is how smtpd left.
         assert unit["Service"]["Restart"] == "always"
         assert int(unit["Service"]["RestartSec"]) <= 5
+        # ...and no packaged RestartPreventExitStatus (fail2ban: "0 255") may keep it down.
+        assert unit["Service"]["RestartPreventExitStatus"] == ""
         # Bounded, so a daemon that can't start ends up failed rather than looping.
         assert int(unit["Unit"]["StartLimitBurst"]) >= 5
         assert int(unit["Unit"]["StartLimitIntervalSec"]) > 0

@@ -10,6 +10,7 @@ import traceback
 from dataclasses import dataclass
 
 from ..util import log
+from .abuse import s_brute_force
 from .backup import s_backup_restore
 from .hardening import s_tls_profile, s_updates
 from .faults import s_faults
@@ -33,6 +34,7 @@ SCENARIOS = [
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
     ("sieve", s_sieve), ("firewall", s_firewall), ("hostile-input", s_hostile_input),
     ("tls-profile", s_tls_profile), ("updates", s_updates),
+    ("brute-force", s_brute_force),
     # status judges a lab whose daemons have not been killed yet (restart counts warn).
     ("status", s_status), ("supervision", s_supervision), ("faults", s_faults),
     ("redeploy", s_redeploy),

@@ -62,7 +62,8 @@ def s_inbound() -> str:
 
 
 def s_submission() -> str:
-    """(2) AUTH on 587 (STARTTLS) and 465, DKIM verifies in lab DNS, spoofing refused."""
+    """(2) AUTH on 587 (STARTTLS) and 465, DKIM verifies in lab DNS, spoofing (envelope
+    or header From) refused."""
     import dkim
     s = _s()
     pw = config.password("alice@example.org")
@@ -95,6 +96,22 @@ def s_submission() -> str:
         finally:
             c.close()
     _expect(spoof is not None, "spoofed envelope sender bob@ accepted for alice's login")
+    # spoofed header From with alice's own envelope sender (docs/hardening.md)
+    with inside():
+        c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
+        c.starttls(context=tls_context())
+        c.ehlo()
+        c.login("alice@example.org", pw)
+        try:
+            c.sendmail("alice@example.org", [f"friend@{internet.OUTSIDE_DOMAIN}"],
+                       message("bob@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", _token()).as_bytes())
+            from_spoof = None
+        except smtplib.SMTPDataError as e:
+            from_spoof = e
+        finally:
+            c.close()
+    _expect(from_spoof is not None and from_spoof.smtp_code == 550,
+            f"header From: bob@ accepted for alice's login ({from_spoof!r})")
     spf_results = set()
     for tok in toks:
         wait_until(lambda: outside_messages(tok), 60, f"outside MTA to receive {tok}")
@@ -107,7 +124,7 @@ def s_submission() -> str:
         _expect(b"DKIM-Signature" in raw, f"{tok}: no DKIM-Signature header")
         _expect(dkim.verify(raw, dnsfunc=lab_dns_txt), f"{tok}: DKIM signature does not verify")
     return (f"587+465 delivered and DKIM-verified; SPF {', '.join(sorted(spf_results))}; "
-            f"spoof refused ({getattr(spoof, 'smtp_code', '?')})")
+            f"spoof refused ({getattr(spoof, 'smtp_code', '?')}), header From spoof refused (550)")
 
 
 # Relay tricks an open relay falls for: each must be refused without AUTH.
@@ -276,7 +293,7 @@ def s_replication() -> str:
 def s_firewall() -> str:
     """(7) only intended ports answer from outside; LMTP/PG only between the right hosts."""
     roles = machines_roles()
-    # 22 answers the outside host because it is in the lab's admin.sshCidrs (lab/stack.yaml):
+    # 22 answers the lab's clients because they are in its admin.sshCidrs (lab/stack.yaml):
     # the host-<role> step narrows SSH in nftables, as the Hetzner firewall does in front.
     if roles == ["mx1"]:  # single: everything on one host
         want_open = {"mx1": [22, 25, 80, 443, 465, 587, 993, 4190]}
@@ -297,9 +314,10 @@ def s_firewall() -> str:
             raise AssertionError(f"{role}:{p} does not answer from outside "
                                  f"(listening on the host: {listening.strip() or 'nothing'})")
         _expect(want or not answered, f"{role}:{p} answers from outside")
-    # Any other address is refused SSH (the lab's internet host is not an admin network).
+    # An address outside the admin networks (the stranger of the brute-force scenario) is
+    # refused SSH.
     for role in roles:
-        _expect(not _port_open(_host_ip(role), 22, source=net.INTERNET_V4),
+        _expect(not _port_open(_host_ip(role), 22, source=net.ATTACK_V4),
                 f"{role}:22 answers an address outside admin.sshCidrs")
     if "imap" in roles:
         ip_imap, ip_mx1 = "10.77.1.12", "10.77.1.11"

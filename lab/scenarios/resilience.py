@@ -9,7 +9,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from mailstack import database, firewall, mx, supervision
+from mailstack import bans, database, firewall, mx, supervision
 from mailstack import hosts as H
 
 from .. import config, hostile_cases, internet, machines, net
@@ -119,6 +119,7 @@ CLEAN_EXIT = {
     "redis-server.service": "redis-cli shutdown",
     "unbound.service": "kill -TERM $MAINPID",
     "nginx.service": "nginx -s quit",
+    bans.UNIT: "fail2ban-client stop",
 }
 # smtpd's helper processes (as `pgrep -f` sees them; table-postgres renames itself):
 # when one dies, smtpd exits, and must come back with them.
