@@ -19,7 +19,7 @@ import pulumi
 import pulumi_hcloud as hcloud
 from pulumi_command import remote
 
-from mailstack import deploy, ssh
+from mailstack import context, deploy, ssh
 from mailstack import hosts as H
 from mailstack.settings import Settings
 
@@ -42,7 +42,7 @@ class DeploySteps(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, hosts: dict[str, H.Host], *,
                  servers: dict[str, hcloud.Server],
                  addresses: pulumi.Output[dict[str, H.Address]],
-                 secrets: pulumi.Output[deploy.Secrets],
+                 secrets: pulumi.Output[context.Secrets],
                  storage_box: pulumi.Output[dict[str, str] | None],
                  private_key: pulumi.Output[str],
                  host_extras: dict[str, list[pulumi.Resource]],
@@ -77,7 +77,7 @@ class DeploySteps(pulumi.ComponentResource):
             self.host_keys[role] = learn.stdout.apply(ssh.host_key_line)
         for step in plan:
             bundle = pulumi.Output.all(addresses, secrets, storage_box).apply(
-                lambda v, step=step: step.render(deploy.Context(settings, hosts, v[0], v[1], v[2])))
+                lambda v, step=step: step.render(context.Context(settings, hosts, v[0], v[1], v[2])))
             connection = remote.ConnectionArgs(
                 host=addresses.apply(lambda a, r=step.host: a[r].ipv4),
                 user="root",

@@ -10,7 +10,7 @@ import pulumi_random as random
 import pulumi_tls as tls
 
 from mailstack import backup
-from mailstack.deploy import Secrets
+from mailstack.context import Secrets
 from mailstack.settings import Settings
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from mailstack import hosts as H
-from mailstack.deploy import Context, Secrets
+from mailstack.context import Context, Secrets
 from mailstack.settings import load_settings
 
 from . import net

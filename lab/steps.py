@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from mailstack import deploy
+from mailstack import context, deploy
 
 from . import machines
 from .util import log
@@ -24,7 +24,7 @@ def _stream(pipe, prefix: str, sink: list[str]) -> None:
         print(f"  {prefix} {line.rstrip()}", file=sys.stderr, flush=True)
 
 
-def run_step(ctx: deploy.Context, step: deploy.Step, timeout: float = 900) -> float:
+def run_step(ctx: context.Context, step: deploy.Step, timeout: float = 900) -> float:
     program = step.render(ctx).shell(step.name)
     t0 = time.monotonic()
     cmd = ["nsenter", "-t", str(machines.leader(step.host)), "-a",
@@ -53,7 +53,7 @@ def run_step(ctx: deploy.Context, step: deploy.Step, timeout: float = 900) -> fl
     return dt
 
 
-def run_plan(ctx: deploy.Context, only: set[str] | None = None) -> dict[str, float]:
+def run_plan(ctx: context.Context, only: set[str] | None = None) -> dict[str, float]:
     times = {}
     for step in deploy.plan(ctx.settings):
         if only is not None and step.name not in only:

@@ -22,7 +22,7 @@ from . import database
 from . import hosts as H
 from . import templates
 from .bundle import Bundle, File
-from .deploy import Context
+from .context import Context
 from .settings import Settings, s3_target, sftp_target
 
 # The one place the status check (and people) read the outcome of the last run.

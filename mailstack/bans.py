@@ -15,7 +15,7 @@ from . import firewall
 from . import hosts as H
 from . import mx
 from .bundle import Bundle, File
-from .deploy import Context
+from .context import Context
 from .templates import render
 
 UNIT = "fail2ban.service"

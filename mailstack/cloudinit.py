@@ -7,10 +7,11 @@ steps bring those later, over SSH.
 """
 from __future__ import annotations
 
+from . import firewall
 from . import hosts as H
 from . import templates
 from .bundle import Bundle
-from .deploy import Context
+from .context import Context
 from .settings import Settings
 
 USER_DATA_LIMIT = 32 * 1024  # Hetzner rejects larger user_data
@@ -52,7 +53,6 @@ def bootstrap_names(settings: Settings, host: H.Host) -> list[str]:
 
 
 def user_data(settings: Settings, host: H.Host) -> str:
-    from . import firewall  # late: written alongside, and only user-data needs it
 
     volume = host.runs(H.IMAP)
     text = templates.render(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from . import firewall, ssh, updates
 from . import hosts as H
 from .bundle import Bundle
-from .deploy import Context
+from .context import Context
 
 
 def bundle(ctx: Context, host: H.Host) -> Bundle:

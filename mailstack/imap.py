@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import mx
 from . import database as D
 from . import hosts as H
 from . import templates, tls
@@ -79,7 +80,6 @@ def submission_host(ctx, host: H.Host) -> str:
     """Where Sieve redirects and vacation replies go: mx1's private relay port, which
     accepts mail from imap for any destination (there is no sendmail on imap). Empty
     when one host runs everything: Dovecot then uses the local sendmail of OpenSMTPD."""
-    from . import mx
 
     mx_host = ctx.host_for(H.MX)
     if mx_host.role == host.role:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import database, tls
 from . import hosts as H
 from .bundle import Bundle, File
-from .deploy import Context
+from .context import Context
 from .templates import read, render
 
 SMTPD_CONF = "/etc/smtpd.conf"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import hosts as H
 from .bundle import Bundle, File
-from .deploy import Context
+from .context import Context
 from .templates import read, render
 
 CONF = "/etc/unbound/unbound.conf.d/mailstack.conf"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import hosts as H
 from . import bans, imap, mx, resolver, spam, supervision, web
 from .bundle import Bundle
-from .deploy import Context
+from .context import Context
 from .status import timer as status_timer
 
 

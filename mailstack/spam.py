@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import hosts as H
 from .bundle import Bundle, File
-from .deploy import Context
+from .context import Context
 from .templates import read, render
 
 LOCAL_D = "/etc/rspamd/local.d"

@@ -12,7 +12,7 @@ import shlex
 from . import hosts as H
 from . import templates
 from .bundle import Bundle, File
-from .deploy import Context
+from .context import Context
 from .settings import Settings
 
 CERT_NAME = "mailstack"

@@ -1,10 +1,11 @@
 """nginx on the WEB host: MTA-STS policies and mail client autoconfiguration."""
 from __future__ import annotations
 
+from . import dns
 from . import hosts as H
 from . import tls
 from .bundle import Bundle, File
-from .deploy import Context
+from .context import Context
 from .templates import render
 
 SITE = "/etc/nginx/sites-enabled/mailstack-web"
@@ -40,7 +41,6 @@ def autodiscover_xml(ctx: Context) -> str:
 def bundle(ctx: Context, host: H.Host) -> Bundle:
     if not host.runs(H.WEB):
         return Bundle()
-    from . import dns
 
     files = (
         File(SITE, site_conf(ctx)),

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mailstack import hosts as H  # noqa: E402
-from mailstack.deploy import Context, Secrets  # noqa: E402
+from mailstack.context import Context, Secrets  # noqa: E402
 from mailstack.settings import load_settings  # noqa: E402
 
 EXAMPLE_STACK = ROOT / "config" / "Pulumi.dev.yaml"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailstack import database as D
-from mailstack.deploy import Context
+from mailstack.context import Context
 
 from .conftest import TEST_HASH, make_context, settings_from
 

@@ -36,3 +36,73 @@ def test_no_import_statement_in_mailstack_names_pulumi():
                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             found += [f"{path.relative_to(ROOT)}:{node.lineno} {m}" for m in mods if m.startswith("pulumi")]
     assert found == []
+
+
+def _imports(path: Path, package: str) -> tuple[set[str], list[str]]:
+    """The mailstack modules a file imports (anywhere in it), and those imported inside
+    a function (where an import hides a cycle)."""
+    import ast
+    tree = ast.parse(path.read_text())
+    parent = {c: n for n in ast.walk(tree) for c in ast.iter_child_nodes(n)}
+
+    def targets(node) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names if a.name.startswith("mailstack")]
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            if not base.startswith("mailstack"):
+                return []
+            # `from . import x` names submodules; `from .x import y` names module x.
+            return [f"{base}.{a.name}" if node.module is None else base for a in node.names]
+        return []
+
+    found: set[str] = set()
+    nested: list[str] = []
+    for node in ast.walk(tree):
+        names = targets(node)
+        found |= set(names)
+        n = node
+        while names and n in parent:
+            n = parent[n]
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                nested.append(f"{path.relative_to(ROOT)}:{node.lineno} {', '.join(names)}")
+                break
+    return found, nested
+
+
+def test_mailstack_has_no_import_cycle_and_no_imports_hidden_in_functions():
+    modules = {}
+    for path in sorted((ROOT / "mailstack").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = name if rel.name == "__init__" else name.rsplit(".", 1)[0]
+        modules[name] = (path, package)
+    graph, nested = {}, []
+    for name, (path, package) in modules.items():
+        deps, hidden = _imports(path, package)
+        graph[name] = {d for d in deps if d in modules and d != name}
+        nested += hidden
+    assert nested == []
+    # Depth-first search for a cycle among the modules.
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(n: str, path: list[str]) -> bool:
+        state[n] = 1
+        for d in sorted(graph[n]):
+            if state.get(d) == 1:
+                cycle.extend(path[path.index(d):] + [n, d] if d in path else [n, d])
+                return True
+            if d not in state and visit(d, path + [n]):
+                return True
+        state[n] = 2
+        return False
+
+    for n in sorted(graph):
+        if n not in state and visit(n, []):
+            break
+    assert cycle == []

@@ -14,7 +14,7 @@ from pathlib import Path
 from .. import dns
 from .. import hosts as H
 from ..bundle import Bundle, File
-from ..deploy import Context
+from ..context import Context
 from ..templates import read, render
 from . import expect, inside
 
