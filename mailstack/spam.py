@@ -10,6 +10,8 @@ from .templates import read, render
 LOCAL_D = "/etc/rspamd/local.d"
 KEY_DIR = "/var/lib/rspamd/dkim"
 CONTROLLER_INC = f"{LOCAL_D}/worker-controller.inc"
+# override.d: replaces the packaged secure_ip list instead of adding to it.
+CONTROLLER_OVERRIDE = "/etc/rspamd/override.d/worker-controller.inc"
 # Staged only, never installed: the script hashes it (see cloud-init/rspamd/deploy.sh.j2).
 PASSWORD_FILE = "/run/mailstack-secrets/rspamd-controller-password"
 PASSWORD_SUM = "/var/lib/mailstack/rspamd-controller-password.sha256"
@@ -57,6 +59,7 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     if not runs_rspamd(host):
         return Bundle()
     files = [
+        File(CONTROLLER_OVERRIDE, read("rspamd/worker-controller.override.inc")),
         File(f"{LOCAL_D}/redis.conf", read("rspamd/redis.conf")),
         File(f"{LOCAL_D}/actions.conf", read("rspamd/actions.conf")),
         File(f"{LOCAL_D}/greylist.conf", read("rspamd/greylist.conf")),

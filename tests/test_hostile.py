@@ -47,6 +47,9 @@ HOSTILE_DNS = f"""
 """
 
 
+CONTROLLER_PASSWORD = "test-controller-password"
+
+
 def _start_rspamd(ns: Netns, ctx, root: Path, dkim: bool = False):
     """Rspamd with mx1's rendered local.d, in the server namespace (its own /run and
     /var/lib/rspamd), asking the namespace's unbound. dkim: with the stack's keys where
@@ -55,8 +58,8 @@ def _start_rspamd(ns: Netns, ctx, root: Path, dkim: bool = False):
     state = root / "rspamd-state"
     state.mkdir()
     for f in spam.bundle(ctx, ctx.hosts["mx1"]).files:
-        if f.path.startswith(spam.LOCAL_D + "/"):
-            p = confdir / "local.d" / Path(f.path).name
+        if f.path.startswith(("/etc/rspamd/local.d/", "/etc/rspamd/override.d/")):
+            p = confdir / Path(f.path).relative_to("/etc/rspamd")
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(f.content.replace("127.0.0.1:53", "127.0.0.53:53"))
         elif dkim and f.path.startswith(spam.KEY_DIR + "/"):
@@ -65,6 +68,12 @@ def _start_rspamd(ns: Netns, ctx, root: Path, dkim: bool = False):
             p.write_text(f.content)
             shutil.chown(p, "root", "_rspamd")
             p.chmod(0o640)
+    # What the services step writes from the stack's controller password (its hashing is
+    # tested in tests/test_spam.py).
+    pw_hash = subprocess.run(["rspamadm", "pw", "-e", "-p", CONTROLLER_PASSWORD], capture_output=True,
+                             text=True, check=True, timeout=60).stdout.strip().splitlines()[-1]
+    (confdir / "local.d" / "worker-controller.inc").write_text(
+        f'password = "{pw_hash}";\nenable_password = "{pw_hash}";\n')
     if not dkim:  # signing is proven in tests/test_abuse.py and the lab
         (confdir / "local.d" / "dkim_signing.conf").unlink(missing_ok=True)
     (confdir / "local.d" / "logging.inc").write_text(
@@ -138,6 +147,21 @@ def test_smtpd_survives_hostile_input(mx1_full, batch):
         user="alice@example.org", password=TEST_PASSWORD))
     assert out["ran"] == len(sessions)
     _assert_smtpd_alive(mx1_full, f"batch {batch} ({len(sessions)} sessions)")
+
+
+def test_rspamd_controller_wants_its_password_from_localhost_too(mx1_full):
+    """Rspamd's default lets any local process use the controller without a password
+    (secure_ip 127.0.0.1, ::1); ours refuses /stat without it and answers with it."""
+    ns = mx1_full["ns"]
+
+    def stat(*headers: str) -> str:
+        r = ns.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
+                   *[a for h in headers for a in ("-H", h)], "http://127.0.0.1:11334/stat")
+        return r.stdout.strip()
+
+    assert stat() in ("401", "403")
+    assert stat("Password: wrong") in ("401", "403")
+    assert stat(f"Password: {CONTROLLER_PASSWORD}") == "200"
 
 
 # ---------------------------------------------------------------- Dovecot: IMAPS, ManageSieve

@@ -12,8 +12,8 @@ from mailstack import spam
 
 def stage_local(bundle, root: Path) -> Path:
     for f in bundle.files:
-        if f.path.startswith(spam.LOCAL_D + "/"):
-            p = root / "etc/rspamd/local.d" / Path(f.path).name
+        if f.path.startswith(("/etc/rspamd/local.d/", "/etc/rspamd/override.d/")):
+            p = root / Path(f.path).relative_to("/")
             p.parent.mkdir(parents=True, exist_ok=True)
             p.write_text(f.content)
     return root / "etc/rspamd"
