@@ -82,3 +82,54 @@ def test_digest_follows_content_and_modes(tmp_path):
     b = Bundle((File("/x", "1", 0o600),), "")
     assert b.digest() != Bundle((File("/x", "1", 0o644),), "").digest()
     assert a.secret and not b.secret
+
+
+def _service_dir(tmp_path, name="svc"):
+    """A directory a service account (nobody) owns, as postgres owns /etc/postgresql/15/main."""
+    import pwd
+    d = tmp_path / name
+    d.mkdir()
+    pw = pwd.getpwnam("nobody")
+    os.chown(d, pw.pw_uid, pw.pw_gid)
+    return d
+
+
+def test_a_link_planted_in_a_service_directory_is_replaced_never_written_through(tmp_path):
+    svc = _service_dir(tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("root's own file\n")
+    (svc / "app.conf").symlink_to(victim)
+    b = Bundle((File(f"{svc}/app.conf", "victim\n", 0o640),), f"install_file {svc}/app.conf")
+    r = run(b)
+    assert r.returncode == 0, r.stderr
+    assert victim.read_text() == "root's own file\n"
+    assert not (svc / "app.conf").is_symlink() and (svc / "app.conf").read_text() == "victim\n"
+    # Same content behind the link is still not "unchanged": the link goes.
+    (svc / "app.conf").unlink()
+    victim.write_text("victim\n")
+    victim.chmod(0o640)
+    (svc / "app.conf").symlink_to(victim)
+    assert run(b).returncode == 0 and not (svc / "app.conf").is_symlink()
+
+
+def test_a_linked_directory_planted_by_a_service_account_is_refused(tmp_path):
+    """postgres could swap /etc/postgresql/15/main/conf.d for a link to /etc: the step
+    must not write through it (as `mkdir -p`, `mktemp` and `cat >` would)."""
+    svc = _service_dir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (svc / "conf.d").symlink_to(elsewhere)
+    r = run(Bundle((File(f"{svc}/conf.d/app.conf", "x\n"),), f"install_file {svc}/conf.d/app.conf"))
+    assert r.returncode != 0 and "symbolic link" in r.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_links_root_placed_are_followed(tmp_path):
+    """Links in directories only root writes (Debian's merged /usr, /etc/alternatives)
+    are the system's own and keep working."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    r = run(Bundle((File(f"{tmp_path}/link/app.conf", "ok\n"),), f"install_file {tmp_path}/link/app.conf"))
+    assert r.returncode == 0, r.stderr
+    assert (real / "app.conf").read_text() == "ok\n"
