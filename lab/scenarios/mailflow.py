@@ -112,6 +112,7 @@ def s_submission() -> str:
             c.close()
     _expect(from_spoof is not None and from_spoof.smtp_code == 550,
             f"header From: bob@ accepted for alice's login ({from_spoof!r})")
+    limited = _over_the_sending_limit(s)
     spf_results = set()
     for tok in toks:
         wait_until(lambda: outside_messages(tok), 60, f"outside MTA to receive {tok}")
@@ -124,7 +125,35 @@ def s_submission() -> str:
         _expect(b"DKIM-Signature" in raw, f"{tok}: no DKIM-Signature header")
         _expect(dkim.verify(raw, dnsfunc=lab_dns_txt), f"{tok}: DKIM signature does not verify")
     return (f"587+465 delivered and DKIM-verified; SPF {', '.join(sorted(spf_results))}; "
-            f"spoof refused ({getattr(spoof, 'smtp_code', '?')}), header From spoof refused (550)")
+            f"spoof refused ({getattr(spoof, 'smtp_code', '?')}), header From spoof refused (550); "
+            f"{limited}")
+
+
+def _over_the_sending_limit(s) -> str:
+    """A login that sends to more recipients in an hour than `limits.sendPerUserPerHour`
+    gets 451 from the real Rspamd ratelimit, and the postmaster's mailbox gets the note
+    (docs/hardening.md). carol sends nothing else in the lab."""
+    user, n = "carol@example.net", s.limits.send_per_user_per_hour + 1
+    rcpts = [f"limit{i}@{internet.OUTSIDE_DOMAIN}" for i in range(n)]
+    with inside():
+        c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
+        c.starttls(context=tls_context())
+        c.ehlo()
+        c.login(user, config.password(user))
+        try:
+            c.sendmail(user, rcpts, message(user, rcpts[0], _token()).as_bytes())
+            refused = None
+        except smtplib.SMTPDataError as e:
+            refused = e
+        finally:
+            c.close()
+    _expect(refused is not None and refused.smtp_code == 451
+            and b"Sending limit reached" in refused.smtp_error,
+            f"{n} recipients from {user} accepted over the limit ({refused!r})")
+    postmaster = f"postmaster@{s.primary_domain}"
+    box = next((a.to[0] for a in s.all_aliases if a.address == postmaster), postmaster)
+    wait_imap(box, f"Sending limit reached by {user}", timeout=90)
+    return f"{n} recipients from one login: 451, note in {box}'s INBOX"
 
 
 # Relay tricks an open relay falls for: each must be refused without AUTH.
