@@ -132,28 +132,34 @@ def s_submission() -> str:
 def _over_the_sending_limit(s) -> str:
     """A login that sends to more recipients in an hour than `limits.sendPerUserPerHour`
     gets 451 from the real Rspamd ratelimit, and the postmaster's mailbox gets the note
-    (docs/hardening.md). carol sends nothing else in the lab."""
+    (docs/hardening.md). carol sends nothing else in the lab. Rspamd lets a message into
+    an empty bucket whatever its size and counts its recipients afterwards, so the
+    second message at the latest is refused (the first too on a rerun within the hour)."""
     user, n = "carol@example.net", s.limits.send_per_user_per_hour + 1
     rcpts = [f"limit{i}@{internet.OUTSIDE_DOMAIN}" for i in range(n)]
+    answers = []
     with inside():
-        c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
-        c.starttls(context=tls_context())
-        c.ehlo()
-        c.login(user, config.password(user))
-        try:
-            c.sendmail(user, rcpts, message(user, rcpts[0], _token()).as_bytes())
-            refused = None
-        except smtplib.SMTPDataError as e:
-            refused = e
-        finally:
-            c.close()
-    _expect(refused is not None and refused.smtp_code == 451
-            and b"Sending limit reached" in refused.smtp_error,
-            f"{n} recipients from {user} accepted over the limit ({refused!r})")
+        for _ in range(2):
+            c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
+            c.starttls(context=tls_context())
+            c.ehlo()
+            c.login(user, config.password(user))
+            try:
+                c.sendmail(user, rcpts, message(user, rcpts[0], _token()).as_bytes())
+                answers.append(250)
+            except smtplib.SMTPDataError as e:
+                _expect(e.smtp_code == 451 and b"Sending limit reached" in e.smtp_error,
+                        f"{user} over the limit: {e!r}")
+                answers.append(451)
+                break
+            finally:
+                c.close()
+    _expect(answers[-1] == 451, f"{user} sent {len(answers)} messages to {n} recipients each, none refused")
     postmaster = f"postmaster@{s.primary_domain}"
     box = next((a.to[0] for a in s.all_aliases if a.address == postmaster), postmaster)
     wait_imap(box, f"Sending limit reached by {user}", timeout=90)
-    return f"{n} recipients from one login: 451, note in {box}'s INBOX"
+    return (f"{user} to {n} recipients: {' then '.join(map(str, answers))}, "
+            f"the postmaster's note in {box}'s INBOX")
 
 
 # Relay tricks an open relay falls for: each must be refused without AUTH.
