@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     b = sub.add_parser("bench", help="print figures (throughput, mx2's drain, recovery) from the lab")
     b.add_argument("--only", nargs="*", help="throughput, mx2_drain, recovery")
     from mailstack.status import cli as status_cli
-    st = sub.add_parser("status", help="mailstack status against the running lab",
+    sub.add_parser("status", help="mailstack status against the running lab",
                         parents=[status_cli.parser("status")], add_help=False)
     sh = sub.add_parser("shell", help="a root shell on a lab host")
     sh.add_argument("role")

@@ -11,7 +11,7 @@ from mailstack import cloudinit, deploy, dns
 from mailstack import hosts as H
 
 from . import aptcache, config, forward, internet, machines, net, outside_mta, rootfs, steps
-from .util import NETNS, STATE, log, pid_alive, run, wait_until
+from .util import NETNS, STATE, log, run
 
 ROLES_FILE = STATE / "roles.json"
 TIMINGS_FILE = STATE / "timings.json"

@@ -9,7 +9,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 

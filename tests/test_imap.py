@@ -313,7 +313,7 @@ def test_sieve_mail_leaves_through_mx1_relay_port(ctx, single_ctx):
     assert f"submission_host = {ctx.hosts['mx1'].private_ip}:{mx.RELAY_PORT}" in conf
     flows = firewall.private_flows(ctx.settings, ctx.hosts["mx1"])
     assert any(f.port == mx.RELAY_PORT and ctx.hosts["imap"].private_ip in f.sources for f in flows)
-    assert f"match from src <imap> tag INTERNAL for any action \"outbound\"" in mx.smtpd_conf(ctx, ctx.hosts["mx1"])
+    assert "match from src <imap> tag INTERNAL for any action \"outbound\"" in mx.smtpd_conf(ctx, ctx.hosts["mx1"])
     # One host: Dovecot hands such mail to the local OpenSMTPD's sendmail.
     assert "submission_host" not in imap.dovecot_conf(single_ctx, single_ctx.hosts["mx1"])
 

@@ -8,7 +8,6 @@ import re
 import shutil
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile

@@ -107,7 +107,7 @@ def test_storage_box_is_protected_and_keeps_its_keys():
 
 
 def test_backup_target_none_declares_no_backup_resources():
-    run, s = stack(backup={"target": "none"}), settings_of(backup={"target": "none"})
+    run = stack(backup={"target": "none"})
     assert not run.of_type(STORAGE_BOX)
     assert not [c for c in run.of_type(COMMAND) if c.name.startswith("backup-")]
     assert not [p for p in run.of_type(PASSWORD) if p.name.startswith("backup-")]

@@ -422,7 +422,6 @@ def s_reboot() -> str:
         machines.sh(role, "systemctl reboot")
         wait_until(lambda: machines.leader(role) != old, 120, f"{role} to restart")
         machines.wait_booted(role, 180)
-    s = _s()
     wait_until(lambda: _port_open(_host_ip("mx1"), 25), 120, "mx1:25 after reboot")
     tok = _token()
     wait_until(lambda: (inbound("alice@example.org", tok) or True), 120, "mx1 to accept mail")

@@ -101,11 +101,11 @@ out["dnsbl"] = {}
 for _ip, _bl, q in P["dnsbl"]:
     try:
         out["dnsbl"][q] = {"answers": sorted({a[4][0] for a in socket.getaddrinfo(q, None, socket.AF_INET)})}
-    except socket.gaierror as e:
-        if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
+    except socket.gaierror as err:
+        if err.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
             out["dnsbl"][q] = {"answers": []}
         else:
-            out["dnsbl"][q] = {"answers": None, "error": str(e)}
+            out["dnsbl"][q] = {"answers": None, "error": str(err)}
 
 def greet(host, port):
     try:
