@@ -188,8 +188,9 @@ def banning():
         # Dovecot with the rendered config, on the namespace's PostgreSQL and real ports.
         layout = imap.Layout(etc=str(root / "dovecot"), vmail=str(root / "vmail"),
                              tls_dir=str(root / "tls"), base_dir=str(root / "dovecot-run"),
-                             state_dir=str(root / "dovecot-state"), log_path=str(root / "dovecot.log"))
-        for d in ("dovecot/sieve", "dovecot-state"):
+                             state_dir=str(root / "dovecot-state"), log_path=str(root / "dovecot.log"),
+                             libexec=str(root / "libexec"))
+        for d in ("dovecot/sieve", "dovecot-state", "libexec"):
             (root / d).mkdir(parents=True)
         (root / "vmail").mkdir(mode=0o750)
         os.chown(root / "vmail", H.VMAIL_UID, H.VMAIL_UID)
