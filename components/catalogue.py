@@ -83,15 +83,18 @@ def check(settings: Settings, hosts: dict[str, H.Host]) -> C.Location:
     answers = C.Answers(server_types=types, location=location, images=images,
                         storage_box_type=box_type, storage_box_location=box_location)
     found = C.problems(settings, hosts, answers)
+    # Only a refused type is worth the full lists, for the fix; then judge again with them.
+    fuller = answers
     if C.needs_all_types(found):
         every = _ask(lambda: [_server_type(t) for t in hcloud.get_server_types().server_types])
         if not isinstance(every, C.Missing):
-            answers = dataclasses.replace(answers, all_types=every)
+            fuller = dataclasses.replace(fuller, all_types=every)
     if C.needs_all_storage_box_types(found):
         boxes = _ask(lambda: [_box_type(t) for t in hcloud.get_storage_box_types().storage_box_types])
         if not isinstance(boxes, C.Missing):
-            answers = dataclasses.replace(answers, all_storage_box_types=boxes)
-    found = C.problems(settings, hosts, answers)
+            fuller = dataclasses.replace(fuller, all_storage_box_types=boxes)
+    if fuller is not answers:
+        found = C.problems(settings, hosts, fuller)
     if found:
         raise SettingsError(found)
     assert isinstance(location, C.Location)
