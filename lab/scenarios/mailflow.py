@@ -83,10 +83,7 @@ def s_submission() -> str:
                 c.login("alice@example.org", pw)
                 c.send_message(message("alice@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", tok))
         # spoofed envelope sender
-        c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
-        c.starttls(context=tls_context())
-        c.ehlo()
-        c.login("alice@example.org", pw)
+        c = _submission(s, "alice@example.org")
         try:
             c.sendmail("bob@example.org", [f"friend@{internet.OUTSIDE_DOMAIN}"],
                        message("bob@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", _token()).as_bytes())
@@ -98,10 +95,7 @@ def s_submission() -> str:
     _expect(spoof is not None, "spoofed envelope sender bob@ accepted for alice's login")
     # spoofed header From with alice's own envelope sender (docs/hardening.md)
     with inside():
-        c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
-        c.starttls(context=tls_context())
-        c.ehlo()
-        c.login("alice@example.org", pw)
+        c = _submission(s, "alice@example.org")
         try:
             c.sendmail("alice@example.org", [f"friend@{internet.OUTSIDE_DOMAIN}"],
                        message("bob@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", _token()).as_bytes())
@@ -129,6 +123,15 @@ def s_submission() -> str:
             f"{limited}")
 
 
+def _submission(s, user: str) -> LabSMTP:
+    """A session on mx1:587 after STARTTLS, logged in as `user` (inside the lab)."""
+    c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
+    c.starttls(context=tls_context())
+    c.ehlo()
+    c.login(user, config.password(user))
+    return c
+
+
 def _over_the_sending_limit(s) -> str:
     """A login that sends to more recipients in an hour than `limits.sendPerUserPerHour`
     gets 451 from the real Rspamd ratelimit, and the postmaster's mailbox gets the note
@@ -140,10 +143,7 @@ def _over_the_sending_limit(s) -> str:
     answers = []
     with inside():
         for _ in range(2):
-            c = LabSMTP(s.fqdn("smtp"), _host_ip("mx1"), 587)
-            c.starttls(context=tls_context())
-            c.ehlo()
-            c.login(user, config.password(user))
+            c = _submission(s, user)
             try:
                 c.sendmail(user, rcpts, message(user, rcpts[0], _token()).as_bytes())
                 answers.append(250)
