@@ -156,6 +156,15 @@ def _rcpt_probe(role: str) -> None:
         pass
 
 
+def _ask_to_exit(role: str, unit: str, pid: str) -> None:
+    """The unit's clean exit, asked again until the daemon takes it: one restarted a
+    moment ago may not answer its control channel yet (fail2ban-client finds no socket
+    while fail2ban-server still reads its jails), and then nothing would end it."""
+    cmd = CLEAN_EXIT[unit].replace("$MAINPID", pid)
+    wait_until(lambda: machines.sh(role, cmd, timeout=30).returncode == 0, 60,
+               f"{role}: {unit} to take `{cmd}`")
+
+
 def _supervise_host(role: str) -> list[str]:
     host = H.hosts(_s())[role]
     notes = []
@@ -166,7 +175,7 @@ def _supervise_host(role: str) -> list[str]:
         machines.sh(role, f"kill -9 {pid}")
         _back(role, unit, pid, "kill -9")
         pid = _show(role, unit)["MainPID"]
-        machines.sh(role, CLEAN_EXIT[unit].replace("$MAINPID", pid))
+        _ask_to_exit(role, unit, pid)
         _back(role, unit, pid, "a clean exit")
         after = _show(role, unit)
         restarts = int(after["NRestarts"]) - int(before["NRestarts"])
