@@ -11,7 +11,7 @@ from typing import Mapping
 import pulumi
 import pulumi_hcloud as hcloud
 
-from mailstack import dns
+from mailstack import dkim, dns
 from mailstack import hosts as H
 from mailstack.settings import Settings
 
@@ -59,21 +59,27 @@ class PublicDns(pulumi.ComponentResource):
     def __init__(self, name: str, settings: Settings, hosts: dict[str, H.Host], *,
                  addresses: pulumi.Output[dict[str, H.Address]],
                  dkim_public_pems: pulumi.Output[dict[str, str]],
+                 dkim_published_pems: pulumi.Input[dict[str, dict[str, str]]] | None = None,
                  labels: dict[str, str], opts: pulumi.ResourceOptions | None = None):
         super().__init__("mailstack:index:PublicDns", name, None, opts)
+        # Which DKIM selectors are published is the rotation schedule's (the settings'),
+        # never the keys': every one of them gets the placeholder here.
+        any_key = dkim_values({d: _PLACEHOLDER_DKIM_PEM for d in settings.domains})
         placeholder = dns.records(
-            settings, {r: _PLACEHOLDER_ADDRESSES[r] for r in hosts},
-            dkim_values({d: _PLACEHOLDER_DKIM_PEM for d in settings.domains}))
+            settings, {r: _PLACEHOLDER_ADDRESSES[r] for r in hosts}, any_key,
+            {sel: any_key for sel in dkim.plan(settings).selectors})
         shape = _grouped(placeholder)
 
         def real_records(v) -> list:
-            addrs, pems = v
-            records = dns.records(settings, addrs, dkim_values(pems))
+            addrs, pems, others = v
+            records = dns.records(settings, addrs, dkim_values(pems),
+                                  {sel: dkim_values(p) for sel, p in (others or {}).items()})
             if set(_grouped(records)) != set(shape):
                 raise AssertionError("DNS rrsets depend on address or key values; they must not")
             return records
 
-        self.records = pulumi.Output.all(addresses, dkim_public_pems).apply(real_records)
+        self.records = pulumi.Output.all(
+            addresses, dkim_public_pems, dkim_published_pems or {}).apply(real_records)
         grouped = self.records.apply(_grouped)
 
         self.zones, self.rrsets = {}, []

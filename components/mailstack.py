@@ -49,7 +49,8 @@ class MailStack(pulumi.ComponentResource):
             addresses=servers.addresses, opts=child)
         public = PublicDns(
             "public-dns", settings, hosts, addresses=servers.addresses,
-            dkim_public_pems=secrets.dkim_public_pems, labels=labels, opts=child)
+            dkim_public_pems=secrets.dkim_public_pems,
+            dkim_published_pems=secrets.dkim_published_pems, labels=labels, opts=child)
 
         storage = BackupStorage(
             f"{prefix}-backup", settings, public_keys=secrets.storage_box_keys,

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_tls as tls
 
-from mailstack import backup
+from mailstack import backup, dkim
 from mailstack.context import Secrets
 from mailstack.settings import Settings
 
@@ -25,6 +25,7 @@ def _password(name: str, length: int, parent: pulumi.Resource) -> random.RandomP
 class StackSecrets(pulumi.ComponentResource):
     deploy_key: tls.PrivateKey
     dkim_keys: dict[str, tls.PrivateKey]
+    dkim_generations: dict[str, dict[str, tls.PrivateKey]]
     initial_passwords: dict[str, random.RandomPassword]
     backup_keys: dict[str, tls.PrivateKey]
     backup_manager_key: tls.PrivateKey | None
@@ -39,10 +40,21 @@ class StackSecrets(pulumi.ComponentResource):
         rspamd = _password("rspamd-controller-password", 32, self)
         # The stack's own SSH identity for the deploy steps; admins' keys stay theirs.
         self.deploy_key = tls.PrivateKey("deploy-key", algorithm="ED25519", opts=child)
-        self.dkim_keys = {
-            d: tls.PrivateKey(f"dkim-{d}", algorithm="RSA", rsa_bits=2048, opts=child)
-            for d in settings.domains
+        # One key per domain and per DKIM generation the rotation schedule publishes now
+        # (mailstack/dkim.py): a new generation's key appears with its record, a retired
+        # one's leaves state with its record. Generation 0 (no rotation) keeps the name
+        # `dkim-<domain>`, so turning rotation on keeps the key that signs today.
+        keys = dkim.plan(settings)
+        self.dkim_generations = {
+            g.selector: {
+                d: tls.PrivateKey(
+                    f"dkim-{d}" if g.number == 0 else f"dkim-{d}-g{g.number}",
+                    algorithm="RSA", rsa_bits=2048, opts=child)
+                for d in settings.domains}
+            for g in keys.published
         }
+        self.dkim_keys = self.dkim_generations[keys.signing.selector]
+        self._signing_selector = keys.signing.selector
         self.initial_passwords = {
             u.address: _password(f"user-{u.address}", 24, self)
             for u in settings.users if u.password_hash is None
@@ -70,6 +82,8 @@ class StackSecrets(pulumi.ComponentResource):
             quota=quota.result,
             rspamd=rspamd.result,
             dkim={d: k.private_key_pem for d, k in self.dkim_keys.items()},
+            keyring={s: {d: k.private_key_pem for d, k in ks.items()}
+                     for s, ks in self.dkim_generations.items()},
             hashes=hashes,
             backup_passwords={r: p.result for r, p in backup_passwords.items()},
             backup_keys={r: k.private_key_openssh for r, k in self.backup_keys.items()},
@@ -82,6 +96,7 @@ class StackSecrets(pulumi.ComponentResource):
             quota_password=v["quota"],
             rspamd_controller_password=v["rspamd"],
             dkim_keys=dict(v["dkim"]),
+            dkim_keyring={s: dict(ks) for s, ks in v["keyring"].items()},
             user_hashes=dict(v["hashes"]),
             backup_passwords=dict(v["backup_passwords"]),
             backup_keys=dict(v["backup_keys"]),
@@ -93,6 +108,14 @@ class StackSecrets(pulumi.ComponentResource):
     @property
     def dkim_public_pems(self) -> pulumi.Output[dict[str, str]]:
         return pulumi.Output.from_input({d: k.public_key_pem for d, k in self.dkim_keys.items()})
+
+    @property
+    def dkim_published_pems(self) -> pulumi.Output[dict[str, dict[str, str]]]:
+        """selector -> domain -> public key of the generations published beside the
+        signing one (the next before it signs, the previous during its grace)."""
+        return pulumi.Output.from_input({
+            s: {d: k.public_key_pem for d, k in ks.items()}
+            for s, ks in self.dkim_generations.items() if s != self._signing_selector})
 
     @property
     def backup_public_keys(self) -> pulumi.Output[dict[str, str]]:

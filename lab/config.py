@@ -109,6 +109,15 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
     for d in s.domains:
         if d not in dkim:
             dkim[d] = _rsa_pem()
+    # Rotated DKIM generations (mailstack/dkim.py), made when the schedule first publishes
+    # them, as the stack's keys are; generation 0 is dkim_keys.
+    from mailstack import dkim as K
+    gens = data.setdefault("dkim_generations", {})
+    for g in K.plan(s).published:
+        if g.number:
+            for d in s.domains:
+                if d not in gens.setdefault(g.selector, {}):
+                    gens[g.selector][d] = _rsa_pem()
     from mailstack import backup
     bpw = data.setdefault("backup_passwords", {})
     bkeys = data.setdefault("backup_keys", {})
@@ -128,10 +137,28 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
     return data
 
 
+def dkim_keyring(s, data: dict) -> dict[str, dict[str, str]]:
+    """selector -> domain -> private key of every DKIM generation the schedule publishes."""
+    from mailstack import dkim as K
+    return {g.selector: {d: (data["dkim_generations"][g.selector] if g.number else data["dkim_keys"])[d]
+                         for d in s.domains} for g in K.plan(s).published}
+
+
 def dkim_public(s, data: dict) -> dict[str, str]:
     """domain -> the p= value its DKIM record publishes (from the run's private keys)."""
+    from mailstack import dkim as K
     from mailstack import dns
-    return {d: dns.dkim_public_from_private(data["dkim_keys"][d]) for d in s.domains}
+    ring = dkim_keyring(s, data)[K.plan(s).signing.selector]
+    return {d: dns.dkim_public_from_private(ring[d]) for d in s.domains}
+
+
+def dkim_published(s, data: dict) -> dict[str, dict[str, str]]:
+    """selector -> domain -> p= of the generations published beside the signing one."""
+    from mailstack import dkim as K
+    from mailstack import dns
+    signing = K.plan(s).signing.selector
+    return {sel: {d: dns.dkim_public_from_private(pem) for d, pem in keys.items()}
+            for sel, keys in dkim_keyring(s, data).items() if sel != signing}
 
 
 def context(s, data: dict | None = None) -> Context:
@@ -141,13 +168,19 @@ def context(s, data: dict | None = None) -> Context:
         lookup_password=data["lookup_password"],
         quota_password=data["quota_password"],
         rspamd_controller_password=data["rspamd_controller_password"],
-        dkim_keys={d: data["dkim_keys"][d] for d in s.domains},
+        dkim_keys=dkim_keyring(s, data)[_signing(s)],
+        dkim_keyring=dkim_keyring(s, data),
         user_hashes={u.address: data["hashes"][u.address] for u in s.users},
         backup_passwords=dict(data.get("backup_passwords", {})),
         backup_keys=dict(data.get("backup_keys", {})),
         backup_manager_key=data.get("backup_manager_key", ""),
     )
     return Context(s, H.hosts(s), addresses(s), sec, storage_box=storage_box(s))
+
+
+def _signing(s) -> str:
+    from mailstack import dkim as K
+    return K.plan(s).signing.selector
 
 
 def password(address: str) -> str:

@@ -34,7 +34,8 @@ def zone_texts(s, data, drop: tuple[tuple[str, str], ...] = (), ptr_names: dict[
     """Every zone knot serves. The status scenario's faults: `drop` (fqdn, type) records,
     `ptr_names` ip -> a different PTR name, `dnsbl_listed` addresses on the lab DNSBL."""
     addrs = config.addresses(s)
-    recs = [r for r in dns.records(s, addrs, config.dkim_public(s, data)) if (r.fqdn, r.type) not in drop]
+    recs = [r for r in dns.records(s, addrs, config.dkim_public(s, data), config.dkim_published(s, data))
+            if (r.fqdn, r.type) not in drop]
     out = {z: dns.zone_file(z, recs, [internet.NS_NAME]) for z in dns.zones(s)}
     ptrs = dns.ptr_records(s, addrs) + [
         dns.Ptr(net.OUTSIDE_V4, f"{internet.OUTSIDE_MX}.", "outside", 4),

@@ -16,7 +16,7 @@ class Secrets:
     replication_password: str
     lookup_password: str
     rspamd_controller_password: str
-    dkim_keys: Mapping[str, str]       # domain -> RSA private key, PEM
+    dkim_keys: Mapping[str, str]       # domain -> RSA private key, PEM (the signing generation)
     user_hashes: Mapping[str, str]     # address -> crypt hash ($6$ or $2b$)
     # Per data host (role): restic repository password, and the OpenSSH private key it
     # reaches the backup target with. Empty when backups are off.
@@ -28,6 +28,9 @@ class Secrets:
     # The stack's deploy key (OpenSSH public line): kept in root's authorized_keys next to
     # the admin keys. Empty in the lab, which deploys without SSH.
     deploy_public_key: str = ""
+    # With DKIM rotation: every generation the schedule publishes (mailstack/dkim.py),
+    # selector -> domain -> PEM, the signing one included. Empty: only `dkim_keys`.
+    dkim_keyring: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # The role Dovecot's quota clone writes mailbox usage with (database.QUOTA_USER).
     quota_password: str = ""
 

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from . import dkim
 from . import hosts as H
 from .settings import Settings
 
@@ -162,7 +163,11 @@ def records(
     settings: Settings,
     addresses: Mapping[str, H.Address],
     dkim_public: Mapping[str, str],
+    dkim_published: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[Record]:
+    """dkim_public: domain -> the signing key's p= value. dkim_published: selector ->
+    domain -> p= of the other generations the rotation schedule publishes now (the next
+    one before it signs, the previous one during its grace; mailstack/dkim.py)."""
     hs = H.hosts(settings)
     ttl = settings.dns.ttl
     zone_list = zones(settings)
@@ -204,14 +209,18 @@ def records(
     spf.append("-all")
     sts_id = mta_sts_policy_id(settings)
     dmarc_domain = settings.dmarc_rua.rsplit("@", 1)[1]
+    keys = dkim.plan(settings)
+    published = {**(dkim_published or {}), keys.signing.selector: dkim_public}
 
     for d in settings.domains:
         for pref, h in zip((10, 20), mx_hosts):
             add(d, "MX", f"{pref} {h.fqdn}.")
         add(d, "TXT", txt(" ".join(spf)))
-        if d not in dkim_public:
-            raise ValueError(f"no DKIM public key for {d}; every mail domain is signed")
-        add(f"{settings.dkim.selector}._domainkey.{d}", "TXT", txt(dkim_text(dkim_public[d])))
+        for sel in keys.selectors:
+            if d not in published.get(sel, {}):
+                raise ValueError(f"no DKIM public key for {d} (selector {sel}); every mail "
+                                 "domain is signed and every published generation has a key")
+            add(f"{sel}._domainkey.{d}", "TXT", txt(dkim_text(published[sel][d])))
         dmarc = [
             "v=DMARC1",
             f"p={settings.dmarc.policy}",

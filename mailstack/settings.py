@@ -7,6 +7,7 @@ reported together before a single resource is declared.
 """
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import re
@@ -206,7 +207,23 @@ class Limits(_Model):
 
 
 class Dkim(_Model):
+    """Signing keys and their rotation (mailstack/dkim.py has the schedule, docs/dkim.md
+    the why). Without rotationDays there is one key per domain under `selector`."""
     selector: str = "mail"
+    # 0: never rotate. Else a new key generation signs every rotationDays from `start`
+    # (a date, UTC midnight); generation g signs as `<selector>-g<g>`.
+    rotation_days: int = Field(default=0, ge=0, le=3650)
+    start: datetime.date | None = None
+    # The next key's record is published this long before it signs: at least the
+    # record's TTL (dns.ttl is at most a day), so no resolver still holds "no such
+    # record" when mail signed with it arrives ...
+    publish_days: int = Field(default=7, ge=1, le=365)
+    # ... and the previous key's record stays this long after the switch, for mail signed
+    # before it that still sits in a queue or waits for its verification.
+    grace_days: int = Field(default=7, ge=1, le=365)
+    # The schedule's clock. Leave it unset: `pulumi up` uses its own time. Tests and the
+    # lab set it to step through the phases.
+    now: datetime.datetime | None = None
 
 
 class Status(_Model):
@@ -449,7 +466,15 @@ def load_stack(config: Mapping[str, Any], secret_keys: Iterable[str],
         raise SettingsError(exc.problems + problems) from None
     if problems:
         raise SettingsError(problems)
-    return settings
+    return with_clock(settings, datetime.datetime.now(datetime.timezone.utc))
+
+
+def with_clock(settings: Settings, now: datetime.datetime) -> Settings:
+    """The DKIM schedule's clock, read once per run so every renderer agrees on the
+    phase (a `dkim.now` in the config wins)."""
+    if settings.dkim.now is not None or not settings.dkim.rotation_days:
+        return settings
+    return settings.model_copy(update={"dkim": settings.dkim.model_copy(update={"now": now})})
 
 
 def provider_problems(config: Mapping[str, Any], secret_keys: set[str],
@@ -590,11 +615,36 @@ def _check(s: Settings, raw: dict[str, Any], secret_keys: set[str]) -> list[str]
             ipaddress.ip_address(ip)
         except ValueError:
             p.append(f"{ns}:resolver.forwardTo[{i}]: {ip!r} is not an IP address; use e.g. '192.0.2.53' or leave the list empty")
-    if not re.match(r"^[a-z0-9][a-z0-9-]{0,62}$", s.dkim.selector):
-        p.append(f"{ns}:dkim.selector: {s.dkim.selector!r} is not a DNS label; use e.g. 'mail'")
+    p += _check_dkim(s)
     p += _check_backup(s, secret_keys)
     p += _check_quota(s)
     p += _check_roles(s)
+    return p
+
+
+def _check_dkim(s: Settings) -> list[str]:
+    """The rotation schedule must be able to keep its promises: the next key's record
+    out for at least a TTL before it signs, the grace over before the next one appears."""
+    ns, d = NAMESPACE, s.dkim
+    p: list[str] = []
+    # Room for the generation suffix (`-g<n>`) in a 63-byte label.
+    if not re.match(r"^[a-z0-9][a-z0-9-]{0,50}$", d.selector):
+        p.append(f"{ns}:dkim.selector: {d.selector!r} is not a DNS label of at most 51 "
+                 "characters (letters, digits, '-'); use e.g. 'mail'")
+    if not d.rotation_days:
+        if d.start is not None:
+            p.append(f"{ns}:dkim.start: {d.start.isoformat()!r} is set but dkim.rotationDays is 0 "
+                     f"(keys never rotate); set {ns}:dkim.rotationDays (e.g. 180) or remove dkim.start")
+        return p
+    if d.start is None:
+        p.append(f"{ns}:dkim.start: is required with dkim.rotationDays {d.rotation_days}; set "
+                 "the date the first new key signs, at least dkim.publishDays "
+                 f"({d.publish_days}) from today, with `pulumi config set --path {ns}:dkim.start YYYY-MM-DD`")
+    if d.publish_days + d.grace_days > d.rotation_days:
+        p.append(f"{ns}:dkim.rotationDays: {d.rotation_days} is shorter than dkim.publishDays "
+                 f"({d.publish_days}) + dkim.graceDays ({d.grace_days}); the next key would "
+                 "appear before the previous one's grace is over: raise rotationDays or "
+                 "shorten the other two")
     return p
 
 

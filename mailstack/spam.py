@@ -2,6 +2,7 @@
 submitted mail (mx1 only, where the keys are)."""
 from __future__ import annotations
 
+from . import dkim
 from . import hosts as H
 from .bundle import Bundle, File
 from .context import Context
@@ -51,8 +52,21 @@ def key_path(domain: str, selector: str) -> str:
 
 def dkim_signing_conf(ctx: Context) -> str:
     s = ctx.settings
-    return render("rspamd/dkim_signing.conf.j2", selector=s.dkim.selector,
+    return render("rspamd/dkim_signing.conf.j2", selector=dkim.plan(s).signing.selector,
                   key_dir=KEY_DIR, domains=s.domains)
+
+
+def keyring(ctx: Context) -> dict[str, dict[str, str]]:
+    """selector -> domain -> private key PEM: a key file on mx1 for every generation whose
+    record is published, none for a retired one (the step deletes those)."""
+    plan = dkim.plan(ctx.settings)
+    ring = dict(ctx.secrets.dkim_keyring) or {plan.signing.selector: ctx.secrets.dkim_keys}
+    out = {}
+    for sel in plan.selectors:
+        if sel not in ring:
+            raise ValueError(f"no DKIM keys for selector {sel}, which the schedule publishes")
+        out[sel] = {d: ring[sel][d] for d in ctx.settings.domains}
+    return out
 
 
 def bundle(ctx: Context, host: H.Host) -> Bundle:
@@ -70,15 +84,20 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     if host.runs(H.SUBMISSION):
         files += submission_files(ctx, host)
         files.append(File(f"{LOCAL_D}/dkim_signing.conf", dkim_signing_conf(ctx)))
-        sel = ctx.settings.dkim.selector
-        for domain in ctx.settings.domains:
-            files.append(File(key_path(domain, sel), ctx.secrets.dkim_keys[domain],
-                              0o640, "root", "_rspamd", secret=True))
+        for sel, keys in keyring(ctx).items():
+            for domain, pem in keys.items():
+                files.append(File(key_path(domain, sel), pem, 0o640, "root", "_rspamd", secret=True))
     script = render(
         "rspamd/deploy.sh.j2",
         password_file=PASSWORD_FILE,
         password_sum=PASSWORD_SUM,
         controller_inc=CONTROLLER_INC,
         key_dir=KEY_DIR,
+        # Only where keys are: any other key file there is a retired generation's.
+        prune_keys=host.runs(H.SUBMISSION),
+        signing_selector=dkim.plan(ctx.settings).signing.selector if host.runs(H.SUBMISSION) else "",
+        signing_conf=f"{LOCAL_D}/dkim_signing.conf",
+        domains=ctx.settings.domains,
+        ttl=ctx.settings.dns.ttl,
     )
     return Bundle(tuple(files), script)

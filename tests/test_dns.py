@@ -413,3 +413,59 @@ def test_knot_ptr_and_forward_agree(knot):
     for p in D.ptr_records(settings, FAKE_ADDRESSES):
         assert server.answer(D.reverse_pointer(p.ip), "PTR") == {p.name}
         assert p.ip in server.answer(p.name, "A" if p.family == 4 else "AAAA")
+
+
+# --------------------------------------------------------------------------- DKIM rotation
+
+def _rotating(now: str):
+    from tests.test_dkim import rotating
+    return rotating(now)
+
+
+def _dkim_rrsets(recs) -> dict[str, str]:
+    return {r.fqdn: D.txt_text(r.values[0]) for r in recs if "._domainkey." in r.fqdn}
+
+
+@pytest.mark.parametrize("now,published", [
+    ("2026-12-01T00:00:00Z", ("mail",)),                 # steady, generation 0
+    ("2026-12-26T00:00:00Z", ("mail", "mail-g1")),       # the next key published
+    ("2027-01-02T00:00:00Z", ("mail", "mail-g1")),       # g1 signs, mail in its grace
+    ("2027-01-09T00:00:00Z", ("mail-g1",)),              # mail's record gone
+])
+def test_dkim_records_follow_the_rotation_phase(now, published):
+    s = _rotating(now)
+    keys = {sel: {d: D.dkim_public_from_private(_other_key(sel)) for d in DOMAINS}
+            for sel in ("mail", "mail-g1")}
+    from mailstack import dkim as K
+    signing = K.plan(s).signing.selector
+    recs = D.records(s, FAKE_ADDRESSES, keys[signing],
+                     {sel: keys[sel] for sel in published if sel != signing})
+    got = _dkim_rrsets(recs)
+    assert got == {f"{sel}._domainkey.{d}.": D.dkim_text(keys[sel][d])
+                   for sel in published for d in DOMAINS}
+    # Mail signed with any published generation verifies against these records.
+    for sel in published:
+        sig = dkim.sign(MESSAGE, sel.encode(), b"example.org", _other_key(sel).encode(),
+                        include_headers=[b"from", b"to", b"subject", b"date"])
+        assert _dkim_verify(sig + MESSAGE, recs)
+
+
+def test_dkim_rotation_needs_every_published_key():
+    s = _rotating("2026-12-26T00:00:00Z")
+    with pytest.raises(ValueError, match=r"example.org \(selector mail-g1\)"):
+        D.records(s, FAKE_ADDRESSES, {d: _pub() for d in DOMAINS})
+
+
+_KEYS: dict[str, str] = {}
+
+
+def _other_key(name: str) -> str:
+    """A distinct RSA key per selector (test-only)."""
+    if name not in _KEYS:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        _KEYS[name] = k.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.TraditionalOpenSSL,
+                                      serialization.NoEncryption()).decode()
+    return _KEYS[name]

@@ -134,3 +134,92 @@ def test_greylisting_is_off(ctx, tmp_path):
         capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0, dump.stderr
     assert "enabled = false" in dump.stdout, dump.stdout
+
+
+# --------------------------------------------------------------------------- DKIM rotation
+
+def _rotating_ctx(now: str):
+    import dataclasses
+
+    from tests.conftest import make_context
+    from tests.test_dkim import rotating
+    from tests.test_dns import _other_key
+    ctx = make_context(rotating(now))
+    ring = {sel: {d: _other_key(sel) for d in ctx.settings.domains} for sel in ("mail", "mail-g1")}
+    sign = spam.dkim.plan(ctx.settings).signing.selector
+    return dataclasses.replace(ctx, secrets=dataclasses.replace(
+        ctx.secrets, dkim_keys=ring[sign],
+        dkim_keyring={s: ring[s] for s in spam.dkim.plan(ctx.settings).selectors})), ring
+
+
+@pytest.mark.parametrize("now,signing,files", [
+    ("2026-12-01T00:00:00Z", "mail", ("mail",)),
+    ("2026-12-26T00:00:00Z", "mail", ("mail", "mail-g1")),      # next key staged, unused
+    ("2027-01-02T00:00:00Z", "mail-g1", ("mail", "mail-g1")),   # previous kept in its grace
+    ("2027-01-09T00:00:00Z", "mail-g1", ("mail-g1",)),          # previous key file dropped
+])
+def test_dkim_signing_follows_the_rotation_phase(now, signing, files, tmp_path):
+    ctx, ring = _rotating_ctx(now)
+    b = spam.bundle(ctx, ctx.hosts["mx1"])
+    conf = b.file(f"{spam.LOCAL_D}/dkim_signing.conf").content
+    assert f'selector = "{signing}";' in conf
+    assert {s for s in ("mail", "mail-g1") if f'"{s}"' in conf} == {signing}
+    for d in ctx.settings.domains:
+        assert f"{spam.KEY_DIR}/{d}.{signing}.key" in conf
+    keys = {f.path: f.content for f in b.files if f.path.startswith(spam.KEY_DIR + "/")}
+    assert keys == {spam.key_path(d, s): ring[s][d] for s in files for d in ctx.settings.domains}
+    r = configtest(stage_local(b, tmp_path))
+    assert r.returncode == 0 and "syntax OK" in r.stdout, r.stdout + r.stderr
+
+
+def test_retired_key_files_are_pruned_only_where_keys_live(ctx):
+    mx1 = spam.bundle(ctx, ctx.hosts["mx1"]).script
+    assert f"for f in {spam.KEY_DIR}/*.key" in mx1 and "rm -f --" in mx1
+    assert "rm -f --" not in spam.bundle(ctx, ctx.hosts["mx2"]).script
+
+
+def _guard(ctx, key_dir: Path, conf: Path) -> str:
+    """The signing-switch guard of mx1's rspamd step, pointed at a scratch directory."""
+    from mailstack.templates import render
+    script = render("rspamd/deploy.sh.j2", password_file="", password_sum="", controller_inc="",
+                    key_dir=str(key_dir), prune_keys=True, signing_conf=str(conf),
+                    signing_selector=spam.dkim.plan(ctx.settings).signing.selector,
+                    domains=ctx.settings.domains, ttl=ctx.settings.dns.ttl)
+    lines = script.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("current=$("))
+    end = next(i for i in range(start, len(lines)) if lines[i] == "fi")
+    return "log() { echo \"$*\" >&2; }\n" + "\n".join(lines[start:end + 1]) + "\necho switched\n"
+
+
+def _run_guard(ctx, tmp_path, current: str | None, key_age: int | None):
+    import os
+    import time
+    key_dir, conf = tmp_path / "dkim", tmp_path / "dkim_signing.conf"
+    key_dir.mkdir(exist_ok=True)
+    if current is not None:
+        conf.write_text(f'enabled = true;\nselector = "{current}";\n')
+    sel = spam.dkim.plan(ctx.settings).signing.selector
+    for d in ctx.settings.domains:
+        f = key_dir / f"{d}.{sel}.key"
+        f.unlink(missing_ok=True)
+        if key_age is not None:
+            f.write_text("key")
+            os.utime(f, (time.time() - key_age,) * 2)
+    return subprocess.run(["bash", "-c", _guard(ctx, key_dir, conf)], capture_output=True, text=True)
+
+
+def test_signing_never_switches_to_a_key_published_less_than_a_ttl_ago(tmp_path):
+    """A missed run of the schedule (publish and switch in one run): mx1's step refuses."""
+    ctx, _ = _rotating_ctx("2027-01-02T00:00:00Z")          # mail-g1 signs
+    ttl = ctx.settings.dns.ttl
+    r = _run_guard(ctx, tmp_path, current="mail", key_age=10)
+    assert r.returncode == 1 and "switched" not in r.stdout
+    assert ("refusing to sign with DKIM selector mail-g1 (now mail): the key for example.org "
+            "was published 10s ago") in r.stderr
+    assert f"less than the record's TTL ({ttl}s); run the deploy (pulumi up) again in" in r.stderr
+    # published a TTL ago (the publish window's run): switches
+    assert _run_guard(ctx, tmp_path, current="mail", key_age=ttl + 5).stdout == "switched\n"
+    # already signing with it, or a fresh host: nothing to guard
+    assert _run_guard(ctx, tmp_path, current="mail-g1", key_age=1).stdout == "switched\n"
+    assert _run_guard(ctx, tmp_path / "fresh" if (tmp_path / "fresh").mkdir() is None else None,
+                      current=None, key_age=1).stdout == "switched\n"

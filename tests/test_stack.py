@@ -600,3 +600,32 @@ def test_server_type_out_of_capacity_in_the_location_is_refused(monkeypatch):
         "hetzner.serverTypes.mx1", "hetzner.serverTypes.mx2"]
     assert "'cx23' is temporarily unavailable in 'fsn1'" in problems[0]
     assert "e.g. cpx22, cx33" in problems[0]  # not cx23 itself
+
+
+# --------------------------------------------------------------------------- DKIM rotation
+
+_ROTATION = {"selector": "mail", "rotationDays": 90, "publishDays": 7, "graceDays": 7,
+             "start": "2027-01-01"}
+
+
+@pytest.mark.parametrize("now,keys", [
+    # publish: generation 1's key and record appear beside the key that signs
+    ("2026-12-26T00:00:00Z", {"mail": "dkim-{d}", "mail-g1": "dkim-{d}-g1"}),
+    # grace: g1 signs, generation 0 (the pre-rotation key, same resource) still published
+    ("2027-01-02T00:00:00Z", {"mail": "dkim-{d}", "mail-g1": "dkim-{d}-g1"}),
+    # after the grace: generation 0's key leaves the state with its record
+    ("2027-01-09T00:00:00Z", {"mail-g1": "dkim-{d}-g1"}),
+])
+def test_dkim_keys_and_records_follow_the_rotation(now, keys):
+    run, s = stack(dkim={**_ROTATION, "now": now}), settings_of(dkim={**_ROTATION, "now": now})
+    domains = s.domains
+    names = {r.name for r in run.of_type(KEY) if r.name.startswith("dkim-")}
+    assert names == {n.format(d=d) for n in keys.values() for d in domains}
+    rrsets = {r.name for r in run.of_type(RRSET) if "_domainkey" in r.name}
+    assert rrsets == {f"{d}/{sel}._domainkey/TXT" for sel in keys for d in domains}
+    table = {(r["zone"], r["name"]): dns.txt_text(r["values"][0])
+             for r in run.outputs["dnsRecords"] if "_domainkey" in r["name"]}
+    assert table == {
+        (d, f"{sel}._domainkey"): dns.dkim_text(dns.dkim_public_value(
+            _keypair("RSA", name.format(d=d))["publicKeyPem"]))
+        for sel, name in keys.items() for d in domains}
