@@ -5,7 +5,7 @@ import re
 
 import pulumi
 
-from mailstack import dns
+from mailstack import dkim, dns
 from mailstack import hosts as H
 from mailstack.catalogue import Location
 from mailstack.settings import Settings
@@ -85,6 +85,13 @@ class MailStack(pulumi.ComponentResource):
         }
         if public.zone_files is not None:
             self.outputs["zoneFile"] = public.zone_files
+        if settings.dkim.rotation_days:
+            # The phase this run deployed (docs/dkim.md); `mailstack status` checks it.
+            keys = dkim.plan(settings)
+            self.outputs["dkimSchedule"] = {
+                "now": settings.dkim.now.isoformat(), "phase": keys.phase,
+                "signing": keys.signing.selector, "published": list(keys.selectors),
+                "nextChange": keys.next_change.isoformat() if keys.next_change else None}
         self.register_outputs(self.outputs)
 
 

@@ -32,5 +32,6 @@ def environment(extra_ca: str = "") -> Environment:
 
     return Environment(
         settings=s, addresses=config.addresses(s), dkim_public=config.dkim_public(s, data),
+        dkim_published=config.dkim_published(s, data),
         nameservers={z: [internet.NS_NAME] for z in dns.zones(s)}, run_on=run_on, resolver=net.INTERNET_V4, cafile=str(TRUST),
         helo=internet.OUTSIDE_MX, vantage=inside, source_v4=net.OUTSIDE_V4, source_v6=net.OUTSIDE_V6)

@@ -617,6 +617,7 @@ _ROTATION = {"selector": "mail", "rotationDays": 90, "publishDays": 7, "graceDay
     ("2027-01-09T00:00:00Z", {"mail-g1": "dkim-{d}-g1"}),
 ])
 def test_dkim_keys_and_records_follow_the_rotation(now, keys):
+    assert "dkimSchedule" not in stack().outputs   # only with rotation
     run, s = stack(dkim={**_ROTATION, "now": now}), settings_of(dkim={**_ROTATION, "now": now})
     domains = s.domains
     names = {r.name for r in run.of_type(KEY) if r.name.startswith("dkim-")}
@@ -629,3 +630,5 @@ def test_dkim_keys_and_records_follow_the_rotation(now, keys):
         (d, f"{sel}._domainkey"): dns.dkim_text(dns.dkim_public_value(
             _keypair("RSA", name.format(d=d))["publicKeyPem"]))
         for sel, name in keys.items() for d in domains}
+    sched = run.outputs["dkimSchedule"]
+    assert (sched["now"], sched["published"]) == (now.replace("Z", "+00:00"), sorted(keys))

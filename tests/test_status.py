@@ -651,3 +651,26 @@ def test_untrusted_certificate_is_still_described(tmp_path):
     finally:
         lsock.close()
         t.join(5)
+
+
+def test_environment_follows_the_deployed_dkim_phase():
+    """With DKIM rotation the expectations are the phase the last `pulumi up` deployed
+    (its `dkimSchedule` output), not today's: both records of the grace, the new key on mx1."""
+    from .conftest import settings_from, stack_config
+    from .test_dns import _other_key
+    rotation = {"rotationDays": 90, "start": "2027-01-01"}
+    s = settings_from(dkim={**rotation, "now": "2027-01-02T00:00:00Z"})     # grace: g1 signs
+    cfg = {k: {"value": v, "secret": False} for k, v in stack_config(dkim=rotation).items()}
+    pub = {sel: {d: dns.dkim_public_from_private(_other_key(sel)) for d in s.domains}
+           for sel in ("mail", "mail-g1")}
+    recs = dns.records(s, FAKE_ADDRESSES, pub["mail-g1"], {"mail": pub["mail"]})
+    outputs = {
+        "addresses": {r: {"ipv4": a.ipv4, "ipv6": a.ipv6} for r, a in FAKE_ADDRESSES.items()},
+        "nameservers": {z: list(dns.HETZNER_NAMESERVERS) for z in dns.zones(s)},
+        "dnsRecords": dns.records_table(recs),
+        "dkimSchedule": {"now": "2027-01-02T00:00:00+00:00"},
+    }
+    env = status_main.environment(json.loads(json.dumps(cfg)), outputs)
+    assert env.dkim_public == pub["mail-g1"] and env.dkim_published == {"mail": pub["mail"]}
+    assert env.records() == recs
+    assert expect.dkim_keys(env.settings)["example.org"].endswith("/example.org.mail-g1.key")

@@ -7,14 +7,15 @@ status program as root over SSH, exactly like the deploy steps (deploy.RUN_PROGR
 with the operator's own SSH key (mailstack:admin.sshKeys)."""
 from __future__ import annotations
 
+import datetime
 import json
 import subprocess
 import sys
 
-from .. import dns
+from .. import dkim, dns
 from .. import hosts as H
 from ..deploy import RUN_PROGRAM
-from ..settings import SettingsError, load_settings
+from ..settings import SettingsError, load_settings, with_clock
 from . import cli, decide
 from .expect import Environment
 
@@ -35,13 +36,20 @@ def environment(config: dict, outputs: dict) -> Environment:
     secret_keys = {k for k, v in config.items() if isinstance(v, dict) and v.get("secret")}
     settings = load_settings({k: v for k, v in values.items() if k.startswith("mailstack:")}, secret_keys)
     addresses = {r: H.Address(a["ipv4"], a["ipv6"]) for r, a in outputs["addresses"].items()}
-    dkim_public = {}
-    selector = settings.dkim.selector
+    # The DKIM schedule's phase as the last `pulumi up` deployed it (mailstack/dkim.py):
+    # the records of every published generation are expected, the signing one's key on mx1.
+    deployed = (outputs.get("dkimSchedule") or {}).get("now")
+    settings = with_clock(settings, datetime.datetime.fromisoformat(deployed) if deployed
+                          else datetime.datetime.now(datetime.timezone.utc))
+    keys = dkim.plan(settings)
+    published: dict[str, dict[str, str]] = {}
     for rec in outputs.get("dnsRecords", []):
-        if rec["type"] == "TXT" and rec["name"].startswith(f"{selector}._domainkey"):
-            domain = rec["zone"] if rec["name"] == f"{selector}._domainkey" else \
-                rec["name"].removeprefix(f"{selector}._domainkey.") + "." + rec["zone"]
-            dkim_public[domain] = decide.dkim_p(dns.txt_text(rec["values"][0]))
+        for selector in keys.selectors:
+            if rec["type"] == "TXT" and rec["name"].startswith(f"{selector}._domainkey"):
+                domain = rec["zone"] if rec["name"] == f"{selector}._domainkey" else \
+                    rec["name"].removeprefix(f"{selector}._domainkey.") + "." + rec["zone"]
+                published.setdefault(selector, {})[domain] = decide.dkim_p(dns.txt_text(rec["values"][0]))
+    dkim_public = published.pop(keys.signing.selector, {})
     nameservers = outputs.get("nameservers") or {}
     if not settings.dns.manage_zone or not nameservers:
         nameservers = {z: [] for z in dns.zones(settings)}
@@ -54,7 +62,8 @@ def environment(config: dict, outputs: dict) -> Environment:
             raise RuntimeError(f"ssh to {role} failed (exit {r.returncode}): {r.stderr.strip()[-200:]}")
         return r.stdout
 
-    return Environment(settings, addresses, dkim_public, nameservers, run_on)
+    return Environment(settings, addresses, dkim_public, nameservers, run_on,
+                       dkim_published=published)
 
 
 def main(argv: list[str]) -> int:

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Callable
 
+from .. import dkim
 from .. import dns as D
 from .. import hosts as H
 from . import decide, expect, hostchecks, inside, outside, probe
@@ -152,7 +153,8 @@ def _inside_checks(env: expect.Environment, insides: dict, outside_checks: list[
 def _served_dkim(env: expect.Environment) -> dict[str, str | None]:
     out = {}
     for d in env.settings.domains:
-        found, _ = outside.lookup(env, f"{env.settings.dkim.selector}._domainkey.{d}", "TXT")
+        sel = dkim.plan(env.settings).signing.selector
+        found, _ = outside.lookup(env, f"{sel}._domainkey.{d}", "TXT")
         vals = [decide.dkim_p(t) for t in found or ()]
         out[d] = next((v for v in vals if v), None)
     return out

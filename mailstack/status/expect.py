@@ -7,7 +7,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Mapping
 
-from .. import database, dns, firewall, imap, spam, supervision, tls
+from .. import database, dkim, dns, firewall, imap, spam, supervision, tls
 from .. import hosts as H
 from ..settings import Settings
 
@@ -42,6 +42,9 @@ class Environment:
     vantage: Callable[[], ContextManager] = field(default=nullcontext)
     source_v4: str | None = None
     source_v6: str | None = None
+    # With DKIM rotation, the generations published beside the signing one:
+    # selector -> domain -> p= (mailstack/dkim.py).
+    dkim_published: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @property
     def outbound_target(self) -> str:
@@ -52,7 +55,7 @@ class Environment:
         return H.hosts(self.settings)
 
     def records(self) -> list[dns.Record]:
-        return dns.records(self.settings, self.addresses, self.dkim_public)
+        return dns.records(self.settings, self.addresses, self.dkim_public, self.dkim_published)
 
     def ptrs(self) -> list[dns.Ptr]:
         return dns.ptr_records(self.settings, self.addresses)
@@ -146,7 +149,7 @@ def dnsbl_queries(env: Environment, role: str) -> list[tuple[str, str, str]]:
 
 
 def dkim_keys(settings: Settings) -> dict[str, str]:
-    return {d: spam.key_path(d, settings.dkim.selector) for d in settings.domains}
+    return {d: spam.key_path(d, dkim.plan(settings).signing.selector) for d in settings.domains}
 
 
 def replica_slots(settings: Settings) -> dict[str, str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import dns
+from .. import dkim, dns
 from .. import hosts as H
 from ..bundle import Bundle, File
 from ..context import Context
@@ -31,7 +31,10 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         return Bundle()
     s = ctx.settings
     pubs = {d: dns.dkim_public_from_private(ctx.secrets.dkim_keys[d]) for d in s.domains}
-    env = expect.Environment(s, ctx.addresses, pubs, {}, None)
+    signing = dkim.plan(s).signing.selector
+    others = {sel: {d: dns.dkim_public_from_private(pem) for d, pem in keys.items()}
+              for sel, keys in ctx.secrets.dkim_keyring.items() if sel != signing}
+    env = expect.Environment(s, ctx.addresses, pubs, {}, None, dkim_published=others)
     here = Path(__file__).parent
     files = [File(f"{LIB}/mailstack/__init__.py", "")]
     files += [File(f"{LIB}/mailstack/status/{m}", (here / m).read_text()) for m in MODULES]
