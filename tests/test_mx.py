@@ -45,6 +45,9 @@ def stage(ctx, host, root: Path, *, rspamd: bool = True, bind_ip: str | None = N
     shutil.chown(table, "root", "opensmtpd")
     table.chmod(0o640)
     (root / "smtpd" / "dyndns.regex").write_text(b.file(mx.DYNDNS_REGEX).content)
+    srs = root / "smtpd" / "srs.conf"
+    srs.write_text(b.file(mx.SRS_CONF).content)
+    srs.chmod(0o600)
     quota = root / "smtpd" / "quota.conf"
     quota.write_text(b.file(mx.QUOTA_CONF).content)
     shutil.chown(quota, "root", "opensmtpd")
@@ -116,6 +119,42 @@ def test_table_file_is_secret_and_readable_by_smtpd(ctx):
     assert ctx.secrets.lookup_password not in mx.bundle(ctx, ctx.hosts["mx1"]).script
 
 
+def test_srs_key_only_in_a_root_only_file(ctx, single_ctx):
+    """The SRS key reaches mx1 and mx2 (the same key: mx2 accepts the bounces too) only in
+    SRS_CONF, root:root 0600, staged from a deploy step; never in smtpd.conf, a step's
+    script, another file of any step, or any host's user-data."""
+    from mailstack import cloudinit, deploy
+    key = ctx.secrets.srs_key
+    for c in (ctx, single_ctx):
+        for role in ("mx1", "mx2"):
+            if role not in c.hosts:
+                continue
+            b = mx.bundle(c, c.hosts[role])
+            f = b.file(mx.SRS_CONF)
+            assert (f.owner, f.group, f.mode, f.secret) == ("root", "root", 0o600, True)
+            assert f'srs key "{key}"' in f.content.splitlines()
+            conf = b.file(mx.SMTPD_CONF).content
+            assert key not in conf and key not in b.script
+            # The key is read before the action that uses it (smtpd refuses it otherwise).
+            assert conf.index(f'include "{mx.SRS_CONF}"') < conf.index(" srs\n")
+        for step in deploy.plan(c.settings):
+            b = step.render(c)
+            assert key not in b.script, step.name
+            assert [f.path for f in b.files if key in f.content] in ([], [mx.SRS_CONF]), step.name
+        for h in c.hosts.values():
+            assert key not in cloudinit.user_data(c.settings, h), h.role
+
+
+def test_srs_key_must_be_usable():
+    """An empty or odd key is a clear error naming it, before anything is rendered."""
+    import dataclasses
+    base = make_context(settings_from())
+    for bad in ("", "short", 'with"quote-and-more'):
+        c = dataclasses.replace(base, secrets=dataclasses.replace(base.secrets, srs_key=bad))
+        with pytest.raises(ValueError, match="srs_key"):
+            mx.bundle(c, c.hosts["mx1"])
+
+
 def test_relay_targets(ctx, single_ctx):
     mx1 = mx.smtpd_conf(ctx, ctx.hosts["mx1"])
     mx2 = mx.smtpd_conf(ctx, ctx.hosts["mx2"])
@@ -144,6 +183,7 @@ OUTSIDE_LIAR = "10.99.0.7"    # PTR liar.test, whose A is another address (no FC
 OUTSIDE_LOW = "10.99.0.10"    # FCrDNS fine, SenderScore 5: below -blockBelow 10
 OUTSIDE_MEH = "10.99.0.11"    # FCrDNS fine, SenderScore 65: below -junkBelow 70
 MX2_LISTEN = "10.98.0.13"     # mx2's smtpd beside mx1's in the fixture below
+SINK = "10.99.0.12"           # elsewhere.test's MX: records what our smtpd sends out
 
 
 class Netns:
@@ -250,6 +290,8 @@ UNBOUND_TEST_CONF = """server:
   local-data-ptr: "{low} low.test"
   local-data: "meh.test. A {meh}"
   local-data-ptr: "{meh} meh.test"
+  local-data: "elsewhere.test. MX 10 sink.test."
+  local-data: "sink.test. A {sink}"
   local-zone: "10.in-addr.arpa." static
   # filter-senderscore asks <reversed ip>.score.senderscore.com; the last octet of the
   # answer is the score. No answer is a neutral one.
@@ -293,7 +335,7 @@ def start_resolver_and_database(ns: Netns, ctx, root: Path, extra_dns: str = "",
     listen, hba: more addresses, and the rendered pg_hba.conf instead of initdb's."""
     (root / "unbound.conf").write_text(
         UNBOUND_TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn=OUTSIDE_DYN, liar=OUTSIDE_LIAR,
-                                 low=OUTSIDE_LOW, meh=OUTSIDE_MEH, low_rev=_rev(OUTSIDE_LOW),
+                                 low=OUTSIDE_LOW, meh=OUTSIDE_MEH, sink=SINK, low_rev=_rev(OUTSIDE_LOW),
                                  meh_rev=_rev(OUTSIDE_MEH)) + extra_dns)
     unbound = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
     pg = root / "pg"
@@ -334,7 +376,7 @@ def mx1_running():
         mx2_conf = stage(ctx, ctx.hosts["mx2"], root / "mx2", rspamd=False, bind_ip=MX2_LISTEN)
         ns = Netns(root, mx1.private_ip,
                    [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
-                    OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN, OUTSIDE_LIAR, OUTSIDE_LOW, OUTSIDE_MEH],
+                    OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN, OUTSIDE_LIAR, OUTSIDE_LOW, OUTSIDE_MEH, SINK],
                    more_server_ips=(MX2_LISTEN,))
         # Kept on the namespace for the test that stops PostgreSQL (the module's last).
         ns.daemons = start_resolver_and_database(ns, ctx, root)
@@ -347,6 +389,12 @@ def mx1_running():
                        "mount -t tmpfs tmpfs /var/spool && mount -t tmpfs tmpfs /run && "
                        f"exec {SMTPD} -d -f {mx2_conf}", log=root / "mx2-smtpd.log")
         ns.wait_port(MX2_LISTEN, 25, mx2, root / "mx2-smtpd.log")
+        # elsewhere.test's MX, in the client namespace: what smtpd relays out lands here.
+        ns.sink_log = root / "sink.jsonl"
+        sink = subprocess.Popen(ns.cmd(sys.executable, "-c", SINK_SERVER, SINK, ns.sink_log, ns=ns.client),
+                                stdout=subprocess.DEVNULL, stderr=open(root / "sink.err", "w"),
+                                start_new_session=True)
+        ns.procs.append(sink)
         yield ctx, ns
     finally:
         if ns:
@@ -566,6 +614,124 @@ def test_internal_port_only_for_our_hosts(mx1_running):
     out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", OUTSIDE_OK,
                 "--to", "alice@example.org", "--quit-after", "RCPT")
     assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
+
+
+# A receiving server for elsewhere.test (test harness, not part of the stack): one JSON
+# line per message with the envelope smtpd sent, so the SRS rewrite on the wire is seen.
+SINK_SERVER = r"""
+import json, socketserver, sys
+
+class Session(socketserver.StreamRequestHandler):
+    def handle(self):
+        say = lambda line: (self.wfile.write(line.encode() + b"\r\n"), self.wfile.flush())
+        say("220 sink.test ESMTP")
+        env = {"mail": None, "rcpt": []}
+        for raw in self.rfile:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            verb = line[:4].upper()
+            if verb in ("EHLO", "HELO"):
+                say("250 sink.test")
+            elif verb == "MAIL":
+                env = {"mail": line.split(":", 1)[1].strip().split()[0].strip("<>"), "rcpt": []}
+                say("250 ok")
+            elif verb == "RCPT":
+                env["rcpt"].append(line.split(":", 1)[1].strip().split()[0].strip("<>"))
+                say("250 ok")
+            elif verb == "DATA":
+                say("354 go on")
+                body = []
+                for raw in self.rfile:
+                    if raw.rstrip(b"\r\n") == b".":
+                        break
+                    body.append(raw.decode(errors="replace"))
+                env["data"] = "".join(body)
+                with open(sys.argv[2], "a") as f:
+                    f.write(json.dumps(env) + "\n")
+                say("250 stored")
+            elif verb == "QUIT":
+                say("221 bye")
+                return
+            else:
+                say("250 ok")
+
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((sys.argv[1], 25), Session).serve_forever()
+"""
+
+
+def _sunk(ns, marker: str, timeout: float = 60) -> dict:
+    """The message the sink received whose data holds `marker`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if ns.sink_log.exists():
+            for line in ns.sink_log.read_text().splitlines():
+                env = json.loads(line)
+                if marker in env.get("data", ""):
+                    return env
+        ns.run("smtpctl", "schedule", "all")
+        time.sleep(1)
+    raise AssertionError(f"nothing with {marker!r} reached elsewhere.test's MX")
+
+
+SRS_ADDRESS = re.compile(r"^SRS0=[A-Za-z0-9_-]{4}=[A-Z2-7]{2}=(?P<domain>[^=]+)=(?P<user>[^@]+)@(?P<ours>.+)$")
+
+
+def test_forwarded_mail_leaves_with_an_srs_sender_and_its_bounce_comes_back(mx1_running):
+    """Forwarding (issue 12): mx1's real smtpd sends a forwarded copy out with an SRS0
+    envelope sender at the alias's domain (covered by our SPF), keeps the sender of mail a
+    user sends; a bounce (null sender) to that SRS address is accepted by mx1 and by mx2
+    (same key) and goes back to the original sender; a forged or reused one is refused."""
+    ctx, ns = mx1_running
+    mx1 = ctx.hosts["mx1"].private_ip
+
+    def send(server, sender, rcpt, subject, port=25, src=OUTSIDE_OK):
+        return swaks(ns, "--server", server, "--port", str(port), "--li", src, "--from", sender,
+                     "--to", rcpt, "--header", f"Subject: {subject}")
+
+    out = send(mx1, "someone@elsewhere.test", FORWARD_ALIAS["address"], "srs forward 1")
+    assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
+    env = _sunk(ns, "srs forward 1")
+    m = SRS_ADDRESS.match(env["mail"])
+    assert m and (m["domain"], m["user"], m["ours"]) == ("elsewhere.test", "someone", "example.org"), env
+    assert env["rcpt"] == ["grandma@elsewhere.test"], env
+    srs = env["mail"]
+
+    # A user's own mail keeps its sender: only forwarded copies are rewritten.
+    r = smtp(ns, mx1, 587, OUTSIDE_NO_PTR, "starttls", user="alice@example.org", password=TEST_PASSWORD,
+             to="friend@elsewhere.test", data="Subject: srs own mail\r\n\r\nhi\r\n",
+             **{"from": "alice@example.org"})
+    assert r.get("data") == 250, r
+    assert _sunk(ns, "srs own mail")["mail"] == "alice@example.org"
+
+    # The bounce: null sender to the SRS address, on mx1 and on mx2 (which knows the key).
+    for server in (mx1, MX2_LISTEN):
+        reply = rcpt_reply(swaks(ns, "--server", server, "--li", OUTSIDE_OK, "--from", "<>",
+                                 "--to", srs, "--quit-after", "RCPT")).strip()
+        assert reply.startswith("<-  250"), (server, reply)
+    out = send(mx1, "<>", srs, "srs bounce 1")
+    assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
+    back = _sunk(ns, "srs bounce 1")
+    assert (back["mail"], back["rcpt"]) == ("", ["someone@elsewhere.test"]), back
+
+    # A local original sender gets the bounce in her mailbox (LMTP: queued for imap here).
+    out = send(mx1, "alice@example.org", FORWARD_ALIAS["address"], "srs forward 2")
+    local_srs = _sunk(ns, "srs forward 2")["mail"]
+    assert SRS_ADDRESS.match(local_srs)["user"] == "alice", local_srs
+    out = send(mx1, "<>", local_srs, "srs bounce 2")
+    assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
+    # smtpctl's envelope line: id|family|type|flags|sender|rcpt|dest|...
+    queue = [line.split("|") for line in ns.run("smtpctl", "show", "queue").stdout.splitlines()]
+    assert [f[2:7] for f in queue if f[5:6] == [local_srs]] == [
+        ["mda", "internal", "@", local_srs, "alice@example.org"]], queue
+
+    # A forged hash, or the SRS address used as a sender-bearing relay: no such user (5xx).
+    user, domain = srs.split("@")
+    forged = f"SRS0={'AAAA' if user[5:9] != 'AAAA' else 'BBBB'}{user[9:]}@{domain}"
+    for server in (mx1, MX2_LISTEN):
+        for sender, rcpt in (("<>", forged), ("x@good.test", srs)):
+            reply = rcpt_reply(swaks(ns, "--server", server, "--li", OUTSIDE_OK, "--from", sender,
+                                     "--to", rcpt, "--quit-after", "RCPT")).strip()
+            assert re.match(r"^<\*\* +5\d\d", reply), (server, sender, rcpt, reply)
 
 
 REPO = Path(__file__).resolve().parent.parent
