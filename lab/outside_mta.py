@@ -15,9 +15,9 @@ internet would run it, on the lab's outside address.
 
 Postfix can't be installed on this machine beside OpenSMTPD (both are Debian's
 `mail-transport-agent`, which conflict), so it runs from a root file system of its own:
-the lab's host image plus a cached layer with the postfix package, mounted as an overlay
-and entered with chroot inside the lab namespace. It is no stack host: no systemd, only
-Postfix's master and its children.
+the lab's host image plus a cached layer with the postfix, opendkim and opendmarc
+packages, mounted as an overlay and entered with chroot inside the lab namespace. It is
+no stack host: no systemd, only Postfix's master and its children and the two milters.
 """
 from __future__ import annotations
 
@@ -234,7 +234,8 @@ def start(base: Path, tlsdir: Path, pebble_roots_pem: str) -> None:
     (etc / "tls" / "outside.key").chmod(0o600)
     (etc / "tls" / "pebble-roots.pem").write_text(pebble_roots_pem)
     (etc / "main.cf").write_text(main_cf("/etc/postfix/tls/pebble-roots.pem"))
-    (etc / "master.cf").write_text(MASTER_CF.replace("OUTSIDE_V4", net.OUTSIDE_V4).replace("OUTSIDE_V6", net.OUTSIDE_V6))
+    (etc / "master.cf").write_text(
+        MASTER_CF.replace("OUTSIDE_V4", net.OUTSIDE_V4).replace("OUTSIDE_V6", net.OUTSIDE_V6))
     store = m / "usr/local/bin/lab-outside-store"
     store.parent.mkdir(parents=True, exist_ok=True)
     store.write_text(STORE_SCRIPT)

@@ -11,14 +11,18 @@ from ..util import wait_until
 from ..netns import inside
 from .clients import (
     FORWARD,
+    LabSMTP,
     _expect,
+    _host_ip,
     _s,
     _token,
     copies,
+    machines_roles,
     message,
     outside_copy,
     outside_messages,
     outside_verdict,
+    tls_context,
     via_outside,
     wait_imap,
 )
@@ -67,6 +71,16 @@ def s_forwarding() -> str:
     for who in ours:
         wait_imap(who, tok)
 
+    # mx2 holds the same key: while mx1 is down, the bounce is taken there too (RCPT only).
+    if "mx2" in machines_roles():
+        with inside():
+            with LabSMTP(_s().fqdn("mx2"), _host_ip("mx2"), 25) as c:
+                c.starttls(context=tls_context())
+                c.ehlo()
+                c.mail("")
+                code, reply = c.rcpt(srs)
+        _expect(code == 250, f"mx2 answers {code} {reply!r} for a bounce to {srs}")
+
     # 2. The receiving site bounces it: the report reaches the outside sender again.
     btok = _token()
     _bounce(srs, btok)
@@ -93,6 +107,6 @@ def s_forwarding() -> str:
     _bounce(local_srs, btok2)
     wait_imap("alice@example.org", btok2, timeout=90)
     return (f"forwarded copy sent as {srs} with spf={verdict['spf']} (dkim={verdict['dkim']}, "
-            f"dmarc={verdict['dmarc']}); bounce to it delivered back to {sender}; "
+            f"dmarc={verdict['dmarc']}); bounce to it delivered back to {sender} (mx2 takes it too); "
             f"alice's forwarded copy as {local_srs}, its bounce in her INBOX")
 
