@@ -723,6 +723,10 @@ def test_forwarded_mail_leaves_with_an_srs_sender_and_its_bounce_comes_back(mx1_
     queue = [line.split("|") for line in ns.run("smtpctl", "show", "queue").stdout.splitlines()]
     assert [f[2:7] for f in queue if f[5:6] == [local_srs]] == [
         ["mda", "internal", "@", local_srs, "alice@example.org"]], queue
+    # mx2 takes it too (its `primary` action hands it to mx1 for alice's mailbox).
+    reply = rcpt_reply(swaks(ns, "--server", MX2_LISTEN, "--li", OUTSIDE_OK, "--from", "<>",
+                             "--to", local_srs, "--quit-after", "RCPT")).strip()
+    assert reply.startswith("<-  250"), reply
 
     # A forged hash, or the SRS address used as a sender-bearing relay: no such user (5xx).
     user, domain = srs.split("@")
