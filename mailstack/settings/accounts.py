@@ -13,12 +13,14 @@ ROLE_LOCAL_PARTS = ("postmaster", "abuse")
 
 
 class User(_Model):
-    address: str
-    # None means: the stack generates an initial password (a secret stack output).
-    password_hash: str | None = None
-    # None: quota.defaultMb. 0: unlimited.
-    quota_mb: int | None = Field(default=None, ge=0)
-    active: bool = True
+    address: str = Field(description="the mailbox's address, in one of `domains`; it is also the login")
+    password_hash: str | None = Field(default=None, description=(
+        "a `$6$` (SHA512-CRYPT) or `$2b$` (bcrypt) hash, stored as a secret (`make hash-password`); "
+        "unset: the stack generates an initial password (output `initialPasswords`, secret)"))
+    quota_mb: int | None = Field(default=None, ge=0, description=(
+        "this mailbox's size in MiB (0 = unlimited; more than the mail volume is refused); "
+        "unset: `quota.defaultMb`"))
+    active: bool = Field(default=True, description="false: the mailbox keeps its mail but can't log in and receives nothing")
 
     _norm = field_validator("address", mode="before")(_lower)
 
@@ -32,9 +34,10 @@ class User(_Model):
 
 
 class Alias(_Model):
-    address: str
-    to: tuple[str, ...]
-    active: bool = True
+    address: str = Field(description="the alias, in one of `domains`; not also a user")
+    to: tuple[str, ...] = Field(description=(
+        "where its mail goes: users, other aliases, or addresses outside (a local address must exist)"))
+    active: bool = Field(default=True, description="false: mail to the alias is refused")
 
     _norm = field_validator("address", mode="before")(_lower)
 

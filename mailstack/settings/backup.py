@@ -23,38 +23,41 @@ S3_FIX = ("`pulumi config set --secret --path 'mailstack:backup.s3.accessKeyId' 
 
 
 class StorageBoxSettings(_Model):
-    type: str = "bx11"
-    location: str | None = None  # default: hetzner.location
+    type: str = Field(default="bx11", description="the Storage Box type (checked against the catalogue at preview)")
+    location: str | None = Field(default=None, description=(
+        "the Storage Box's location; unset: `hetzner.location` where boxes exist (fsn1, nbg1, hel1), else fsn1"))
 
 
 class Keep(_Model):
-    daily: int = Field(default=7, ge=0, le=3650)
-    weekly: int = Field(default=5, ge=0, le=520)
-    monthly: int = Field(default=12, ge=0, le=1200)
+    daily: int = Field(default=7, ge=0, le=3650, description="daily snapshots kept")
+    weekly: int = Field(default=5, ge=0, le=520, description="weekly snapshots kept")
+    monthly: int = Field(default=12, ge=0, le=1200, description="monthly snapshots kept")
 
 
 class S3Credentials(_Model):
     # For an `s3:` target; secrets (`pulumi config set --secret --path ...`). They reach
     # the data hosts only in a 0600 file of the backup step.
-    access_key_id: str = ""
-    secret_access_key: str = ""
-    region: str = ""
+    access_key_id: str = Field(default="", description="the S3 access key id, for an `s3:` target (secret)")
+    secret_access_key: str = Field(default="", description="the S3 secret access key, for an `s3:` target (secret)")
+    region: str = Field(default="", description="the S3 region, if the service wants one")
 
 
 class Backup(_Model):
-    # Where the restic repositories live (one per data host, under this target).
-    target: str = "storagebox"
-    s3: S3Credentials = S3Credentials()
-    storage_box: StorageBoxSettings = StorageBoxSettings()
-    # systemd OnCalendar expression (checked again by systemd-analyze on the server).
-    schedule: str = "*-*-* 03:17:00"
-    keep: Keep = Keep()
-    check_every_days: int = Field(default=7, ge=1, le=365)
-    # A fresh host with an empty mail store (or an empty mail database) restores the
-    # latest snapshot in its deploy step, before it accepts mail.
-    restore_on_empty: bool = True
-    # known_hosts lines for the target; empty: the key first seen is trusted and kept.
-    known_hosts: tuple[str, ...] = ()
+    # One restic repository per data host, under this target.
+    target: str = Field(default="storagebox", description=(
+        "where backups go: `storagebox` (a Storage Box the stack creates), `sftp://user@host[:port]/path`, "
+        "`s3:https://endpoint/bucket[/path]` or `none`"))
+    s3: S3Credentials = Field(default=S3Credentials(), description="the credentials of an `s3:` target")
+    storage_box: StorageBoxSettings = Field(default=StorageBoxSettings(), description="the Storage Box of the `storagebox` target")
+    # Checked again by systemd-analyze on the server.
+    schedule: str = Field(default="*-*-* 03:17:00", description="when backups run: a systemd OnCalendar expression (UTC)")
+    keep: Keep = Field(default=Keep(), description="how many snapshots are kept")
+    check_every_days: int = Field(default=7, ge=1, le=365, description="how often the repository is checked (`restic check`), in days")
+    restore_on_empty: bool = Field(default=True, description=(
+        "a fresh host with an empty mail store (or mail database) restores the latest snapshot in its "
+        "deploy step, before it accepts mail"))
+    known_hosts: tuple[str, ...] = Field(default=(), description=(
+        "known_hosts lines for an SFTP target (`ssh-keyscan -p PORT HOST`); empty: the key first seen is trusted and kept"))
 
     @property
     def enabled(self) -> bool:

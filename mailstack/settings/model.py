@@ -14,26 +14,26 @@ from .servers import Admin, Hetzner, Hostnames, Updates
 
 
 class Settings(_Model):
-    topology: Literal["ha", "single"] = "ha"
-    domains: tuple[str, ...]
-    users: tuple[User, ...] = ()
-    aliases: tuple[Alias, ...] = ()
-    hostnames: Hostnames = Hostnames()
-    hetzner: Hetzner = Hetzner()
-    admin: Admin = Admin()
-    acme: Acme
-    dmarc: Dmarc = Dmarc()
-    mta_sts: MtaSts = MtaSts()
-    dns: Dns = Dns()
-    dkim: Dkim = Dkim()
-    quota: Quota = Quota()
-    resolver: Resolver = Resolver()
-    spam: Spam = Spam()
-    limits: Limits = Limits()
-    status: Status = Status()
-    updates: Updates = Updates()
-
-    backup: Backup = Backup()
+    topology: Literal["ha", "single"] = Field(default="ha", description="`ha` (mx1, imap, mx2) or `single` (everything on mx1)")
+    domains: tuple[str, ...] = Field(description="the mail domains; the first is the primary one")
+    users: tuple[User, ...] = Field(default=(), description=(
+        "the mailboxes; at least one active user is needed: the role addresses (`admin.mailbox`) must reach a mailbox"))
+    aliases: tuple[Alias, ...] = Field(default=(), description="addresses that forward to users, other aliases or outside")
+    hostnames: Hostnames = Field(default=Hostnames(), description="the hosts' names")
+    hetzner: Hetzner = Field(default=Hetzner(), description="where and what to run")
+    admin: Admin = Field(default=Admin(), description="who administers the servers, and who receives the role addresses")
+    acme: Acme = Field(description="the certificates' ACME account and CA")
+    dmarc: Dmarc = Field(default=Dmarc(), description="the DMARC record")
+    mta_sts: MtaSts = Field(default=MtaSts(), description="the MTA-STS policy")
+    dns: Dns = Field(default=Dns(), description="the DNS zones and records")
+    dkim: Dkim = Field(default=Dkim(), description="DKIM signing")
+    quota: Quota = Field(default=Quota(), description="mailbox sizes and quota warnings")
+    resolver: Resolver = Field(default=Resolver(), description="unbound, the hosts' resolver")
+    spam: Spam = Field(default=Spam(), description="Rspamd")
+    limits: Limits = Field(default=Limits(), description="abuse limits (docs/hardening.md)")
+    status: Status = Field(default=Status(), description="`make status` and its daily job")
+    updates: Updates = Field(default=Updates(), description="unattended upgrades (Debian, security, backports) every day")
+    backup: Backup = Field(default=Backup(), description="backups with restic (see \"Backups and restore\")")
 
     _norm_domains = field_validator("domains", mode="before")(
         lambda v: [_lower(x) for x in v] if isinstance(v, (list, tuple)) else v
