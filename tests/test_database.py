@@ -78,12 +78,12 @@ def test_rendered_primary_config(ctx):
     assert "listen_addresses = 'localhost, 10.77.1.11'" in conf
     assert "wal_level = replica" in conf and "max_slot_wal_keep_size = 2GB" in conf
     hba = D.hba_conf(ctx, mx1)
-    repl = [l.split() for l in hba.splitlines() if l.startswith("host") and "replication" in l]
+    repl = [line.split() for line in hba.splitlines() if line.startswith("host") and "replication" in line]
     assert repl == [["host", "replication", D.REPLICATION_USER, ip, "scram-sha-256"]
                     for ip in ("10.77.1.12/32", "10.77.1.13/32")]
     # Only loopback may use the lookup role, and nothing reaches other databases.
-    assert all(l.split()[1] in (D.DB_NAME, "replication") for l in hba.splitlines()
-               if l.startswith("host"))
+    assert all(line.split()[1] in (D.DB_NAME, "replication") for line in hba.splitlines()
+               if line.startswith("host"))
     assert "listen_addresses = 'localhost'\n" in D.server_conf(ctx, ctx.hosts["imap"])
     assert "replication" not in D.hba_conf(ctx, ctx.hosts["imap"]).replace("# ", "").split("local")[-1]
 

@@ -80,7 +80,7 @@ def s_redeploy() -> str:
     after = {r: _service_state(r) for r in roles}
     for r in roles:
         if before[r] != after[r]:
-            diff = [l for l in after[r].splitlines() if l not in before[r].splitlines()]
+            diff = [line for line in after[r].splitlines() if line not in before[r].splitlines()]
             raise AssertionError(f"{r} changed on a no-op redeploy: {diff[:4]}")
     return f"{len(times)} steps rerun in {sum(times.values()):.0f}s; no restart, no file changed"
 

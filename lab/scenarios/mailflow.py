@@ -108,7 +108,7 @@ def s_submission() -> str:
         result = spf_check(peer, "alice@example.org", s.fqdn("mx1"))
         _expect(result == "pass", f"{tok}: SPF for {peer} is {result}, not pass")
         spf_results.add(f"{peer} {result}")
-        raw = b"\r\n".join(l for l in raw.split(b"\r\n") if not l.startswith(b"X-Lab-"))
+        raw = b"\r\n".join(line for line in raw.split(b"\r\n") if not line.startswith(b"X-Lab-"))
         _expect(b"DKIM-Signature" in raw, f"{tok}: no DKIM-Signature header")
         _expect(dkim.verify(raw, dnsfunc=lab_dns_txt), f"{tok}: DKIM signature does not verify")
     return (f"587+465 delivered and DKIM-verified; SPF {', '.join(sorted(spf_results))}; "

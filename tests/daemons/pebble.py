@@ -2,6 +2,7 @@
 plain HTTP server in nginx's place for HTTP-01."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -43,11 +44,11 @@ def pebble(tmp_path):
     acme, dns, http = free_port(), free_port(), free_port()
     webroot = tmp_path / "var-up" / "www" / "acme"
     webroot.mkdir(parents=True)
-    (d / "config.json").write_text(
-        '{"pebble": {"listenAddress": "127.0.0.1:%d", "managementListenAddress": "127.0.0.1:%d",'
-        ' "certificate": "%s", "privateKey": "%s", "httpPort": %d, "tlsPort": %d,'
-        ' "ocspResponderURL": "", "externalAccountBindingRequired": false}}'
-        % (acme, free_port(), d / "fullchain.pem", d / "privkey.pem", http, free_port()))
+    (d / "config.json").write_text(json.dumps({"pebble": {
+        "listenAddress": f"127.0.0.1:{acme}", "managementListenAddress": f"127.0.0.1:{free_port()}",
+        "certificate": str(d / "fullchain.pem"), "privateKey": str(d / "privkey.pem"),
+        "httpPort": http, "tlsPort": free_port(),
+        "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
     env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
     with ExitStack() as stack:
         def start(name, cmd, port, cwd=None):

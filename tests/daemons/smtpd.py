@@ -71,5 +71,5 @@ def rcpt_reply(transcript: str) -> str:
     lines = transcript.splitlines()
     for i, line in enumerate(lines):
         if re.match(r"^ ?-> RCPT TO", line) or re.match(r"^ ?~> RCPT TO", line):
-            return next(l for l in lines[i + 1:] if re.match(r"^ ?<[~*-]", l))
-    return next((l for l in lines if l.lstrip().startswith("<*")), transcript)
+            return next(reply for reply in lines[i + 1:] if re.match(r"^ ?<[~*-]", reply))
+    return next((line for line in lines if line.lstrip().startswith("<*")), transcript)
