@@ -6,8 +6,8 @@ names the config key path, the bad value and the fix, and all errors of one run 
 reported together before a single resource is declared.
 
 One module per group of sections (`accounts`, `servers`, `mail`, `backup`), the root
-model (`model`), the checks pydantic's types can't express, one per section (`checks`),
-and the loading (`load`). Import from `mailstack.settings`: every name is here.
+model (`model`), the checks pydantic's types can't express, one per section (`checks`,
+`checks_servers`), and the loading (`load`). Import from `mailstack.settings`: every name is here.
 """
 from __future__ import annotations
 
