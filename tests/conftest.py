@@ -17,6 +17,9 @@ from mailstack import hosts as H  # noqa: E402
 from mailstack.context import Context, Secrets  # noqa: E402
 from mailstack.settings import load_settings  # noqa: E402
 
+# The real-daemon fixtures that several modules use (`dovecot`, `pebble`), one home each.
+pytest_plugins = ["tests.daemons.dovecot", "tests.daemons.pebble"]
+
 EXAMPLE_STACK = ROOT / "config" / "Pulumi.dev.yaml"
 
 # Documentation ranges: never routed, so a rendering bug can't point anywhere real.

@@ -3,11 +3,9 @@ behavioural run of mx1's config against a real PostgreSQL and unbound in a priva
 network namespace."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,60 +17,13 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_STACK, TEST_PASSWORD, make_context, settings_from
-from mailstack import database, mx
-from mailstack import hosts as H
-
-SMTPD = shutil.which("smtpd") or "/usr/sbin/smtpd"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _cert(d: Path) -> None:
-    d.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=mx1.example.org", "-keyout", d / "privkey.pem", "-out", d / "fullchain.pem"],
-        check=True, capture_output=True)
-
-
-def stage(ctx, host, root: Path, *, rspamd: bool = True, bind_ip: str | None = None) -> Path:
-    """Write host's smtpd files under root, with their paths pointing there. bind_ip:
-    listen on that address only, so two hosts' smtpd can share a network namespace."""
-    _cert(root / "tls")
-    (root / "smtpd").mkdir(parents=True, exist_ok=True)
-    b = mx.bundle(ctx, host)
-    table = root / "smtpd" / "pgsql.conf"
-    table.write_text(b.file(mx.TABLE_CONF).content)
-    shutil.chown(table, "root", "opensmtpd")
-    table.chmod(0o640)
-    (root / "smtpd" / "dyndns.regex").write_text(b.file(mx.DYNDNS_REGEX).content)
-    srs = root / "smtpd" / "srs.conf"
-    srs.write_text(b.file(mx.SRS_CONF).content)
-    srs.chmod(0o600)
-    quota = root / "smtpd" / "quota.conf"
-    quota.write_text(b.file(mx.QUOTA_CONF).content)
-    shutil.chown(quota, "root", "opensmtpd")
-    quota.chmod(0o640)
-    guard, quota_filter = root / "filter-guard", root / "filter-quota"
-    for path, src in ((guard, mx.FILTER_GUARD), (quota_filter, mx.FILTER_QUOTA)):
-        path.write_text(b.file(src).content)
-        path.chmod(0o755)
-    conf = b.file(mx.SMTPD_CONF).content
-    conf = (conf.replace("/etc/smtpd/", f"{root}/smtpd/").replace(mx.TLS_DIR, f"{root}/tls")
-            .replace(mx.FILTER_GUARD, str(guard)).replace(mx.FILTER_QUOTA, str(quota_filter)))
-    if not rspamd:
-        conf = without_rspamd(conf)
-    if bind_ip:
-        conf = re.sub(r"^listen on :: .*\n", "", conf, flags=re.M).replace("listen on 0.0.0.0 ", f"listen on {bind_ip} ")
-    path = root / "smtpd.conf"
-    path.write_text(conf)
-    return path
-
-
-def without_rspamd(conf: str) -> str:
-    conf = re.sub(r'^filter "rspamd" .*\n', "", conf, flags=re.M)
-    conf = conf.replace(', "rspamd" }', " }").replace(' filter "rspamd"', "")
-    assert "rspamd" not in re.sub(r"#.*", "", conf)
-    return conf
+from tests.daemons.netns import Netns, start_resolver_and_database
+from tests.daemons.postgres import PG_BIN
+from tests.daemons.smtpd import MX2_LISTEN, SMTPD, rcpt_reply, stage, start_mx2, swaks
+from tests.daemons.unbound import (
+    SINK, OUTSIDE_DYN, OUTSIDE_LIAR, OUTSIDE_LOW, OUTSIDE_MEH, OUTSIDE_NO_PTR, OUTSIDE_OK,
+)
+from mailstack import mx
 
 
 def hosts_of(topology):
@@ -176,149 +127,6 @@ def test_flush_timer_only_on_backup_mx(ctx):
 
 # --------------------------------------------------------------------------- behaviour
 
-OUTSIDE_OK = "10.99.0.5"      # PTR good.test, and good.test A points back
-OUTSIDE_NO_PTR = "10.99.0.6"
-OUTSIDE_DYN = "10.99.0.8"     # PTR and A match, but the name is a dial-up pool's
-OUTSIDE_LIAR = "10.99.0.7"    # PTR liar.test, whose A is another address (no FCrDNS)
-OUTSIDE_LOW = "10.99.0.10"    # FCrDNS fine, SenderScore 5: below -blockBelow 10
-OUTSIDE_MEH = "10.99.0.11"    # FCrDNS fine, SenderScore 65: below -junkBelow 70
-MX2_LISTEN = "10.98.0.13"     # mx2's smtpd beside mx1's in the fixture below
-SINK = "10.99.0.12"           # elsewhere.test's MX: records what our smtpd sends out
-
-
-class Netns:
-    """A server network + mount namespace (own queue, /run, users and resolver) and a
-    client network namespace joined by a veth pair, so that clients are not local
-    addresses of the server (smtpd treats those as `from local`)."""
-
-    def __init__(self, root: Path, server_ip: str, client_ips: list[str], more_server_ips: tuple[str, ...] = ()):
-        self.root = root
-        passwd = root / "passwd"
-        passwd.write_text(Path("/etc/passwd").read_text()
-                          + f"vmail:x:{H.VMAIL_UID}:{H.VMAIL_UID}::/var/vmail:/usr/sbin/nologin\n")
-        group = root / "group"
-        group.write_text(Path("/etc/group").read_text() + f"vmail:x:{H.VMAIL_UID}:\n")
-        (root / "resolv.conf").write_text("nameserver 127.0.0.53\n")
-        self.procs: list[subprocess.Popen] = []
-        self.holders: list[subprocess.Popen] = []
-        self.client = self._holder(["unshare", "-n"], ["ip link set lo up"])
-        self.server = self._holder(["unshare", "-n", "-m"], [
-            "mount --make-rprivate /",
-            "mount -t tmpfs tmpfs /var/spool",
-            "mount -t tmpfs tmpfs /run",
-            f"mount --bind {root}/resolv.conf /etc/resolv.conf",
-            f"mount --bind {passwd} /etc/passwd",
-            f"mount --bind {group} /etc/group",
-            "ip link set lo up",
-            f"ip link add vs type veth peer name vc netns /proc/{self.client.pid}/ns/net",
-            *[f"ip addr add {ip}/32 dev vs" for ip in (server_ip, *more_server_ips)],
-            "ip link set vs up",
-            *[f"ip route add {ip}/32 dev vs" for ip in client_ips],
-        ])
-        for cmd in (["ip", "link", "set", "vc", "up"],
-                    *[["ip", "addr", "add", f"{ip}/32", "dev", "vc"] for ip in client_ips],
-                    *[["ip", "route", "add", f"{ip}/32", "dev", "vc"] for ip in (server_ip, *more_server_ips)]):
-            subprocess.run(self.cmd(*cmd, ns=self.client), check=True)
-
-    def _holder(self, unshare: list[str], setup: list[str]) -> subprocess.Popen:
-        script = " && ".join([*setup, "echo ready", "exec sleep infinity"])
-        p = subprocess.Popen([*unshare, "sh", "-c", script], stdout=subprocess.PIPE, text=True)
-        self.holders.append(p)
-        line = p.stdout.readline().strip()
-        assert line == "ready", f"namespace setup failed: {script}"
-        return p
-
-    def cmd(self, *argv, ns=None) -> list[str]:
-        ns = ns or self.server
-        flags = ["-n", "-m"] if ns is self.server else ["-n"]
-        return ["nsenter", "-t", str(ns.pid), *flags, *map(str, argv)]
-
-    def run(self, *argv, client: bool = False, **kw) -> subprocess.CompletedProcess:
-        kw.setdefault("timeout", 60)
-        return subprocess.run(self.cmd(*argv, ns=self.client if client else None),
-                              capture_output=True, text=True, **kw)
-
-    def start(self, *argv, log: Path) -> subprocess.Popen:
-        p = subprocess.Popen(self.cmd(*argv), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                             start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def wait_port(self, ip: str, port: int, proc: subprocess.Popen, log: Path) -> None:
-        probe = f"import socket; socket.create_connection(('{ip}', {port}), 1).close()"
-        for _ in range(200):
-            if proc.poll() is not None:
-                raise AssertionError(f"{proc.args} exited:\n{log.read_text()}")
-            if self.run("python3", "-c", probe).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"nothing listens on {ip}:{port}:\n{log.read_text()}")
-
-    def close(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
-        for h in self.holders:
-            h.kill()
-            h.wait()
-
-
-UNBOUND_TEST_CONF = """server:
-  interface: 127.0.0.53
-  do-daemonize: no
-  username: ""
-  chroot: ""
-  pidfile: ""
-  use-syslog: no
-  directory: "{root}"
-  module-config: "iterator"
-  access-control: 127.0.0.0/8 allow
-  access-control: 10.0.0.0/8 allow
-  local-zone: "test." static
-  local-data: "good.test. A {ok}"
-  local-data-ptr: "{ok} good.test"
-  local-data: "dyn-10-99-0-8.pool.isp.test. A {dyn}"
-  local-data-ptr: "{dyn} dyn-10-99-0-8.pool.isp.test"
-  local-data: "liar.test. A 10.99.0.77"
-  local-data-ptr: "{liar} liar.test"
-  local-data: "low.test. A {low}"
-  local-data-ptr: "{low} low.test"
-  local-data: "meh.test. A {meh}"
-  local-data-ptr: "{meh} meh.test"
-  local-data: "elsewhere.test. MX 10 sink.test."
-  local-data: "sink.test. A {sink}"
-  local-zone: "10.in-addr.arpa." static
-  # filter-senderscore asks <reversed ip>.score.senderscore.com; the last octet of the
-  # answer is the score. No answer is a neutral one.
-  local-zone: "senderscore.com." static
-  local-data: "{low_rev}.score.senderscore.com. A 127.0.4.5"
-  local-data: "{meh_rev}.score.senderscore.com. A 127.0.4.65"
-"""
-
-
-def _rev(ip: str) -> str:
-    return ".".join(reversed(ip.split(".")))
-
-
-def swaks(ns: Netns, *args: str) -> str:
-    r = ns.run("swaks", "--hide-informational", "--timeout", "15", *args, client=True)
-    return r.stdout + r.stderr
-
-
-def rcpt_reply(transcript: str) -> str:
-    """The server's reply to RCPT TO (or to whatever ended the session)."""
-    lines = transcript.splitlines()
-    for i, line in enumerate(lines):
-        if re.match(r"^ ?-> RCPT TO", line) or re.match(r"^ ?~> RCPT TO", line):
-            return next(l for l in lines[i + 1:] if re.match(r"^ ?<[~*-]", l))
-    return next((l for l in lines if l.lstrip().startswith("<*")), transcript)
-
-
 EXAMPLE_ALIASES = yaml.safe_load(EXAMPLE_STACK.read_text())["config"]["mailstack:aliases"]
 # The role addresses of the second domain are left to the stack (settings.role_aliases):
 # postmaster@ and abuse@ of example.net must still be accepted, by mx1 and mx2.
@@ -326,37 +134,6 @@ MX_ALIASES = [a for a in EXAMPLE_ALIASES if not a["address"].endswith("@example.
               or a["address"] == "team@example.net"]
 # An alias that forwards outside as well as inside, as people keep for a family address.
 FORWARD_ALIAS = {"address": "family@example.org", "to": ["alice@example.org", "grandma@elsewhere.test"]}
-
-
-def start_resolver_and_database(ns: Netns, ctx, root: Path, extra_dns: str = "",
-                                listen: str = "127.0.0.1", hba: str | None = None) -> dict:
-    """unbound on 127.0.0.53 (UNBOUND_TEST_CONF + extra_dns) and a PostgreSQL on
-    127.0.0.1:5432 holding the stack's schema and accounts, in the server namespace.
-    listen, hba: more addresses, and the rendered pg_hba.conf instead of initdb's."""
-    (root / "unbound.conf").write_text(
-        UNBOUND_TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn=OUTSIDE_DYN, liar=OUTSIDE_LIAR,
-                                 low=OUTSIDE_LOW, meh=OUTSIDE_MEH, sink=SINK, low_rev=_rev(OUTSIDE_LOW),
-                                 meh_rev=_rev(OUTSIDE_MEH)) + extra_dns)
-    unbound = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
-    pg = root / "pg"
-    pg.mkdir()
-    shutil.chown(pg, "postgres", "postgres")
-    subprocess.run(["runuser", "-u", "postgres", "--", PG_BIN / "initdb", "-D", pg / "data",
-                    "-A", "trust", "--auth-host=scram-sha-256"], check=True, capture_output=True)
-    if hba is not None:
-        (pg / "data" / "pg_hba.conf").write_text(hba)
-    postgres = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", pg / "data",
-                        "-k", pg, "-c", f"listen_addresses={listen}", "-c", "port=5432",
-                        log=root / "postgres.log")
-    ns.wait_port("127.0.0.1", 5432, postgres, root / "postgres.log")
-    psql = ["runuser", "-u", "postgres", "--", PG_BIN / "psql", "-h", pg, "-X", "-q",
-            "-v", "ON_ERROR_STOP=1"]
-    for db, sql in (("postgres", database.setup_sql(ctx)),
-                    (database.DB_NAME, database.sync_sql(ctx.settings, ctx.secrets.user_hashes))):
-        r = ns.run(*psql, "-d", db, input=sql)
-        assert r.returncode == 0, r.stderr
-    ns.wait_port("127.0.0.53", 53, unbound, root / "unbound.log")
-    return {"unbound": unbound, "postgres": postgres}
 
 
 @pytest.fixture(scope="module")
@@ -384,11 +161,7 @@ def mx1_running():
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         ns.wait_port(mx1.private_ip, 25, smtpd, root / "smtpd.log")
         ns.wait_port(mx1.private_ip, mx.RELAY_PORT, smtpd, root / "smtpd.log")
-        # Its own queue and control socket, in a mount namespace of its own.
-        mx2 = ns.start("unshare", "-m", "--propagation", "private", "sh", "-c",
-                       "mount -t tmpfs tmpfs /var/spool && mount -t tmpfs tmpfs /run && "
-                       f"exec {SMTPD} -d -f {mx2_conf}", log=root / "mx2-smtpd.log")
-        ns.wait_port(MX2_LISTEN, 25, mx2, root / "mx2-smtpd.log")
+        start_mx2(ns, mx2_conf, root)
         # elsewhere.test's MX, in the client namespace: what smtpd relays out lands here.
         ns.sink_log = root / "sink.jsonl"
         sink = subprocess.Popen(ns.cmd(sys.executable, "-c", SINK_SERVER, SINK, ns.sink_log, ns=ns.client),

@@ -16,18 +16,9 @@ from .hardening import s_tls_profile, s_updates
 from .faults import s_faults
 from .forwarding import s_forwarding
 from .resilience import s_hostile_input, s_supervision
-from .mailflow import (
-    s_inbound,
-    s_submission,
-    s_no_open_relay,
-    s_spam,
-    s_backup_mx,
-    s_replication,
-    s_firewall,
-    s_sieve,
-    s_redeploy,
-    s_reboot,
-)
+from .hosts import s_firewall, s_reboot, s_redeploy
+from .mailflow import s_inbound, s_no_open_relay, s_sieve, s_spam, s_submission
+from .redundancy import s_backup_mx, s_replication
 from .status import s_status
 
 SCENARIOS = [
