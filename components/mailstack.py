@@ -89,7 +89,7 @@ class MailStack(pulumi.ComponentResource):
             # The phase this run deployed (docs/dkim.md); `mailstack status` checks it.
             keys = dkim.plan(settings)
             self.outputs["dkimSchedule"] = {
-                "now": settings.dkim.now.isoformat(), "phase": keys.phase,
+                "now": dkim.clock(settings).isoformat(), "phase": keys.phase,
                 "signing": keys.signing.selector, "published": list(keys.selectors),
                 "nextChange": keys.next_change.isoformat() if keys.next_change else None}
         self.register_outputs(self.outputs)

@@ -59,7 +59,7 @@ def start(s: Settings) -> dt.datetime:
     """When generation 1 starts signing (midnight UTC of `dkim.start`)."""
     d = s.dkim.start
     assert d is not None, "dkim.start is checked by load_settings when rotating"
-    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.timezone.utc)
+    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC)
 
 
 def clock(s: Settings) -> dt.datetime:
@@ -67,7 +67,7 @@ def clock(s: Settings) -> dt.datetime:
     if now is None:
         raise ValueError("the DKIM schedule needs a clock: load_stack sets dkim.now; tests "
                          "and the lab set it themselves")
-    return now if now.tzinfo else now.replace(tzinfo=dt.timezone.utc)
+    return now if now.tzinfo else now.replace(tzinfo=dt.UTC)
 
 
 def plan(s: Settings) -> Plan:

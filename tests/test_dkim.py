@@ -46,11 +46,11 @@ def test_every_transition_is_safe():
     """Walked six hours at a time over a year: a generation signs only after its record
     was published for publishDays (>= the TTL), and a record leaves only graceDays after
     its generation last signed; key, record and key file come and go together."""
-    t = dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc)
+    t = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     first_published: dict[str, dt.datetime] = {}
     last_signed: dict[str, dt.datetime] = {}
     prev = None
-    while t < dt.datetime(2027, 12, 1, tzinfo=dt.timezone.utc):
+    while t < dt.datetime(2027, 12, 1, tzinfo=dt.UTC):
         p = dkim.plan(rotating(t.isoformat()))
         for sel in p.selectors:
             first_published.setdefault(sel, t)
@@ -61,7 +61,7 @@ def test_every_transition_is_safe():
             for gone in set(prev.selectors) - set(p.selectors):
                 assert t - last_signed[gone] >= dt.timedelta(days=7), (gone, t)
                 # never comes back
-                first_published[gone] = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+                first_published[gone] = dt.datetime.max.replace(tzinfo=dt.UTC)
         assert len(p.selectors) <= 2
         prev = p
         t += dt.timedelta(hours=6)
@@ -78,11 +78,11 @@ def test_pulumi_up_reads_the_clock_once():
     s = settings_from(dkim=ROTATION)
     with pytest.raises(ValueError, match="needs a clock"):
         dkim.plan(s)
-    fixed = with_clock(s, dt.datetime(2027, 1, 2, tzinfo=dt.timezone.utc))
+    fixed = with_clock(s, dt.datetime(2027, 1, 2, tzinfo=dt.UTC))
     assert dkim.plan(fixed).signing.selector == "mail-g1"
     # A clock in the config wins (the lab's and the tests').
     s2 = settings_from(dkim={**ROTATION, "now": "2026-12-01T00:00:00Z"})
-    assert with_clock(s2, dt.datetime(2027, 1, 2, tzinfo=dt.timezone.utc)) is s2
+    assert with_clock(s2, dt.datetime(2027, 1, 2, tzinfo=dt.UTC)) is s2
 
 
 def _problems(**dkim_cfg) -> list[str]:

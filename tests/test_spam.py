@@ -186,7 +186,7 @@ def _guard(ctx, key_dir: Path, conf: Path) -> str:
                     signing_selector=spam.dkim.plan(ctx.settings).signing.selector,
                     domains=ctx.settings.domains, ttl=ctx.settings.dns.ttl)
     lines = script.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith('current=""'))
+    start = next(i for i, line in enumerate(lines) if line.startswith('current=""'))
     end = next(i for i in range(start + 4, len(lines)) if lines[i] == "fi")
     # As every step runs (mailstack/bundle.py).
     return "set -euo pipefail\nlog() { echo \"$*\" >&2; }\n" + "\n".join(lines[start:end + 1]) + "\necho switched\n"

@@ -12,10 +12,17 @@ from mailstack import deploy, dkim
 
 from .. import config, internet, machines, stand, steps
 from ..netns import inside
-from .clients import (
-    LabSMTP, _expect, _host_ip, _token, lab_dns_txt, message, outside_messages, tls_context,
-)
 from ..util import wait_until
+from .clients import (
+    LabSMTP,
+    _expect,
+    _host_ip,
+    _token,
+    lab_dns_txt,
+    message,
+    outside_messages,
+    tls_context,
+)
 
 # A 30-day period from an arbitrary start; the clock is set, so nothing waits for days.
 ROTATION = {"selector": "mail", "rotationDays": 30, "publishDays": 3, "graceDays": 3,

@@ -86,7 +86,7 @@ def load_stack(config: Mapping[str, Any], secret_keys: Iterable[str],
         raise SettingsError(exc.problems + problems) from None
     if problems:
         raise SettingsError(problems)
-    return with_clock(settings, datetime.datetime.now(datetime.timezone.utc))
+    return with_clock(settings, datetime.datetime.now(datetime.UTC))
 
 
 def with_clock(settings: Settings, now: datetime.datetime) -> Settings:

@@ -41,7 +41,7 @@ def environment(config: dict, outputs: dict) -> Environment:
     # the records of every published generation are expected, the signing one's key on mx1.
     deployed = (outputs.get("dkimSchedule") or {}).get("now")
     settings = with_clock(settings, datetime.datetime.fromisoformat(deployed) if deployed
-                          else datetime.datetime.now(datetime.timezone.utc))
+                          else datetime.datetime.now(datetime.UTC))
     keys = dkim.plan(settings)
     published: dict[str, dict[str, str]] = {}
     for rec in outputs.get("dnsRecords", []):
