@@ -15,6 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from . import hosts as H
+from . import redis, spam
 from .bundle import Bundle, File
 from .settings import Settings
 from .templates import render
@@ -38,7 +39,17 @@ PRIVATE: tuple[tuple[str, str, int, tuple[str, ...], str], ...] = (
     (H.DB_PRIMARY, "tcp", 5432, (H.DB_REPLICA,), "PostgreSQL streaming replication"),
     # mx.RELAY_PORT: unfiltered hand-over from the backup MX (and Sieve mail from imap).
     (H.MX, "tcp", 10025, (H.BACKUP_MX, H.IMAP), "SMTP relay port for mx2 and imap"),
+    # Spam learning (docs/mail-flow.md): mx2's Rspamd uses mx1's Bayes data (password),
+    # imap's Junk moves teach it through mx1's Rspamd controller (password).
+    (H.MX, "tcp", redis.PORT, (H.BACKUP_MX,), "Redis: Bayes data for mx2's Rspamd"),
+    (H.MX, "tcp", spam.CONTROLLER_PORT, (H.IMAP,), "Rspamd controller: spam/ham learning from imap"),
 )
+
+
+# Flows to daemons that listen on the private network only once the services step has
+# configured them (after the host-<role> step put the full ruleset in place): left out of
+# the first boot's ruleset in user-data, so adding them replaced no server.
+AFTER_DEPLOY_PORTS = frozenset({redis.PORT, spam.CONTROLLER_PORT})
 
 
 @dataclass(frozen=True)
@@ -70,12 +81,13 @@ def public_ports(host: H.Host) -> list[tuple[str, int]]:
     return list(_public(host))
 
 
-def private_flows(settings: Settings, host: H.Host) -> list[PrivateFlow]:
-    """Connections this host accepts from its peers on the private network."""
+def private_flows(settings: Settings, host: H.Host, *, first_boot: bool = False) -> list[PrivateFlow]:
+    """Connections this host accepts from its peers on the private network (at first
+    boot: without AFTER_DEPLOY_PORTS)."""
     peers = [h for h in H.hosts(settings).values() if h.role != host.role]
     flows = []
     for service, proto, port, clients, why in PRIVATE:
-        if not host.runs(service):
+        if not host.runs(service) or (first_boot and port in AFTER_DEPLOY_PORTS):
             continue
         sources = sorted({h.private_ip for h in peers if any(h.runs(c) for c in clients)},
                          key=lambda ip: tuple(int(x) for x in ip.split(".")))
@@ -129,7 +141,8 @@ def nftables(settings: Settings, host: H.Host, *, ssh_limit: bool = False) -> st
         ssh_v4=None if cidrs is None else [str(c) for c in cidrs if c.version == 4],
         ssh_v6=None if cidrs is None else [str(c) for c in cidrs if c.version == 6],
         public=[(proto, port, why) for (proto, port), why in _public(host).items()],
-        private=private_flows(settings, host),
+        # Without the SSH limit it is the first boot's ruleset (user-data).
+        private=private_flows(settings, host, first_boot=not ssh_limit),
     )
 
 

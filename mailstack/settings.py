@@ -182,6 +182,12 @@ class Spam(_Model):
     # production (anyone could use them to push mail past the filter); the lab turns it on
     # to prove that spam lands in Junk.
     test_patterns: bool = False
+    # Learns of each class (spam and ham, from users moving mail into and out of Junk)
+    # before the Bayes classifier votes at all (Rspamd's min_learns). Rspamd's own 200
+    # takes a household months; at 50 each the token statistics are already usable, and
+    # BAYES_SPAM alone (at most 5.1) stays below add_header (6), so an early mistake can't
+    # file mail into Junk by itself. The lab sets it low to prove learning in seconds.
+    bayes_min_learns: int = Field(default=50, ge=1, le=100000)
 
 
 class Quota(_Model):

@@ -64,6 +64,7 @@ def make_context(settings, addresses=None) -> Context:
         lookup_password="test-lookup-Pw0rd",
         quota_password="test-quota-Pw0rd",
         rspamd_controller_password="test-rspamd-Pw0rd",
+        redis_password="test-redis-Pw0rd",
         dkim_keys={d: _rsa_key() for d in settings.domains},
         user_hashes={u.address: u.password_hash or TEST_HASH for u in settings.users},
         backup_passwords={r: f"test-backup-{r}-Pw0rd" for r in hs},

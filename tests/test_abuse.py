@@ -27,6 +27,7 @@ import pytest
 from mailstack import spam
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
 from tests.test_hostile import MX1_PORTS, _start_rspamd
+from tests.test_spam import start_redis
 from tests.test_mx import (
     EXAMPLE_ALIASES, OUTSIDE_NO_PTR, OUTSIDE_OK, SMTPD, Netns, stage, start_resolver_and_database,
 )
@@ -88,9 +89,8 @@ def mx1_limits():
                    [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
                     OUTSIDE_OK, OUTSIDE_NO_PTR, "10.99.0.20", "10.99.0.21"])
         start_resolver_and_database(ns, ctx, root, SINK_DNS)
-        redis = ns.start("redis-server", "--bind", "127.0.0.1", "--port", "6379", "--save", "",
-                         "--appendonly", "no", "--dir", root, log=root / "redis.log")
-        ns.wait_port("127.0.0.1", 6379, redis, root / "redis.log")
+        # mx1's own Redis file (it wants the password Rspamd's rendered files give it).
+        start_redis(ns, ctx, mx1, root)
         _start_rspamd(ns, ctx, root, dkim=True)
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         for port in MX1_PORTS:

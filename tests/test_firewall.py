@@ -71,10 +71,19 @@ def test_private_flows(settings, single_settings):
     hs = H.hosts(settings)
     flows = {r: [(f.port, f.sources) for f in F.private_flows(settings, h)] for r, h in hs.items()}
     assert flows == {
-        "mx1": [(5432, ("10.77.1.12", "10.77.1.13")), (10025, ("10.77.1.12", "10.77.1.13"))],
+        "mx1": [(5432, ("10.77.1.12", "10.77.1.13")), (10025, ("10.77.1.12", "10.77.1.13")),
+                # Spam learning: mx2's Rspamd to mx1's Redis, imap to mx1's controller.
+                (6379, ("10.77.1.13",)), (11334, ("10.77.1.12",))],
         "imap": [(24, ("10.77.1.11",))],
         "mx2": [],
     }
+    # The learning flows come with the deploy step's ruleset, not user-data's first boot
+    # one (adding them replaced no server).
+    mx1 = hs["mx1"]
+    assert [f.port for f in F.private_flows(settings, mx1, first_boot=True)] == [5432, 10025]
+    assert "dport 6379" not in F.nftables(settings, mx1) and "dport 11334" not in F.nftables(settings, mx1)
+    assert "dport 6379" in F.nftables(settings, mx1, ssh_limit=True)
+    assert "dport 11334" in F.nftables(settings, mx1, ssh_limit=True)
     assert F.private_flows(single_settings, H.hosts(single_settings)["mx1"]) == []
     assert "saddr" not in F.nftables(single_settings, H.hosts(single_settings)["mx1"])
 

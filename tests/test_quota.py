@@ -24,7 +24,7 @@ from mailstack import database as D
 from mailstack import hosts as H
 from mailstack import imap, mx
 from tests.conftest import make_context, settings_from
-from tests.test_imap import self_signed
+from tests.test_imap import self_signed, write_files
 from tests.test_mx import (
     PG_BIN, MX2_LISTEN, OUTSIDE_OK, SMTPD, Netns, rcpt_reply, stage, start_resolver_and_database, swaks,
 )
@@ -63,16 +63,12 @@ def _start_dovecot(ns: Netns, ctx, root: Path) -> imap.Layout:
     os.chown(base / "vmail", H.VMAIL_UID, H.VMAIL_UID)
     self_signed(base / "tls", "imap.example.org")
     host = ctx.hosts["imap"]
-    for f in imap.files(ctx, host, layout):
-        p = Path(f.path)
-        p.write_text(f.content)
-        shutil.chown(p, f.owner, f.group)
-        p.chmod(f.mode)
+    write_files(imap.files(ctx, host, layout))
     # The servers log to syslog; here a file, which the warning's dovecot-lda opens as vmail.
     Path(layout.log_path).touch()
     os.chown(layout.log_path, H.VMAIL_UID, H.VMAIL_UID)
     conf = f"{layout.etc}/dovecot.conf"
-    for name in imap.SIEVE_BEFORE:   # as the deploy step compiles them
+    for name in imap.global_sieves():   # as the deploy step compiles them
         r = ns.run("sievec", "-c", conf, f"{layout.etc}/sieve/{name}")
         assert r.returncode == 0, r.stderr
     p = ns.start("dovecot", "-F", "-c", conf, log=root / "dovecot.out")

@@ -395,7 +395,7 @@ def _service_state(role: str) -> str:
     cmd = ("for u in opensmtpd rspamd redis-server dovecot nginx unbound postgresql@15-main; do "
            "systemctl show -p Id,ActiveEnterTimestamp,MainPID $u 2>/dev/null | tr '\\n' ' '; echo; done; "
            "find /etc/smtpd /etc/smtpd.conf /etc/rspamd/local.d /etc/dovecot /etc/nginx /etc/unbound "
-           "/etc/postgresql /etc/mailstack /var/lib/rspamd/dkim -type f -exec sha256sum {} + 2>/dev/null "
+           "/etc/postgresql /etc/mailstack /etc/redis /etc/systemd/system/redis-server.service.d /var/lib/rspamd/dkim -type f -exec sha256sum {} + 2>/dev/null "
            "| sort; stat -c '%n %a %U %G' /etc/smtpd/pgsql.conf /etc/dovecot/dovecot-sql.conf.ext 2>/dev/null")
     return machines.sh(role, cmd).stdout
 
