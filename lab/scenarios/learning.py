@@ -12,7 +12,7 @@ from mailstack import imap, redis, spam
 
 from .. import config, internet, machines
 from ..util import wait_until
-from .clients import _expect, _imap_role, _s, _token, imap_session, machines_roles
+from .clients import _expect, _host_can_connect, _imap_role, _s, _token, imap_session, machines_roles
 
 USER = "carol@example.net"
 # Two vocabularies that share no word: what the user throws into Junk, and what the user
@@ -95,8 +95,16 @@ def _forget() -> None:
 def s_learning() -> str:
     """(extra) Junk moves over IMAP teach Rspamd's Bayes; its verdict on similar mail changes."""
     s = _s()
+    roles = machines_roles()
+    if "mx2" in roles:
+        # On mx1's private address, Redis is for mx2 alone and the controller for imap alone.
+        mx1 = config.context(s).hosts["mx1"].private_ip
+        for role, port, ok in (("mx2", redis.PORT, True), ("imap", redis.PORT, False),
+                               ("imap", spam.CONTROLLER_PORT, True), ("mx2", spam.CONTROLLER_PORT, False)):
+            _expect(_host_can_connect(role, mx1, port) is ok,
+                    f"{role} -> mx1 {mx1}:{port}: {'refused' if ok else 'open'}")
     _expect(s.spam.bayes_min_learns == N, f"lab/stack.yaml: bayesMinLearns {s.spam.bayes_min_learns}, want {N}")
-    scanners = [r for r in machines_roles() if r in ("mx1", "mx2")]
+    scanners = [r for r in roles if r in ("mx1", "mx2")]
     probe = _message(_token(), SPAM_WORDS, 1000)
     ham_probe = _message(_token(), HAM_WORDS, 2000)
     # From an untrained filter: the controller's /stat reads the counts from Redis again
