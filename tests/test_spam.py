@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from mailstack import imap, redis, spam
+from tests.daemons.netns import Netns
+from tests.daemons.rspamd import CONTROLLER_PASSWORD
+from tests.daemons.rspamd import start as start_rspamd
 
 
 def stage_local(bundle, root: Path) -> Path:
@@ -195,13 +198,12 @@ def start_redis(ns, ctx, host, root: Path):
 
 
 def _netns(root: Path, ctx, clients: list[str], more: tuple[str, ...] = ()):
-    from tests.test_mx import Netns
     return Netns(root, ctx.hosts["mx1"].private_ip, clients, more_server_ips=more)
 
 
 def test_redis_wants_the_password_and_listens_on_loopback_and_the_private_ip(ctx, single_ctx):
-    assert f"bind 127.0.0.1 -::1\n" in redis.conf(single_ctx, single_ctx.hosts["mx1"])
-    assert f"bind 127.0.0.1 -::1\n" in redis.conf(ctx, ctx.hosts["mx2"])
+    assert "bind 127.0.0.1 -::1\n" in redis.conf(single_ctx, single_ctx.hosts["mx1"])
+    assert "bind 127.0.0.1 -::1\n" in redis.conf(ctx, ctx.hosts["mx2"])
     mx1 = ctx.hosts["mx1"]
     root = Path(tempfile.mkdtemp(prefix="mailstack-redis-"))
     public = "198.51.100.11"
@@ -234,15 +236,13 @@ def test_learning_from_the_imap_host_reaches_bayes_in_redis(ctx):
     """The rendered learning program, run from imap's private address as Dovecot runs it,
     teaches mx1's real Rspamd (its controller on the private IP, the password read from
     the program's file) and the count lands in the real Redis with its password."""
-    from tests.test_hostile import CONTROLLER_PASSWORD, _start_rspamd
-
     imap_host = ctx.hosts["imap"]
     root = Path(tempfile.mkdtemp(prefix="mailstack-learn-"))
     root.chmod(0o755)
     ns = _netns(root, ctx, [imap_host.private_ip])
     try:
         start_redis(ns, ctx, ctx.hosts["mx1"], root)
-        rspamd = _start_rspamd(ns, ctx, root)
+        rspamd = start_rspamd(ns, ctx, root)
         ns.wait_port(ctx.hosts["mx1"].private_ip, spam.CONTROLLER_PORT, rspamd, root / "rspamd.out")
         layout = imap.Layout(etc=str(root / "imap"), libexec=str(root / "libexec"))
         files = {Path(f.path).name: f for f in imap.learn_files(ctx, imap_host, layout)}
