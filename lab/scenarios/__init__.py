@@ -14,6 +14,7 @@ from .abuse import s_brute_force
 from .backup import s_backup_restore
 from .hardening import s_tls_profile, s_updates
 from .faults import s_faults
+from .firewall import s_firewall
 from .resilience import s_hostile_input, s_supervision
 from .mailflow import (
     s_inbound,
@@ -22,7 +23,6 @@ from .mailflow import (
     s_spam,
     s_backup_mx,
     s_replication,
-    s_firewall,
     s_sieve,
     s_redeploy,
     s_reboot,

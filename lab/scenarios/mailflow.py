@@ -1,13 +1,12 @@
 """The mail-flow scenarios: inbound, submission, relay, spam, backup MX, replication,
-firewall, Sieve, redeploy and reboot, each driving real mail through the lab hosts."""
+Sieve, redeploy and reboot, each driving real mail through the lab hosts."""
 from __future__ import annotations
 
 import re
 import smtplib
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-from .. import config, internet, machines, net, outside_mta, steps
+from .. import config, internet, machines, outside_mta, steps
 from ..netns import inside
 from ..util import wait_until
 from .clients import (
@@ -17,7 +16,6 @@ from .clients import (
     LabSMTPS,
     TEAM,
     _expect,
-    _host_can_connect,
     _host_ip,
     _imap_login_ok,
     _imap_role,
@@ -323,48 +321,6 @@ def s_replication() -> str:
     steps.run_plan(config.context(_s(), data), only={"mail-sync"})
     wait_until(lambda: not _imap_login_ok(new), 60, f"{new} to be refused on imap")
     return f"{new} synced, replicated, logged in and received mail; removed again, refused"
-
-
-def s_firewall() -> str:
-    """(7) only intended ports answer from outside; LMTP/PG only between the right hosts."""
-    roles = machines_roles()
-    # 22 answers the lab's clients because they are in its admin.sshCidrs (lab/stack.yaml):
-    # the host-<role> step narrows SSH in nftables, as the Hetzner firewall does in front.
-    if roles == ["mx1"]:  # single: everything on one host
-        want_open = {"mx1": [22, 25, 80, 443, 465, 587, 993, 4190]}
-    else:
-        want_open = {"mx1": [22, 25, 80, 443, 465, 587], "imap": [22, 80, 993, 4190], "mx2": [22, 25, 80]}
-    closed = [24, 143, 5432, 6379, 10025, 11332, 11333, 11334]
-    probes = []  # (role, port, should answer)
-    for role in roles:
-        probes += [(role, p, True) for p in want_open.get(role, [])]
-        probes += [(role, p, False) for p in closed + sorted(
-            {p for ps in want_open.values() for p in ps} - set(want_open.get(role, [])))]
-    # In parallel: a dropped port costs the whole timeout, and there are dozens of them.
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = list(pool.map(lambda pr: _port_open(_host_ip(pr[0]), pr[1]), probes))
-    for (role, p, want), answered in zip(probes, answers):
-        if want and not answered:
-            listening = machines.sh(role, f"ss -Hltn 'sport = :{p}'", timeout=20).stdout
-            raise AssertionError(f"{role}:{p} does not answer from outside "
-                                 f"(listening on the host: {listening.strip() or 'nothing'})")
-        _expect(want or not answered, f"{role}:{p} answers from outside")
-    # An address outside the admin networks (the stranger of the brute-force scenario) is
-    # refused SSH.
-    for role in roles:
-        _expect(not _port_open(_host_ip(role), 22, source=net.ATTACK_V4),
-                f"{role}:22 answers an address outside admin.sshCidrs")
-    if "imap" in roles:
-        ip_imap, ip_mx1 = "10.77.1.12", "10.77.1.11"
-        _expect(_host_can_connect("mx1", ip_imap, 24), "mx1 cannot reach imap LMTP")
-        _expect(not _host_can_connect("mx2", ip_imap, 24), "mx2 reaches imap LMTP")
-        _expect(_host_can_connect("imap", ip_mx1, 5432), "imap cannot reach mx1 PostgreSQL")
-        _expect(_host_can_connect("mx2", ip_mx1, 5432), "mx2 cannot reach mx1 PostgreSQL")
-        _expect(_host_can_connect("mx2", ip_mx1, 10025), "mx2 cannot reach mx1's relay port")
-        _expect(not _host_can_connect("imap", "10.77.1.13", 5432), "imap reaches mx2 PostgreSQL")
-    if "imap" not in roles:
-        return "outside: only mail/web/ssh ports (one host: no private flows)"
-    return "outside: only mail/web/ssh ports; LMTP mx1->imap only; PG and relay port only from peers"
 
 
 def s_sieve() -> str:
