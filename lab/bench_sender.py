@@ -6,6 +6,7 @@ argv[1] is JSON: ip, port, name (the certificate's name), source (address to bin
 null), helo, cafile (or null: the system's store), senders, per_sender, mail_from, rcpt,
 run (a token in every Message-ID). Prints JSON: one [message-id, t_start, t_accepted,
 error] per message (wall-clock seconds: the lab's hosts share this machine's clock)."""
+
 import json
 import smtplib
 import socket
@@ -15,7 +16,7 @@ import threading
 import time
 from email.utils import formatdate
 
-BODY = ("A message of an ordinary size for the benchmark.\r\n" * 60)
+BODY = "A message of an ordinary size for the benchmark.\r\n" * 60
 
 
 class Client(smtplib.SMTP):
@@ -23,8 +24,7 @@ class Client(smtplib.SMTP):
 
     def __init__(self, name, ip, port, source, helo):
         self._ip = ip
-        super().__init__(name, port, local_hostname=helo, timeout=120,
-                         source_address=(source, 0) if source else None)
+        super().__init__(name, port, local_hostname=helo, timeout=120, source_address=(source, 0) if source else None)
 
     def _get_socket(self, host, port, timeout):
         return socket.create_connection((self._ip, port), timeout, self.source_address)
@@ -47,8 +47,10 @@ def main() -> None:
             ready.wait(120)
             for i in range(a["per_sender"]):
                 mid = f"<{a['run']}-{k}-{i}@{domain}>"
-                msg = (f"From: {a['mail_from']}\r\nTo: {a['rcpt']}\r\nSubject: bench {a['run']} {k}-{i}\r\n"
-                       f"Message-ID: {mid}\r\nDate: {formatdate()}\r\n\r\n{BODY}")
+                msg = (
+                    f"From: {a['mail_from']}\r\nTo: {a['rcpt']}\r\nSubject: bench {a['run']} {k}-{i}\r\n"
+                    f"Message-ID: {mid}\r\nDate: {formatdate()}\r\n\r\n{BODY}"
+                )
                 t0 = time.time()
                 try:
                     c.sendmail(a["mail_from"], [a["rcpt"]], msg)

@@ -1,12 +1,24 @@
-"""The `firewall` scenario: the exact port matrix from outside, both layers (the Hetzner
-firewall at the lab's edge, lab/net.py `edge_up`, and each host's own nftables), over
-IPv4 and IPv6, from an admin address and from a stranger's; and the private flows."""
+"""The hosts as a whole: which ports answer from where (firewall: the exact matrix from
+outside, at both layers, the Hetzner firewall at the lab's edge (lab/net.py `edge_up`) and
+each host's own nftables, over IPv4 and IPv6, from an admin address and from a stranger's;
+and the private flows), a no-op redeploy that changes nothing, and a reboot of every host
+after which mail flows again."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import machines, net
-from .clients import _expect, _host_can_connect, _port_open, machines_roles
+from ..util import wait_until
+from .clients import (
+    _expect,
+    _host_can_connect,
+    _host_ip,
+    _port_open,
+    _token,
+    inbound,
+    machines_roles,
+    wait_imap,
+)
 
 # The specification, written out rather than derived from mailstack/firewall.py: what a
 # client on the internet may reach on each host (SSH only from admin.sshCidrs).
@@ -92,3 +104,42 @@ def s_firewall() -> str:
     if "imap" not in roles:
         return summary + " (one host: no private flows)"
     return summary + "; LMTP mx1->imap only; PG and relay port only from peers"
+
+
+def _service_state(role: str) -> str:
+    """Start times of the host's mail services and a checksum of their config files."""
+    cmd = ("for u in opensmtpd rspamd redis-server dovecot nginx unbound postgresql@15-main; do "
+           "systemctl show -p Id,ActiveEnterTimestamp,MainPID $u 2>/dev/null | tr '\\n' ' '; echo; done; "
+           "find /etc/smtpd /etc/smtpd.conf /etc/rspamd/local.d /etc/dovecot /etc/nginx /etc/unbound "
+           "/etc/postgresql /etc/mailstack /var/lib/rspamd/dkim -type f -exec sha256sum {} + 2>/dev/null "
+           "| sort; stat -c '%n %a %U %G' /etc/smtpd/pgsql.conf /etc/dovecot/dovecot-sql.conf.ext 2>/dev/null")
+    return machines.sh(role, cmd).stdout
+
+
+def s_redeploy() -> str:
+    """(extra) running every deploy step again with no change restarts and rewrites nothing."""
+    roles = machines_roles()
+    before = {r: _service_state(r) for r in roles}
+    from ..stand import redeploy
+
+    times = redeploy()
+    after = {r: _service_state(r) for r in roles}
+    for r in roles:
+        if before[r] != after[r]:
+            diff = [line for line in after[r].splitlines() if line not in before[r].splitlines()]
+            raise AssertionError(f"{r} changed on a no-op redeploy: {diff[:4]}")
+    return f"{len(times)} steps rerun in {sum(times.values()):.0f}s; no restart, no file changed"
+
+
+def s_reboot() -> str:
+    """(8) every host reboots and mail flows again."""
+    for role in machines_roles():
+        old = machines.leader(role)
+        machines.sh(role, "systemctl reboot")
+        wait_until(lambda: machines.leader(role) != old, 120, f"{role} to restart")
+        machines.wait_booted(role, 180)
+    wait_until(lambda: _port_open(_host_ip("mx1"), 25), 120, "mx1:25 after reboot")
+    tok = _token()
+    wait_until(lambda: (inbound("alice@example.org", tok) or True), 120, "mx1 to accept mail")
+    wait_imap("alice@example.org", tok, timeout=120)
+    return "all hosts rebooted; inbound delivery and IMAPS work"
