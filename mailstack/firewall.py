@@ -8,6 +8,10 @@ first boot, where it depends only on the host's services and the private network
 networks there would replace the server on every change) and leaves SSH to the Hetzner
 firewall; and by the `host-<role>` deploy step, which adds the `admin.sshCidrs` limit and
 applies it in place.
+
+`hcloud_nftables` renders the Hetzner rules a third time, as nftables for a filter in
+front of a server (the lab's edge, where no Hetzner firewall exists), with Hetzner's
+semantics: stateful, inbound-only, everything no rule allows dropped.
 """
 from __future__ import annotations
 
@@ -152,3 +156,54 @@ def bundle(settings: Settings, host: H.Host) -> Bundle:
     return Bundle(
         (File(NFTABLES_CONF, nftables(settings, host, ssh_limit=True)),),
         render("firewall/deploy.sh.j2", conf=NFTABLES_CONF))
+
+
+# ------------------------------------------------------------- Hetzner's rules as nftables
+
+EDGE_CHAIN = "inbound"   # the chain the edge's rules live in (a fault may insert into it)
+L4 = {"tcp", "udp", "icmp", "esp", "gre"}   # Hetzner's protocols
+
+
+def edge_table(role: str) -> str:
+    return f"hcloud_{role}"
+
+
+def _rule_lines(rule: Rule) -> list[str]:
+    """One nftables line per address family the rule's sources cover (Hetzner mixes IPv4
+    and IPv6 in one rule; nftables matches one family per expression)."""
+    if rule.direction != "in":
+        # Outbound rules would turn Hetzner's "all outbound allowed" into "all denied but
+        # these"; the stack has none, and this renderer would have to learn that first.
+        raise ValueError(f"hcloud rule {rule.description!r}: only inbound rules are rendered as nftables")
+    if rule.protocol not in L4:
+        raise ValueError(f"hcloud rule {rule.description!r}: unknown protocol {rule.protocol!r}")
+    lines = []
+    why = rule.description.replace('"', "'")   # nft's comment is a quoted string
+    nets = [ipaddress.ip_network(c, strict=False) for c in rule.source_ips]
+    for family, ip, nfproto, icmp in ((4, "ip", "ipv4", "icmp"), (6, "ip6", "ipv6", "ipv6-icmp")):
+        mine = [n for n in nets if n.version == family]
+        if not mine:
+            continue
+        # A /0 matches the whole family: say so rather than list it.
+        src = (f"meta nfproto {nfproto}" if any(n.prefixlen == 0 for n in mine)
+               else f"{ip} saddr {{ {', '.join(str(n) for n in mine)} }}")
+        if rule.protocol == "icmp":   # Hetzner's "icmp" covers ICMPv6 too
+            l4 = f"meta l4proto {icmp}"
+        elif rule.protocol in ("tcp", "udp") and rule.port not in (None, "", "any"):
+            l4 = f"{rule.protocol} dport {rule.port}"   # "80-85" is a range in both
+        else:
+            l4 = f"meta l4proto {rule.protocol}"
+        lines.append(f'{src} {l4} accept comment "{why}"')
+    return lines
+
+
+def hcloud_nftables(settings: Settings, host: H.Host, address: H.Address) -> str:
+    """Hetzner's cloud firewall for `host` (`hcloud_rules`) as an nftables file for a
+    router or bridge in front of it: one `inet` table matching traffic to the host's public
+    addresses. Loading it again replaces the table in one transaction."""
+    return render(
+        "firewall/edge.nft.j2",
+        role=host.role, table=edge_table(host.role), chain=EDGE_CHAIN,
+        ipv4=address.ipv4, ipv6=address.ipv6,
+        rules=[line for r in hcloud_rules(settings, host) for line in _rule_lines(r)],
+    )
