@@ -33,6 +33,8 @@ class Secrets:
     dkim_keyring: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # The role Dovecot's quota clone writes mailbox usage with (database.QUOTA_USER).
     quota_password: str = ""
+    # Redis on the MX hosts (redis.py): mx2's Rspamd reaches mx1's over the private network.
+    redis_password: str = ""
     # OpenSMTPD's SRS key (mx.SRS_CONF): forwarded mail's envelope sender is rewritten
     # with it on mx1, and mx1 and mx2 check bounces to those addresses with it.
     srs_key: str = ""

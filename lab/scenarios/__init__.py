@@ -14,6 +14,7 @@ from .abuse import s_brute_force
 from .backup import s_backup_restore
 from .dkim_rotation import s_dkim_rotation
 from .hardening import s_tls_profile, s_updates
+from .learning import s_learning
 from .faults import s_faults
 from .forwarding import s_forwarding
 from .resilience import s_hostile_input, s_supervision
@@ -25,7 +26,8 @@ from .status import s_status
 SCENARIOS = [
     ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
-    ("sieve", s_sieve), ("forwarding", s_forwarding), ("dkim-rotation", s_dkim_rotation),
+    ("learning", s_learning), ("sieve", s_sieve), ("forwarding", s_forwarding),
+    ("dkim-rotation", s_dkim_rotation),
     ("firewall", s_firewall), ("hostile-input", s_hostile_input),
     ("tls-profile", s_tls_profile), ("updates", s_updates),
     ("brute-force", s_brute_force),
