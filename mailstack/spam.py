@@ -2,9 +2,8 @@
 submitted mail (mx1 only, where the keys are)."""
 from __future__ import annotations
 
-from . import dkim
+from . import dkim, redis
 from . import hosts as H
-from . import redis
 from .bundle import Bundle, File
 from .context import Context
 from .templates import read, render
