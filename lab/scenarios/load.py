@@ -236,10 +236,10 @@ class Run:
         imap = "imap" if "imap" in roles else "mx1"
         # Behind mx1: a 5xx from Dovecot's LMTP (a lookup failure taken for an unknown
         # user) would not reach the outside Postfix, as smtpd keeps the mail on any
-        # LMTP error; it is refused here all the same.
+        # LMTP error; smtpd logs the reply with the failed delivery, and it is refused
+        # here all the same. (Dovecot itself logs nothing for an unknown user.)
         lmtp_5xx = _journal("mx1", "opensmtpd", since, r"(PermFail|TempFail).* 5[0-9][0-9] ")
-        unknown = _journal(imap, "dovecot", since, "User doesn.t exist")
-        _expect(not lmtp_5xx and not unknown, f"a 5xx behind mx1: {(lmtp_5xx + unknown)[:3]}")
+        _expect(not lmtp_5xx, f"a 5xx behind mx1: {lmtp_5xx[:3]}")
         deferred = sum("status=deferred" in line for line in plog)
         at_data = sum("status=deferred" in line and "end of DATA" in line for line in plog)
         via_mx2 = sum("status=sent" in line and "relay=mx2." in line for line in plog)
