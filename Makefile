@@ -2,7 +2,7 @@
 # everything they need on a fresh Debian 12 machine (as root) through `setup`.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast test-slow test-lab lab lab-up lab-down bench snapshot hash-password status
+.PHONY: setup test test-fast test-slow test-lab lab lab-up lab-down bench snapshot config-reference hash-password status
 
 setup:
 	@bash scripts/setup-host.sh
@@ -46,6 +46,10 @@ status: setup
 
 snapshot: setup
 	$(PY) scripts/update-snapshot.py
+
+# README.md's table of every config key, from the settings model (after a field changes).
+config-reference: setup
+	$(PY) scripts/config-reference.py
 
 hash-password: setup
 	@$(PY) scripts/hash-password

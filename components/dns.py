@@ -101,7 +101,7 @@ class PublicDns(pulumi.ComponentResource):
                     opts=pulumi.ResourceOptions(parent=self)))
             self.nameservers = pulumi.Output.all(**{
                 zone: z.authoritative_nameservers.apply(
-                    lambda ns: sorted((ns or {}).get("assigneds") or [] if isinstance(ns, dict)
+                    lambda ns: sorted(ns.get("assigneds") or [] if isinstance(ns, dict)
                                       else getattr(ns, "assigneds", None) or []))
                 for zone, z in self.zones.items()
             })

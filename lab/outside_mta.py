@@ -9,11 +9,15 @@ internet would run it, on the lab's outside address.
   (knot), tries MX 10 and then MX 20, and queues and retries on its own (timers shortened
   for the lab).
 
+- It judges what it receives from the stack as a receiving site does: OpenDKIM and
+  OpenDMARC (with its own SPF check) as Postfix milters on the public listener, their
+  verdict recorded in each stored copy (lab/outside_verifier.py, `verdict()`).
+
 Postfix can't be installed on this machine beside OpenSMTPD (both are Debian's
 `mail-transport-agent`, which conflict), so it runs from a root file system of its own:
-the lab's host image plus a cached layer with the postfix package, mounted as an overlay
-and entered with chroot inside the lab namespace. It is no stack host: no systemd, only
-Postfix's master and its children.
+the lab's host image plus a cached layer with the postfix, opendkim and opendmarc
+packages, mounted as an overlay and entered with chroot inside the lab namespace. It is
+no stack host: no systemd, only Postfix's master and its children and the two milters.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from . import machines, net
+from . import machines, net, outside_verifier
 from .aptcache import LOCAL_URL
 from .util import CACHE, NETNS, cache_lock, log, run, wait_until
 
@@ -41,7 +45,8 @@ MIN_BACKOFF = 5
 MAX_BACKOFF = 15
 CONNECT_TIMEOUT = 5                   # a powered-off MX 10 costs this much before MX 20
 
-LAYER_RECIPE = ("postfix", 1)
+LAYER_PACKAGES = ("postfix", *outside_verifier.PACKAGES)
+LAYER_RECIPE = (LAYER_PACKAGES, 2)
 PRESEED = "postfix postfix/main_mailer_type select No configuration\n"
 
 
@@ -57,15 +62,16 @@ def spool() -> Path:
 def _layer_path() -> Path:
     from . import rootfs
     key = hashlib.sha256(repr((rootfs.recipe_key(), LAYER_RECIPE, PRESEED)).encode()).hexdigest()[:12]
-    return CACHE / f"outside-postfix-{key}"
+    return CACHE / f"outside-mta-{key}"
 
 
 def ensure_layer(base: Path) -> Path:
-    """The postfix package installed over the host image, cached like the image itself."""
+    """Postfix and the verifier's packages installed over the host image, cached like the
+    image itself."""
     dest = _layer_path()
     if (dest / ".mailstack-lab-complete").exists():
         return dest
-    with cache_lock("outside-postfix"):
+    with cache_lock("outside-mta"):
         if (dest / ".mailstack-lab-complete").exists():
             return dest
         return _build_layer(base, dest)
@@ -91,7 +97,7 @@ def _build_layer(base: Path, dest: Path) -> Path:
             capture=True)
         run(["chroot", str(m), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get",
              "-o", f"Acquire::http::Proxy={LOCAL_URL}", "install", "-y", "-q",
-             "--no-install-recommends", "postfix"], capture=True)
+             "--no-install-recommends", *LAYER_PACKAGES], capture=True)
         run(["chroot", str(m), "bash", "-c", "apt-get clean; rm -rf /var/lib/apt/lists/*"])
         policy.unlink()
     finally:
@@ -101,7 +107,7 @@ def _build_layer(base: Path, dest: Path) -> Path:
         shutil.rmtree(dest)
     (tmp / "upper").rename(dest)
     shutil.rmtree(tmp, ignore_errors=True)
-    log(f"outside MTA layer (postfix) built in {time.monotonic() - t0:.0f}s")
+    log(f"outside MTA layer ({', '.join(LAYER_PACKAGES)}) built in {time.monotonic() - t0:.0f}s")
     return dest
 
 
@@ -146,13 +152,23 @@ def main_cf(pebble_roots: str) -> str:
         "biff = no",
         # No syslog in the chroot: postlogd writes the log file.
         "maillog_file = /var/log/postfix.log",
+        # The verifier's milters (master.cf puts them on the public listeners only). A
+        # message they can't judge is deferred, never stored without a verdict.
+        f"lab_verify_milters = {outside_verifier.MILTERS}",
+        "milter_default_action = tempfail",
         "",
     ])
 
 
 MASTER_CF = """\
 # service type  private unpriv  chroot  wakeup  maxproc command + args
-smtp      inet  n       -       n       -       -       smtpd
+# The scenarios' own submissions (loopback) go out unjudged; what arrives from the lab's
+# internet (our stack's outbound mail) passes OpenDKIM and OpenDMARC.
+127.0.0.1:smtp inet n   -       n       -       -       smtpd
+OUTSIDE_V4:smtp inet n -      n       -       -       smtpd
+  -o smtpd_milters=$lab_verify_milters
+[OUTSIDE_V6]:smtp inet n -    n       -       -       smtpd
+  -o smtpd_milters=$lab_verify_milters
 pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
@@ -218,7 +234,8 @@ def start(base: Path, tlsdir: Path, pebble_roots_pem: str) -> None:
     (etc / "tls" / "outside.key").chmod(0o600)
     (etc / "tls" / "pebble-roots.pem").write_text(pebble_roots_pem)
     (etc / "main.cf").write_text(main_cf("/etc/postfix/tls/pebble-roots.pem"))
-    (etc / "master.cf").write_text(MASTER_CF)
+    (etc / "master.cf").write_text(
+        MASTER_CF.replace("OUTSIDE_V4", net.OUTSIDE_V4).replace("OUTSIDE_V6", net.OUTSIDE_V6))
     store = m / "usr/local/bin/lab-outside-store"
     store.parent.mkdir(parents=True, exist_ok=True)
     store.write_text(STORE_SCRIPT)
@@ -230,6 +247,7 @@ def start(base: Path, tlsdir: Path, pebble_roots_pem: str) -> None:
     (m / "etc/mailname").write_text(DOMAIN + "\n")
     # Inside the chroot, nobody is the image's nobody (65534 on both).
     run(["chroot", str(m), "chown", "nobody:nogroup", SPOOL_IN_ROOT])
+    outside_verifier.start(m, HOSTNAME)
     _postfix("check")
     _postfix("start")
 
@@ -245,6 +263,7 @@ def start(base: Path, tlsdir: Path, pebble_roots_pem: str) -> None:
 def stop() -> None:
     if root().is_mount():
         _postfix("stop", check=False)
+        outside_verifier.stop(root())
 
 
 def submit(msg: EmailMessage, to: str | list[str], sender: str | None = None) -> None:

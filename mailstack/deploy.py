@@ -53,7 +53,7 @@ def plan(settings: Settings) -> list[Step]:
         (f"wait-{primary.role}",),
     ))
     backed_up = backup.hosts(settings)
-    keys = ()
+    keys: tuple[str, ...] = ()
     if backup.manages_keys(settings) and backed_up:
         steps.append(Step("backup-keys", primary.role, "the backup target's authorized keys",
                           backup.keys_bundle, (f"wait-{primary.role}",)))

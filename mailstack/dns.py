@@ -66,7 +66,9 @@ def _escape(s: str) -> str:
 
 def txt_text(value: str) -> str:
     """Inverse of `txt`: the concatenated content of a presentation-format TXT value."""
-    out, i, in_q, cur = [], 0, False, []
+    out: list[str] = []
+    cur: list[str] = []
+    i, in_q = 0, False
     while i < len(value):
         c = value[i]
         if c == '"':

@@ -17,6 +17,11 @@ TABLE_CONF = "/etc/smtpd/pgsql.conf"
 DYNDNS_REGEX = "/etc/smtpd/dyndns.regex"
 # filter-quota's connection and query (the lookup role's password: root:opensmtpd 0640).
 QUOTA_CONF = "/etc/smtpd/quota.conf"
+# The SRS key (Sender Rewriting Scheme), included by smtpd.conf: root:root 0600, since
+# smtpd reads its configuration as root before it drops privileges, and nothing else
+# needs it. smtpd.conf itself stays world-readable and free of secrets.
+SRS_CONF = "/etc/smtpd/srs.conf"
+SRS_TTL = "7d"
 TLS_DIR = "/etc/mailstack/tls"
 # mx1's port for our own hosts (mx2's backup queue, imap's Sieve redirects): a separate
 # listener, because the connect filters on port 25 would refuse their private addresses.
@@ -67,6 +72,8 @@ def smtpd_conf(ctx: Context, host: H.Host) -> str:
         pki_names=pki_names,
         tls_dir=TLS_DIR,
         table_conf=TABLE_CONF,
+        srs_conf=SRS_CONF,
+        srs_ttl=SRS_TTL,
         dyndns_regex=DYNDNS_REGEX,
         internal=internal,
         imap_internal=imap.private_ip if imap.private_ip in internal else "",
@@ -97,6 +104,13 @@ def _conninfo(ctx: Context) -> str:
         f"user={database.LOOKUP_USER}",
         f"password={_conninfo_value(ctx.secrets.lookup_password)}",
     ])
+
+
+def srs_conf(ctx: Context) -> str:
+    """`srs key` for smtpd (docs/mail-flow.md, "Forwarding"). The key's alphabet is the
+    database passwords' (letters, digits, ._~+=-), so it needs no escaping in quotes."""
+    key = database.check_secret("srs_key", ctx.secrets.srs_key)
+    return render("smtpd/srs.conf.j2", key=key)
 
 
 def quota_conf(ctx: Context) -> str:
@@ -141,6 +155,7 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     files = [
         File(SMTPD_CONF, smtpd_conf(ctx, host)),
         File(TABLE_CONF, table_conf(ctx, host), mode=0o640, group="opensmtpd", secret=True),
+        File(SRS_CONF, srs_conf(ctx), mode=0o600, secret=True),
         File(DYNDNS_REGEX, read("smtpd/dyndns.regex")),
         File(UNIT_DROPIN, render("smtpd/opensmtpd.service.d.conf.j2", pg_unit=database.PG_UNIT,
                                  after_dovecot=host.runs(H.IMAP))),

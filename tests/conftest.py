@@ -17,6 +17,9 @@ from mailstack import hosts as H  # noqa: E402
 from mailstack.context import Context, Secrets  # noqa: E402
 from mailstack.settings import load_settings  # noqa: E402
 
+# The real-daemon fixtures that several modules use (`dovecot`, `pebble`), one home each.
+pytest_plugins = ["tests.daemons.dovecot", "tests.daemons.pebble"]
+
 EXAMPLE_STACK = ROOT / "config" / "Pulumi.dev.yaml"
 
 # Documentation ranges: never routed, so a rendering bug can't point anywhere real.
@@ -64,6 +67,7 @@ def make_context(settings, addresses=None) -> Context:
         lookup_password="test-lookup-Pw0rd",
         quota_password="test-quota-Pw0rd",
         rspamd_controller_password="test-rspamd-Pw0rd",
+        srs_key="test-srs-Key0123456789",
         dkim_keys={d: _rsa_key() for d in settings.domains},
         user_hashes={u.address: u.password_hash or TEST_HASH for u in settings.users},
         backup_passwords={r: f"test-backup-{r}-Pw0rd" for r in hs},

@@ -255,7 +255,7 @@ class StackMocks(pulumi.runtime.Mocks):
         frags = []
         for v in self.secrets.values():
             if "PRIVATE KEY" in v:
-                body = [l for l in v.splitlines() if l and "-----" not in l]
+                body = [line for line in v.splitlines() if line and "-----" not in line]
                 frags.append(body[len(body) // 2])
             else:
                 frags.append(v)

@@ -26,10 +26,12 @@ import pytest
 
 from mailstack import spam
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
-from tests.test_hostile import MX1_PORTS, _start_rspamd
-from tests.test_mx import (
-    EXAMPLE_ALIASES, OUTSIDE_NO_PTR, OUTSIDE_OK, SMTPD, Netns, stage, start_resolver_and_database,
-)
+from tests.daemons.netns import Netns, start_resolver_and_database
+from tests.daemons.rspamd import start as start_rspamd
+from tests.daemons.smtpd import SMTPD, stage
+from tests.daemons.unbound import OUTSIDE_NO_PTR, OUTSIDE_OK
+from tests.test_hostile import MX1_PORTS
+from tests.test_mx import EXAMPLE_ALIASES
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -91,7 +93,7 @@ def mx1_limits():
         redis = ns.start("redis-server", "--bind", "127.0.0.1", "--port", "6379", "--save", "",
                          "--appendonly", "no", "--dir", root, log=root / "redis.log")
         ns.wait_port("127.0.0.1", 6379, redis, root / "redis.log")
-        _start_rspamd(ns, ctx, root, dkim=True)
+        start_rspamd(ns, ctx, root, dkim=True)
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         for port in MX1_PORTS:
             ns.wait_port(mx1.private_ip, port, smtpd, root / "smtpd.log")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import replace
@@ -21,6 +20,7 @@ from mailstack import hosts as H
 from mailstack.settings import SettingsError
 
 from .conftest import ed25519_openssh, make_context, settings_from
+from .daemons.ports import free_port
 
 # --------------------------------------------------------------------------- settings
 
@@ -148,18 +148,12 @@ def test_timer_uses_the_schedule_and_systemd_accepts_the_units(tmp_path):
 # --------------------------------------------------------------------------- real restic + sshd
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def sftp_target():
     if os.geteuid() != 0 or not shutil.which("restic") or not Path("/usr/sbin/sshd").exists():
         pytest.skip("needs root, restic and sshd (scripts/setup-host.sh)")
     base = Path(tempfile.mkdtemp(prefix="mailstack-storage-", dir="/run"))
-    st = LS.Storage(base, "127.0.0.1", _free_port())
+    st = LS.Storage(base, "127.0.0.1", free_port())
     priv, pub = ed25519_openssh("backup-imap")
     LS.prepare(st, [pub])
     proc = subprocess.Popen(LS.command(st), stdin=subprocess.DEVNULL,
@@ -357,7 +351,7 @@ def s3_service():
     if not shutil.which("restic"):
         pytest.skip("needs restic (scripts/setup-host.sh)")
     from moto.server import ThreadedMotoServer
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

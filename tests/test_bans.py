@@ -31,7 +31,10 @@ import pytest
 from mailstack import bans, imap, mx
 from mailstack import hosts as H
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
-from tests.test_mx import OUTSIDE_NO_PTR, OUTSIDE_OK, SMTPD, Netns, stage, start_resolver_and_database
+from tests.daemons.dovecot import install as install_dovecot
+from tests.daemons.netns import Netns, start_resolver_and_database
+from tests.daemons.smtpd import SMTPD, stage
+from tests.daemons.unbound import OUTSIDE_NO_PTR, OUTSIDE_OK
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -194,11 +197,7 @@ def banning():
             (root / d).mkdir(parents=True)
         (root / "vmail").mkdir(mode=0o750)
         os.chown(root / "vmail", H.VMAIL_UID, H.VMAIL_UID)
-        for f in imap.files(ctx, host, layout):
-            p = Path(f.path)
-            p.write_text(f.content)
-            shutil.chown(p, f.owner, f.group)
-            p.chmod(f.mode)
+        install_dovecot(ctx, host, layout)
         dovecot_conf = root / "dovecot" / "dovecot.conf"
         # The master daemonizes; its children would hold captured pipes open.
         subprocess.run(ns.cmd("dovecot", "-c", dovecot_conf), check=True, timeout=30,

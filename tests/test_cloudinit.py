@@ -323,7 +323,7 @@ umount /var/vmail
     lines = out.stdout.splitlines()
     assert f"MOUNT {loop} ext4" in lines
     assert "OWNER 5000:5000 750" in lines
-    assert [l for l in lines if l.startswith("FSTAB ")] == [
+    assert [line for line in lines if line.startswith("FSTAB ")] == [
         f"FSTAB UUID={uuid} /var/vmail ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2"]
     assert "COUNT 1" in lines  # the rerun left fstab alone
     assert "mounted /dev/disk/by-id/scsi-0HC_Volume_4242" in out.stdout

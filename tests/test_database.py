@@ -6,10 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -18,19 +16,14 @@ from mailstack import database as D
 from mailstack.context import Context
 
 from .conftest import TEST_HASH, make_context, settings_from
+from .daemons.ports import wait
+from .daemons.postgres import PG_BIN, Pg, as_postgres, start_primary, start_replica
 
-PG_BIN = Path(f"/usr/lib/postgresql/{D.PG_VERSION}/bin")
 pytestmark = pytest.mark.skipif(
     not (PG_BIN / "postgres").exists() or os.geteuid() != 0,
     reason="needs root and PostgreSQL 15",
 )
 OTHER_HASH = "$6$saltsalt$" + "a" * 86
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def loopback_context(settings, primary_ip="127.0.0.11", replica_ip="127.0.0.1") -> Context:
@@ -42,123 +35,6 @@ def loopback_context(settings, primary_ip="127.0.0.11", replica_ip="127.0.0.1") 
         ip = primary_ip if h.runs("db-primary") else replica_ip
         hosts[role] = dataclasses.replace(h, private_ip=ip)
     return dataclasses.replace(ctx, hosts=hosts)
-
-
-def as_postgres(*cmd, input=None, env=None, check=True):
-    return subprocess.run(
-        ["runuser", "-u", "postgres", "--", *map(str, cmd)], input=input, text=True,
-        capture_output=True, env={**os.environ, **(env or {})}, check=check, timeout=60,
-    )
-
-
-class Pg:
-    """One throwaway cluster: rendered mailstack.conf/pg_hba.conf, test port/socket."""
-
-    def __init__(self, base: Path, name: str):
-        self.dir = base / name
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.dir.mkdir()
-        shutil.chown(self.dir, "postgres", "postgres")
-
-    def initdb(self):
-        as_postgres(PG_BIN / "initdb", "-D", self.data, "-U", "postgres", "--auth=peer",
-                    "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
-
-    def configure(self, conf: str, hba: str):
-        self.write("mailstack.conf", conf)
-        self.write("pg_hba.conf", hba)
-        self.write("postgresql.conf", "\n".join([
-            f"port = {self.port}",
-            f"unix_socket_directories = '{self.dir}'",
-            f"hba_file = '{self.dir}/pg_hba.conf'",
-            "fsync = off",
-            "shared_buffers = 16MB",
-            f"include '{self.dir}/mailstack.conf'",
-            "",
-        ]))
-
-    def write(self, name: str, text: str):
-        p = self.dir / name
-        p.write_text(text)
-        shutil.chown(p, "postgres", "postgres")
-        p.chmod(0o600)
-
-    def start(self):
-        # Our own child (not pg_ctl's orphan), so we reap it and leave no zombie behind.
-        with open(self.dir / "log", "ab") as log:
-            self.proc = subprocess.Popen(
-                ["runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", self.data,
-                 "-c", f"config_file={self.dir}/postgresql.conf"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-        try:
-            wait(lambda: self.proc.poll() is None and as_postgres(
-                PG_BIN / "pg_isready", "-q", "-h", self.dir, "-p", self.port, check=False).returncode == 0,
-                "postgres to accept connections", 60)
-        except AssertionError:
-            raise AssertionError((self.dir / "log").read_text()) from None
-
-    def stop(self):
-        proc = getattr(self, "proc", None)
-        if proc is not None and proc.poll() is None:
-            as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop", check=False)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def reload(self):
-        as_postgres(PG_BIN / "pg_ctl", "-D", self.data, "reload")
-
-    def sql(self, sql: str, db: str = "postgres", check=True) -> subprocess.CompletedProcess:
-        """As the postgres superuser over the unix socket (peer), like the deploy steps."""
-        return as_postgres(PG_BIN / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-At",
-                           "-h", self.dir, "-p", self.port, "-d", db, input=sql, check=check)
-
-    def q(self, sql: str, db: str = D.DB_NAME) -> list[list[str]]:
-        out = self.sql(sql, db).stdout
-        return [line.split("|") for line in out.splitlines() if line]
-
-    def as_user(self, user: str, password: str, sql: str, db: str = D.DB_NAME,
-                host: str = "127.0.0.1", extra: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [PG_BIN / "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
-             f"host={host} port={self.port} dbname={db} user={user} {extra}"],
-            input=sql, text=True, capture_output=True, timeout=30,
-            env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "5"},
-        )
-
-
-def wait(predicate, what: str, limit: float = 30.0):
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def start_primary(base: Path, ctx) -> Pg:
-    primary = Pg(base, "primary")
-    host = D.primary_host(ctx)
-    primary.initdb()
-    primary.configure(D.server_conf(ctx, host), D.hba_conf(ctx, host))
-    primary.start()
-    primary.sql(D.setup_sql(ctx))
-    return primary
-
-
-def start_replica(base: Path, ctx, primary: Pg, role: str) -> Pg:
-    replica = Pg(base, role)
-    host = ctx.hosts[role]
-    replica.write("pgpass", D.pgpass(ctx))
-    cmd = D.basebackup_args(ctx, host, str(replica.data))
-    as_postgres(PG_BIN / cmd[0], *cmd[1:], "-p", primary.port,
-                env={"PGPASSFILE": str(replica.dir / "pgpass")})
-    replica.configure(D.server_conf(ctx, host), D.hba_conf(ctx, host))
-    replica.start()
-    return replica
 
 
 def smtpd(pg: Pg, query: str, key: str) -> list[str]:
@@ -202,12 +78,12 @@ def test_rendered_primary_config(ctx):
     assert "listen_addresses = 'localhost, 10.77.1.11'" in conf
     assert "wal_level = replica" in conf and "max_slot_wal_keep_size = 2GB" in conf
     hba = D.hba_conf(ctx, mx1)
-    repl = [l.split() for l in hba.splitlines() if l.startswith("host") and "replication" in l]
+    repl = [line.split() for line in hba.splitlines() if line.startswith("host") and "replication" in line]
     assert repl == [["host", "replication", D.REPLICATION_USER, ip, "scram-sha-256"]
                     for ip in ("10.77.1.12/32", "10.77.1.13/32")]
     # Only loopback may use the lookup role, and nothing reaches other databases.
-    assert all(l.split()[1] in (D.DB_NAME, "replication") for l in hba.splitlines()
-               if l.startswith("host"))
+    assert all(line.split()[1] in (D.DB_NAME, "replication") for line in hba.splitlines()
+               if line.startswith("host"))
     assert "listen_addresses = 'localhost'\n" in D.server_conf(ctx, ctx.hosts["imap"])
     assert "replication" not in D.hba_conf(ctx, ctx.hosts["imap"]).replace("# ", "").split("local")[-1]
 

@@ -13,6 +13,7 @@ from mailstack import cloudinit, firewall, hardening, ssh, updates
 from mailstack import hosts as H
 from mailstack.settings import SettingsError
 from tests.conftest import ed25519_openssh, make_context, settings_from
+from tests.daemons.ports import free_port
 from tests.test_firewall import _nft_check
 
 DEPLOY_KEY = ed25519_openssh("deploy")[1]
@@ -128,9 +129,7 @@ def test_a_key_removed_from_the_settings_no_longer_logs_in(tmp_path):
     auth = tmp_path / "authorized_keys"
     auth.write_text(ssh.authorized_keys(removed, DEPLOY_KEY))
     auth.chmod(0o600)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     hk = tmp_path / "host_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hk], check=True)
     conf = tmp_path / "sshd_config"

@@ -20,21 +20,23 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import firewall, mx, spam
+from mailstack import firewall, mx
 from mailstack import hosts as H
 from lab import hostile_cases as cases
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
-from tests.test_imap import dovecot, imap_login  # noqa: F401  (dovecot: a fixture)
-from tests.test_mx import (
-    EXAMPLE_ALIASES, OUTSIDE_NO_PTR, OUTSIDE_OK, SMTPD, Netns, stage, start_resolver_and_database,
-)
+from tests.daemons.netns import Netns, start_resolver_and_database
+from tests.daemons.rspamd import CONTROLLER_PASSWORD
+from tests.daemons.rspamd import start as start_rspamd
+from tests.daemons.smtpd import SMTPD, stage
+from tests.daemons.unbound import OUTSIDE_NO_PTR, OUTSIDE_OK
+from tests.test_imap import imap_login
+from tests.test_mx import EXAMPLE_ALIASES
 
 pytestmark = pytest.mark.timeout(900)
 
 # A client whose PTR holds the filter protocol's delimiter: rDNS is chosen by whoever
 # controls the client's reverse zone, a stranger.
 OUTSIDE_PIPE_PTR = "10.99.0.9"
-RSPAMD_PORT = 11333
 # Every port mx1's smtpd listens on.
 MX1_PORTS = [p for svc in (H.MX, H.SUBMISSION) for _, p, _ in firewall.PUBLIC[svc]] + [mx.RELAY_PORT]
 
@@ -45,51 +47,6 @@ HOSTILE_DNS = f"""
   # Nothing here reaches the internet: every other name is answered at once.
   local-zone: "." static
 """
-
-
-CONTROLLER_PASSWORD = "test-controller-password"
-
-
-def _start_rspamd(ns: Netns, ctx, root: Path, dkim: bool = False):
-    """Rspamd with mx1's rendered local.d, in the server namespace (its own /run and
-    /var/lib/rspamd), asking the namespace's unbound. dkim: with the stack's keys where
-    the rendered dkim_signing.conf looks for them."""
-    confdir = root / "rspamd"
-    state = root / "rspamd-state"
-    state.mkdir()
-    for f in spam.bundle(ctx, ctx.hosts["mx1"]).files:
-        if f.path.startswith(("/etc/rspamd/local.d/", "/etc/rspamd/override.d/")):
-            p = confdir / Path(f.path).relative_to("/etc/rspamd")
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(f.content.replace("127.0.0.1:53", "127.0.0.53:53"))
-        elif dkim and f.path.startswith(spam.KEY_DIR + "/"):
-            p = state / Path(f.path).relative_to("/var/lib/rspamd")
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_text(f.content)
-            shutil.chown(p, "root", "_rspamd")
-            p.chmod(0o640)
-    # What the services step writes from the stack's controller password (its hashing is
-    # tested in tests/test_spam.py).
-    pw_hash = subprocess.run(["rspamadm", "pw", "-e", "-p", CONTROLLER_PASSWORD], capture_output=True,
-                             text=True, check=True, timeout=60).stdout.strip().splitlines()[-1]
-    (confdir / "local.d" / "worker-controller.inc").write_text(
-        f'password = "{pw_hash}";\nenable_password = "{pw_hash}";\n')
-    if not dkim:  # signing is proven in tests/test_abuse.py and the lab
-        (confdir / "local.d" / "dkim_signing.conf").unlink(missing_ok=True)
-    (confdir / "local.d" / "logging.inc").write_text(
-        f'type = "file";\nfilename = "{root}/rspamd.log";\nlevel = "warning";\n')
-    shutil.chown(root / "rspamd", "_rspamd", "_rspamd")
-    shutil.chown(state, "_rspamd", "_rspamd")
-    log = root / "rspamd.out"
-    (root / "rspamd.log").touch()
-    shutil.chown(root / "rspamd.log", "_rspamd", "_rspamd")
-    script = (f"mkdir -p /run/rspamd && chown _rspamd /run/rspamd && "
-              f"mount --bind {state} /var/lib/rspamd && "
-              f"exec rspamd -f -u _rspamd -g _rspamd --var=LOCAL_CONFDIR={confdir}")
-    # A mount namespace of its own, so the bind over /var/lib/rspamd stays private.
-    p = ns.start("unshare", "-m", "--propagation", "private", "sh", "-c", script, log=log)
-    ns.wait_port("127.0.0.1", RSPAMD_PORT, p, log)
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +63,7 @@ def mx1_full():
                    [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
                     OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_PIPE_PTR])
         procs = start_resolver_and_database(ns, ctx, root, HOSTILE_DNS)
-        rspamd = _start_rspamd(ns, ctx, root)
+        rspamd = start_rspamd(ns, ctx, root)
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         for port in MX1_PORTS:
             ns.wait_port(mx1.private_ip, port, smtpd, root / "smtpd.log")

@@ -106,3 +106,15 @@ def test_mailstack_has_no_import_cycle_and_no_imports_hidden_in_functions():
         if n not in state and visit(n, []):
             break
     assert cycle == []
+
+
+MAX_LINES = 400
+
+
+def test_modules_in_mailstack_and_lab_stay_small():
+    """One concern per module: past MAX_LINES, a module is split (make a new module
+    rather than growing one; docs/conventions.md)."""
+    big = [f"{p.relative_to(ROOT)}: {n} lines"
+           for d in ("mailstack", "lab") for p in sorted((ROOT / d).rglob("*.py"))
+           if (n := len(p.read_text().splitlines())) > MAX_LINES]
+    assert big == []

@@ -3,11 +3,9 @@ behavioural run of mx1's config against a real PostgreSQL and unbound in a priva
 network namespace."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import json
-import signal
 import subprocess
 import sys
 import tempfile
@@ -19,57 +17,13 @@ import pytest
 import yaml
 
 from tests.conftest import EXAMPLE_STACK, TEST_PASSWORD, make_context, settings_from
-from mailstack import database, mx
-from mailstack import hosts as H
-
-SMTPD = shutil.which("smtpd") or "/usr/sbin/smtpd"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-
-
-def _cert(d: Path) -> None:
-    d.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=mx1.example.org", "-keyout", d / "privkey.pem", "-out", d / "fullchain.pem"],
-        check=True, capture_output=True)
-
-
-def stage(ctx, host, root: Path, *, rspamd: bool = True, bind_ip: str | None = None) -> Path:
-    """Write host's smtpd files under root, with their paths pointing there. bind_ip:
-    listen on that address only, so two hosts' smtpd can share a network namespace."""
-    _cert(root / "tls")
-    (root / "smtpd").mkdir(parents=True, exist_ok=True)
-    b = mx.bundle(ctx, host)
-    table = root / "smtpd" / "pgsql.conf"
-    table.write_text(b.file(mx.TABLE_CONF).content)
-    shutil.chown(table, "root", "opensmtpd")
-    table.chmod(0o640)
-    (root / "smtpd" / "dyndns.regex").write_text(b.file(mx.DYNDNS_REGEX).content)
-    quota = root / "smtpd" / "quota.conf"
-    quota.write_text(b.file(mx.QUOTA_CONF).content)
-    shutil.chown(quota, "root", "opensmtpd")
-    quota.chmod(0o640)
-    guard, quota_filter = root / "filter-guard", root / "filter-quota"
-    for path, src in ((guard, mx.FILTER_GUARD), (quota_filter, mx.FILTER_QUOTA)):
-        path.write_text(b.file(src).content)
-        path.chmod(0o755)
-    conf = b.file(mx.SMTPD_CONF).content
-    conf = (conf.replace("/etc/smtpd/", f"{root}/smtpd/").replace(mx.TLS_DIR, f"{root}/tls")
-            .replace(mx.FILTER_GUARD, str(guard)).replace(mx.FILTER_QUOTA, str(quota_filter)))
-    if not rspamd:
-        conf = without_rspamd(conf)
-    if bind_ip:
-        conf = re.sub(r"^listen on :: .*\n", "", conf, flags=re.M).replace("listen on 0.0.0.0 ", f"listen on {bind_ip} ")
-    path = root / "smtpd.conf"
-    path.write_text(conf)
-    return path
-
-
-def without_rspamd(conf: str) -> str:
-    conf = re.sub(r'^filter "rspamd" .*\n', "", conf, flags=re.M)
-    conf = conf.replace(', "rspamd" }', " }").replace(' filter "rspamd"', "")
-    assert "rspamd" not in re.sub(r"#.*", "", conf)
-    return conf
+from tests.daemons.netns import Netns, start_resolver_and_database
+from tests.daemons.postgres import PG_BIN
+from tests.daemons.smtpd import MX2_LISTEN, SMTPD, rcpt_reply, stage, start_mx2, swaks
+from tests.daemons.unbound import (
+    SINK, OUTSIDE_DYN, OUTSIDE_LIAR, OUTSIDE_LOW, OUTSIDE_MEH, OUTSIDE_NO_PTR, OUTSIDE_OK,
+)
+from mailstack import mx
 
 
 def hosts_of(topology):
@@ -116,6 +70,42 @@ def test_table_file_is_secret_and_readable_by_smtpd(ctx):
     assert ctx.secrets.lookup_password not in mx.bundle(ctx, ctx.hosts["mx1"]).script
 
 
+def test_srs_key_only_in_a_root_only_file(ctx, single_ctx):
+    """The SRS key reaches mx1 and mx2 (the same key: mx2 accepts the bounces too) only in
+    SRS_CONF, root:root 0600, staged from a deploy step; never in smtpd.conf, a step's
+    script, another file of any step, or any host's user-data."""
+    from mailstack import cloudinit, deploy
+    key = ctx.secrets.srs_key
+    for c in (ctx, single_ctx):
+        for role in ("mx1", "mx2"):
+            if role not in c.hosts:
+                continue
+            b = mx.bundle(c, c.hosts[role])
+            f = b.file(mx.SRS_CONF)
+            assert (f.owner, f.group, f.mode, f.secret) == ("root", "root", 0o600, True)
+            assert f'srs key "{key}"' in f.content.splitlines()
+            conf = b.file(mx.SMTPD_CONF).content
+            assert key not in conf and key not in b.script
+            # The key is read before the action that uses it (smtpd refuses it otherwise).
+            assert conf.index(f'include "{mx.SRS_CONF}"') < conf.index(" srs\n")
+        for step in deploy.plan(c.settings):
+            b = step.render(c)
+            assert key not in b.script, step.name
+            assert [f.path for f in b.files if key in f.content] in ([], [mx.SRS_CONF]), step.name
+        for h in c.hosts.values():
+            assert key not in cloudinit.user_data(c.settings, h), h.role
+
+
+def test_srs_key_must_be_usable():
+    """An empty or odd key is a clear error naming it, before anything is rendered."""
+    import dataclasses
+    base = make_context(settings_from())
+    for bad in ("", "short", 'with"quote-and-more'):
+        c = dataclasses.replace(base, secrets=dataclasses.replace(base.secrets, srs_key=bad))
+        with pytest.raises(ValueError, match="srs_key"):
+            mx.bundle(c, c.hosts["mx1"])
+
+
 def test_relay_targets(ctx, single_ctx):
     mx1 = mx.smtpd_conf(ctx, ctx.hosts["mx1"])
     mx2 = mx.smtpd_conf(ctx, ctx.hosts["mx2"])
@@ -137,146 +127,6 @@ def test_flush_timer_only_on_backup_mx(ctx):
 
 # --------------------------------------------------------------------------- behaviour
 
-OUTSIDE_OK = "10.99.0.5"      # PTR good.test, and good.test A points back
-OUTSIDE_NO_PTR = "10.99.0.6"
-OUTSIDE_DYN = "10.99.0.8"     # PTR and A match, but the name is a dial-up pool's
-OUTSIDE_LIAR = "10.99.0.7"    # PTR liar.test, whose A is another address (no FCrDNS)
-OUTSIDE_LOW = "10.99.0.10"    # FCrDNS fine, SenderScore 5: below -blockBelow 10
-OUTSIDE_MEH = "10.99.0.11"    # FCrDNS fine, SenderScore 65: below -junkBelow 70
-MX2_LISTEN = "10.98.0.13"     # mx2's smtpd beside mx1's in the fixture below
-
-
-class Netns:
-    """A server network + mount namespace (own queue, /run, users and resolver) and a
-    client network namespace joined by a veth pair, so that clients are not local
-    addresses of the server (smtpd treats those as `from local`)."""
-
-    def __init__(self, root: Path, server_ip: str, client_ips: list[str], more_server_ips: tuple[str, ...] = ()):
-        self.root = root
-        passwd = root / "passwd"
-        passwd.write_text(Path("/etc/passwd").read_text()
-                          + f"vmail:x:{H.VMAIL_UID}:{H.VMAIL_UID}::/var/vmail:/usr/sbin/nologin\n")
-        group = root / "group"
-        group.write_text(Path("/etc/group").read_text() + f"vmail:x:{H.VMAIL_UID}:\n")
-        (root / "resolv.conf").write_text("nameserver 127.0.0.53\n")
-        self.procs: list[subprocess.Popen] = []
-        self.holders: list[subprocess.Popen] = []
-        self.client = self._holder(["unshare", "-n"], ["ip link set lo up"])
-        self.server = self._holder(["unshare", "-n", "-m"], [
-            "mount --make-rprivate /",
-            "mount -t tmpfs tmpfs /var/spool",
-            "mount -t tmpfs tmpfs /run",
-            f"mount --bind {root}/resolv.conf /etc/resolv.conf",
-            f"mount --bind {passwd} /etc/passwd",
-            f"mount --bind {group} /etc/group",
-            "ip link set lo up",
-            f"ip link add vs type veth peer name vc netns /proc/{self.client.pid}/ns/net",
-            *[f"ip addr add {ip}/32 dev vs" for ip in (server_ip, *more_server_ips)],
-            "ip link set vs up",
-            *[f"ip route add {ip}/32 dev vs" for ip in client_ips],
-        ])
-        for cmd in (["ip", "link", "set", "vc", "up"],
-                    *[["ip", "addr", "add", f"{ip}/32", "dev", "vc"] for ip in client_ips],
-                    *[["ip", "route", "add", f"{ip}/32", "dev", "vc"] for ip in (server_ip, *more_server_ips)]):
-            subprocess.run(self.cmd(*cmd, ns=self.client), check=True)
-
-    def _holder(self, unshare: list[str], setup: list[str]) -> subprocess.Popen:
-        script = " && ".join([*setup, "echo ready", "exec sleep infinity"])
-        p = subprocess.Popen([*unshare, "sh", "-c", script], stdout=subprocess.PIPE, text=True)
-        self.holders.append(p)
-        line = p.stdout.readline().strip()
-        assert line == "ready", f"namespace setup failed: {script}"
-        return p
-
-    def cmd(self, *argv, ns=None) -> list[str]:
-        ns = ns or self.server
-        flags = ["-n", "-m"] if ns is self.server else ["-n"]
-        return ["nsenter", "-t", str(ns.pid), *flags, *map(str, argv)]
-
-    def run(self, *argv, client: bool = False, **kw) -> subprocess.CompletedProcess:
-        kw.setdefault("timeout", 60)
-        return subprocess.run(self.cmd(*argv, ns=self.client if client else None),
-                              capture_output=True, text=True, **kw)
-
-    def start(self, *argv, log: Path) -> subprocess.Popen:
-        p = subprocess.Popen(self.cmd(*argv), stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                             start_new_session=True)
-        self.procs.append(p)
-        return p
-
-    def wait_port(self, ip: str, port: int, proc: subprocess.Popen, log: Path) -> None:
-        probe = f"import socket; socket.create_connection(('{ip}', {port}), 1).close()"
-        for _ in range(200):
-            if proc.poll() is not None:
-                raise AssertionError(f"{proc.args} exited:\n{log.read_text()}")
-            if self.run("python3", "-c", probe).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"nothing listens on {ip}:{port}:\n{log.read_text()}")
-
-    def close(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
-        for h in self.holders:
-            h.kill()
-            h.wait()
-
-
-UNBOUND_TEST_CONF = """server:
-  interface: 127.0.0.53
-  do-daemonize: no
-  username: ""
-  chroot: ""
-  pidfile: ""
-  use-syslog: no
-  directory: "{root}"
-  module-config: "iterator"
-  access-control: 127.0.0.0/8 allow
-  access-control: 10.0.0.0/8 allow
-  local-zone: "test." static
-  local-data: "good.test. A {ok}"
-  local-data-ptr: "{ok} good.test"
-  local-data: "dyn-10-99-0-8.pool.isp.test. A {dyn}"
-  local-data-ptr: "{dyn} dyn-10-99-0-8.pool.isp.test"
-  local-data: "liar.test. A 10.99.0.77"
-  local-data-ptr: "{liar} liar.test"
-  local-data: "low.test. A {low}"
-  local-data-ptr: "{low} low.test"
-  local-data: "meh.test. A {meh}"
-  local-data-ptr: "{meh} meh.test"
-  local-zone: "10.in-addr.arpa." static
-  # filter-senderscore asks <reversed ip>.score.senderscore.com; the last octet of the
-  # answer is the score. No answer is a neutral one.
-  local-zone: "senderscore.com." static
-  local-data: "{low_rev}.score.senderscore.com. A 127.0.4.5"
-  local-data: "{meh_rev}.score.senderscore.com. A 127.0.4.65"
-"""
-
-
-def _rev(ip: str) -> str:
-    return ".".join(reversed(ip.split(".")))
-
-
-def swaks(ns: Netns, *args: str) -> str:
-    r = ns.run("swaks", "--hide-informational", "--timeout", "15", *args, client=True)
-    return r.stdout + r.stderr
-
-
-def rcpt_reply(transcript: str) -> str:
-    """The server's reply to RCPT TO (or to whatever ended the session)."""
-    lines = transcript.splitlines()
-    for i, line in enumerate(lines):
-        if re.match(r"^ ?-> RCPT TO", line) or re.match(r"^ ?~> RCPT TO", line):
-            return next(l for l in lines[i + 1:] if re.match(r"^ ?<[~*-]", l))
-    return next((l for l in lines if l.lstrip().startswith("<*")), transcript)
-
-
 EXAMPLE_ALIASES = yaml.safe_load(EXAMPLE_STACK.read_text())["config"]["mailstack:aliases"]
 # The role addresses of the second domain are left to the stack (settings.role_aliases):
 # postmaster@ and abuse@ of example.net must still be accepted, by mx1 and mx2.
@@ -284,37 +134,6 @@ MX_ALIASES = [a for a in EXAMPLE_ALIASES if not a["address"].endswith("@example.
               or a["address"] == "team@example.net"]
 # An alias that forwards outside as well as inside, as people keep for a family address.
 FORWARD_ALIAS = {"address": "family@example.org", "to": ["alice@example.org", "grandma@elsewhere.test"]}
-
-
-def start_resolver_and_database(ns: Netns, ctx, root: Path, extra_dns: str = "",
-                                listen: str = "127.0.0.1", hba: str | None = None) -> dict:
-    """unbound on 127.0.0.53 (UNBOUND_TEST_CONF + extra_dns) and a PostgreSQL on
-    127.0.0.1:5432 holding the stack's schema and accounts, in the server namespace.
-    listen, hba: more addresses, and the rendered pg_hba.conf instead of initdb's."""
-    (root / "unbound.conf").write_text(
-        UNBOUND_TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn=OUTSIDE_DYN, liar=OUTSIDE_LIAR,
-                                 low=OUTSIDE_LOW, meh=OUTSIDE_MEH, low_rev=_rev(OUTSIDE_LOW),
-                                 meh_rev=_rev(OUTSIDE_MEH)) + extra_dns)
-    unbound = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
-    pg = root / "pg"
-    pg.mkdir()
-    shutil.chown(pg, "postgres", "postgres")
-    subprocess.run(["runuser", "-u", "postgres", "--", PG_BIN / "initdb", "-D", pg / "data",
-                    "-A", "trust", "--auth-host=scram-sha-256"], check=True, capture_output=True)
-    if hba is not None:
-        (pg / "data" / "pg_hba.conf").write_text(hba)
-    postgres = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", pg / "data",
-                        "-k", pg, "-c", f"listen_addresses={listen}", "-c", "port=5432",
-                        log=root / "postgres.log")
-    ns.wait_port("127.0.0.1", 5432, postgres, root / "postgres.log")
-    psql = ["runuser", "-u", "postgres", "--", PG_BIN / "psql", "-h", pg, "-X", "-q",
-            "-v", "ON_ERROR_STOP=1"]
-    for db, sql in (("postgres", database.setup_sql(ctx)),
-                    (database.DB_NAME, database.sync_sql(ctx.settings, ctx.secrets.user_hashes))):
-        r = ns.run(*psql, "-d", db, input=sql)
-        assert r.returncode == 0, r.stderr
-    ns.wait_port("127.0.0.53", 53, unbound, root / "unbound.log")
-    return {"unbound": unbound, "postgres": postgres}
 
 
 @pytest.fixture(scope="module")
@@ -334,7 +153,7 @@ def mx1_running():
         mx2_conf = stage(ctx, ctx.hosts["mx2"], root / "mx2", rspamd=False, bind_ip=MX2_LISTEN)
         ns = Netns(root, mx1.private_ip,
                    [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
-                    OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN, OUTSIDE_LIAR, OUTSIDE_LOW, OUTSIDE_MEH],
+                    OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN, OUTSIDE_LIAR, OUTSIDE_LOW, OUTSIDE_MEH, SINK],
                    more_server_ips=(MX2_LISTEN,))
         # Kept on the namespace for the test that stops PostgreSQL (the module's last).
         ns.daemons = start_resolver_and_database(ns, ctx, root)
@@ -342,11 +161,13 @@ def mx1_running():
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         ns.wait_port(mx1.private_ip, 25, smtpd, root / "smtpd.log")
         ns.wait_port(mx1.private_ip, mx.RELAY_PORT, smtpd, root / "smtpd.log")
-        # Its own queue and control socket, in a mount namespace of its own.
-        mx2 = ns.start("unshare", "-m", "--propagation", "private", "sh", "-c",
-                       "mount -t tmpfs tmpfs /var/spool && mount -t tmpfs tmpfs /run && "
-                       f"exec {SMTPD} -d -f {mx2_conf}", log=root / "mx2-smtpd.log")
-        ns.wait_port(MX2_LISTEN, 25, mx2, root / "mx2-smtpd.log")
+        start_mx2(ns, mx2_conf, root)
+        # elsewhere.test's MX, in the client namespace: what smtpd relays out lands here.
+        ns.sink_log = root / "sink.jsonl"
+        sink = subprocess.Popen(ns.cmd(sys.executable, "-c", SINK_SERVER, SINK, ns.sink_log, ns=ns.client),
+                                stdout=subprocess.DEVNULL, stderr=open(root / "sink.err", "w"),
+                                start_new_session=True)
+        ns.procs.append(sink)
         yield ctx, ns
     finally:
         if ns:
@@ -566,6 +387,128 @@ def test_internal_port_only_for_our_hosts(mx1_running):
     out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", OUTSIDE_OK,
                 "--to", "alice@example.org", "--quit-after", "RCPT")
     assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
+
+
+# A receiving server for elsewhere.test (test harness, not part of the stack): one JSON
+# line per message with the envelope smtpd sent, so the SRS rewrite on the wire is seen.
+SINK_SERVER = r"""
+import json, socketserver, sys
+
+class Session(socketserver.StreamRequestHandler):
+    def handle(self):
+        say = lambda line: (self.wfile.write(line.encode() + b"\r\n"), self.wfile.flush())
+        say("220 sink.test ESMTP")
+        env = {"mail": None, "rcpt": []}
+        for raw in self.rfile:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            verb = line[:4].upper()
+            if verb in ("EHLO", "HELO"):
+                say("250 sink.test")
+            elif verb == "MAIL":
+                env = {"mail": line.split(":", 1)[1].strip().split()[0].strip("<>"), "rcpt": []}
+                say("250 ok")
+            elif verb == "RCPT":
+                env["rcpt"].append(line.split(":", 1)[1].strip().split()[0].strip("<>"))
+                say("250 ok")
+            elif verb == "DATA":
+                say("354 go on")
+                body = []
+                for raw in self.rfile:
+                    if raw.rstrip(b"\r\n") == b".":
+                        break
+                    body.append(raw.decode(errors="replace"))
+                env["data"] = "".join(body)
+                with open(sys.argv[2], "a") as f:
+                    f.write(json.dumps(env) + "\n")
+                say("250 stored")
+            elif verb == "QUIT":
+                say("221 bye")
+                return
+            else:
+                say("250 ok")
+
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer((sys.argv[1], 25), Session).serve_forever()
+"""
+
+
+def _sunk(ns, marker: str, timeout: float = 60) -> dict:
+    """The message the sink received whose data holds `marker`."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if ns.sink_log.exists():
+            for line in ns.sink_log.read_text().splitlines():
+                env = json.loads(line)
+                if marker in env.get("data", ""):
+                    return env
+        ns.run("smtpctl", "schedule", "all")
+        time.sleep(1)
+    raise AssertionError(f"nothing with {marker!r} reached elsewhere.test's MX")
+
+
+SRS_ADDRESS = re.compile(r"^SRS0=[A-Za-z0-9_-]{4}=[A-Z2-7]{2}=(?P<domain>[^=]+)=(?P<user>[^@]+)@(?P<ours>.+)$")
+
+
+def test_forwarded_mail_leaves_with_an_srs_sender_and_its_bounce_comes_back(mx1_running):
+    """Forwarding (issue 12): mx1's real smtpd sends a forwarded copy out with an SRS0
+    envelope sender at the alias's domain (covered by our SPF), keeps the sender of mail a
+    user sends; a bounce (null sender) to that SRS address is accepted by mx1 and by mx2
+    (same key) and goes back to the original sender; a forged or reused one is refused."""
+    ctx, ns = mx1_running
+    mx1 = ctx.hosts["mx1"].private_ip
+
+    def send(server, sender, rcpt, subject, port=25, src=OUTSIDE_OK):
+        return swaks(ns, "--server", server, "--port", str(port), "--li", src, "--from", sender,
+                     "--to", rcpt, "--header", f"Subject: {subject}")
+
+    out = send(mx1, "someone@elsewhere.test", FORWARD_ALIAS["address"], "srs forward 1")
+    assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
+    env = _sunk(ns, "srs forward 1")
+    m = SRS_ADDRESS.match(env["mail"])
+    assert m and (m["domain"], m["user"], m["ours"]) == ("elsewhere.test", "someone", "example.org"), env
+    assert env["rcpt"] == ["grandma@elsewhere.test"], env
+    srs = env["mail"]
+
+    # A user's own mail keeps its sender: only forwarded copies are rewritten.
+    r = smtp(ns, mx1, 587, OUTSIDE_NO_PTR, "starttls", user="alice@example.org", password=TEST_PASSWORD,
+             to="friend@elsewhere.test", data="Subject: srs own mail\r\n\r\nhi\r\n",
+             **{"from": "alice@example.org"})
+    assert r.get("data") == 250, r
+    assert _sunk(ns, "srs own mail")["mail"] == "alice@example.org"
+
+    # The bounce: null sender to the SRS address, on mx1 and on mx2 (which knows the key).
+    for server in (mx1, MX2_LISTEN):
+        reply = rcpt_reply(swaks(ns, "--server", server, "--li", OUTSIDE_OK, "--from", "<>",
+                                 "--to", srs, "--quit-after", "RCPT")).strip()
+        assert reply.startswith("<-  250"), (server, reply)
+    out = send(mx1, "<>", srs, "srs bounce 1")
+    assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
+    back = _sunk(ns, "srs bounce 1")
+    assert (back["mail"], back["rcpt"]) == ("", ["someone@elsewhere.test"]), back
+
+    # A local original sender gets the bounce in her mailbox (LMTP: queued for imap here).
+    out = send(mx1, "alice@example.org", FORWARD_ALIAS["address"], "srs forward 2")
+    local_srs = _sunk(ns, "srs forward 2")["mail"]
+    assert SRS_ADDRESS.match(local_srs)["user"] == "alice", local_srs
+    out = send(mx1, "<>", local_srs, "srs bounce 2")
+    assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
+    # smtpctl's envelope line: id|family|type|flags|sender|rcpt|dest|...
+    queue = [line.split("|") for line in ns.run("smtpctl", "show", "queue").stdout.splitlines()]
+    assert [f[2:7] for f in queue if f[5:6] == [local_srs]] == [
+        ["mda", "internal", "@", local_srs, "alice@example.org"]], queue
+    # mx2 takes it too (its `primary` action hands it to mx1 for alice's mailbox).
+    reply = rcpt_reply(swaks(ns, "--server", MX2_LISTEN, "--li", OUTSIDE_OK, "--from", "<>",
+                             "--to", local_srs, "--quit-after", "RCPT")).strip()
+    assert reply.startswith("<-  250"), reply
+
+    # A forged hash, or the SRS address used as a sender-bearing relay: no such user (5xx).
+    user, domain = srs.split("@")
+    forged = f"SRS0={'AAAA' if user[5:9] != 'AAAA' else 'BBBB'}{user[9:]}@{domain}"
+    for server in (mx1, MX2_LISTEN):
+        for sender, rcpt in (("<>", forged), ("x@good.test", srs)):
+            reply = rcpt_reply(swaks(ns, "--server", server, "--li", OUTSIDE_OK, "--from", sender,
+                                     "--to", rcpt, "--quit-after", "RCPT")).strip()
+            assert re.match(r"^<\*\* +5\d\d", reply), (server, sender, rcpt, reply)
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -24,10 +23,13 @@ from mailstack import database as D
 from mailstack import hosts as H
 from mailstack import imap, mx
 from tests.conftest import make_context, settings_from
-from tests.test_imap import self_signed
-from tests.test_mx import (
-    PG_BIN, MX2_LISTEN, OUTSIDE_OK, SMTPD, Netns, rcpt_reply, stage, start_resolver_and_database, swaks,
-)
+from tests.daemons.certs import ec_pair
+from tests.daemons.dovecot import install
+from tests.daemons.netns import Netns, start_resolver_and_database
+from tests.daemons.ports import wait
+from tests.daemons.postgres import start_replica_in_netns
+from tests.daemons.smtpd import MX2_LISTEN, SMTPD, rcpt_reply, stage, start_mx2, swaks
+from tests.daemons.unbound import OUTSIDE_OK
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -37,16 +39,7 @@ USERS = [{"address": ROOM, "quotaMb": QUOTA_MB}, {"address": FULL, "quotaMb": QU
          {"address": "carol@example.net"}]
 ALIASES = [{"address": "team@example.net", "to": [ROOM, FULL]}]
 REPLICA_PORT = 5433   # mx2's replica, beside the primary on 5432
-
-
-def _wait(predicate, what: str, limit: float = 60.0):
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+SLOW = dict(limit=60.0, interval=0.2)   # deliveries, the quota clone and streaming
 
 
 def _start_dovecot(ns: Netns, ctx, root: Path) -> imap.Layout:
@@ -61,13 +54,9 @@ def _start_dovecot(ns: Netns, ctx, root: Path) -> imap.Layout:
     base.chmod(0o755)
     (base / "vmail").mkdir(mode=0o750)
     os.chown(base / "vmail", H.VMAIL_UID, H.VMAIL_UID)
-    self_signed(base / "tls", "imap.example.org")
+    ec_pair(base / "tls", "imap.example.org")
     host = ctx.hosts["imap"]
-    for f in imap.files(ctx, host, layout):
-        p = Path(f.path)
-        p.write_text(f.content)
-        shutil.chown(p, f.owner, f.group)
-        p.chmod(f.mode)
+    install(ctx, host, layout)
     # The servers log to syslog; here a file, which the warning's dovecot-lda opens as vmail.
     Path(layout.log_path).touch()
     os.chown(layout.log_path, H.VMAIL_UID, H.VMAIL_UID)
@@ -82,25 +71,6 @@ def _start_dovecot(ns: Netns, ctx, root: Path) -> imap.Layout:
     except AssertionError:
         raise AssertionError(log.read_text() if log.exists() else "no dovecot log") from None
     return layout
-
-
-def _start_replica(ns: Netns, ctx, root: Path) -> None:
-    """mx2's replica, made the way its deploy step makes it (database.basebackup_args,
-    its slot, the replication role's .pgpass), listening on REPLICA_PORT."""
-    rep = root / "pg-replica"
-    rep.mkdir()
-    shutil.chown(rep, "postgres", "postgres")
-    pgpass = rep / "pgpass"
-    pgpass.write_text(D.pgpass(ctx))
-    shutil.chown(pgpass, "postgres", "postgres")
-    pgpass.chmod(0o600)
-    cmd = D.basebackup_args(ctx, ctx.hosts["mx2"], str(rep / "data"))
-    r = ns.run("runuser", "-u", "postgres", "--", "env", f"PGPASSFILE={pgpass}", PG_BIN / cmd[0], *cmd[1:])
-    assert r.returncode == 0, r.stderr
-    p = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", rep / "data", "-k", rep,
-                 "-c", "listen_addresses=127.0.0.1", "-c", f"port={REPLICA_PORT}",
-                 log=root / "replica.log")
-    ns.wait_port("127.0.0.1", REPLICA_PORT, p, root / "replica.log")
 
 
 @pytest.fixture(scope="module")
@@ -125,17 +95,14 @@ def quota_stack():
             line = next(x for x in hba.splitlines() if user in x and src in x)
             hba += line.replace(src, primary.private_ip) + "\n"
         start_resolver_and_database(ns, ctx, root, listen=f"127.0.0.1,{primary.private_ip}", hba=hba)
-        _start_replica(ns, ctx, root)
+        start_replica_in_netns(ns, ctx, root, "mx2", REPLICA_PORT)
         for name in ("pgsql.conf", "quota.conf"):
             f = root / "mx2" / "smtpd" / name
             f.write_text(f.read_text().replace("port=5432", f"port={REPLICA_PORT}"))
         layout = _start_dovecot(ns, ctx, root)
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         ns.wait_port(mx1.private_ip, 25, smtpd, root / "smtpd.log")
-        mx2 = ns.start("unshare", "-m", "--propagation", "private", "sh", "-c",
-                       "mount -t tmpfs tmpfs /var/spool && mount -t tmpfs tmpfs /run && "
-                       f"exec {SMTPD} -d -f {mx2_conf}", log=root / "mx2-smtpd.log")
-        ns.wait_port(MX2_LISTEN, 25, mx2, root / "mx2-smtpd.log")
+        start_mx2(ns, mx2_conf, root)
         yield dict(ctx=ctx, ns=ns, root=root, layout=layout)
     finally:
         if ns:
@@ -189,15 +156,15 @@ def test_filling_a_mailbox_warns_then_refuses_it_at_rcpt_on_both_mx(quota_stack)
     steps = [(600, "first"), (260, "second"), (200, "third")]   # ~59 %, ~84 %, ~104 %
     for i, (kb, subject) in enumerate(steps, 1):
         assert "250 " in _send(env, FULL, kb, subject).split("DATA", 1)[-1]
-        _wait(lambda: len([s for s in _subjects(env, FULL) if s in
-                           {f"Subject: {x}" for _, x in steps}]) == i, f"{subject} delivered")
+        wait(lambda: len([s for s in _subjects(env, FULL) if s in
+                           {f"Subject: {x}" for _, x in steps}]) == i, f"{subject} delivered", **SLOW)
         # The quota clone writes Dovecot's count into the primary's table.
-        _wait(lambda: usage(FULL) >= kb * 1024 * (0.9 if i == 1 else 1),
-              f"the quota clone after the {subject} message")
+        wait(lambda: usage(FULL) >= kb * 1024 * (0.9 if i == 1 else 1),
+              f"the quota clone after the {subject} message", **SLOW)
     assert usage(FULL) >= limit, usage(FULL)
     # mx2 decides on its replica: the copy arrives there by streaming replication.
-    _wait(lambda: _psql(env, f"SELECT bytes FROM {D.QUOTA_TABLE} WHERE address = '{FULL}'",
-                        replica=True) == str(usage(FULL)), "the usage on mx2's replica")
+    wait(lambda: _psql(env, f"SELECT bytes FROM {D.QUOTA_TABLE} WHERE address = '{FULL}'",
+                        replica=True) == str(usage(FULL)), "the usage on mx2's replica", **SLOW)
     # Warned once per threshold as it grew (the third message crossed 95 %).
     warnings = [s for s in _subjects(env, FULL) if "full" in s]
     assert warnings == ["Subject: Your mailbox is 80% full", "Subject: Your mailbox is 95% full"], \

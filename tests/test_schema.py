@@ -12,7 +12,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from mailstack.settings import NAMESPACE, Settings, load_settings
+from mailstack.settings import NAMESPACE, Settings, load_settings, reference
 from tests.conftest import stack_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +109,29 @@ def test_pulumi_yaml_defaults_change_nothing():
             value = declared["default"]
             filled[key] = value if isinstance(value, str) else json.dumps(value)
     assert load_settings(filled) == load_settings(minimal)
+
+
+def _models(model: type[BaseModel] = Settings, prefix: str = ""):
+    """(key path, field) of every field of the settings model, sections included."""
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        yield key, field
+        for t in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                yield from _models(t, key + ".")
+
+
+def test_every_settings_field_has_a_description():
+    assert [key for key, field in _models() if not (field.description or "").strip()] == []
+
+
+def test_readme_config_reference_is_the_models():
+    """README.md's table of every key is what `make config-reference` writes from the
+    model: a field added, removed, or described or defaulted differently shows here."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(reference.REFERENCE_BEGIN, 1)[1].split(reference.REFERENCE_END, 1)[0]
+    assert reference.REFERENCE_BEGIN + block + reference.REFERENCE_END == reference.table(), (
+        "README.md's config reference is behind the settings model: run `make config-reference`")
+    # Every key of the model has its row (the table is not merely equal to itself).
+    keys = {re.sub(r"\[\]", "", k) for k, _, _ in reference.rows()}
+    assert keys == {f"{NAMESPACE}:{key}" for key, _ in _models()}

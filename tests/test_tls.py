@@ -3,17 +3,13 @@ whole step program run for real against Pebble (a local ACME server)."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
-import time
-from contextlib import ExitStack
 from pathlib import Path
 
-import pytest
 from cryptography import x509
 
 from tests.conftest import make_context, settings_from
+from tests.daemons.certs import ec_pair
 from mailstack import hosts as H, tls
 
 WEB_NAMES = [
@@ -73,18 +69,9 @@ def test_bundle_installs_the_hook_and_calls_certbot(ctx, tmp_path):
     assert subprocess.run(["bash", "-n", str(tmp_path / "hook")]).returncode == 0
 
 
-def _pair(d: Path, cn: str) -> None:
-    d.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "2", "-subj", f"/CN={cn}", "-addext", f"subjectAltName=DNS:{cn},IP:127.0.0.1",
-         "-keyout", str(d / "privkey.pem"), "-out", str(d / "fullchain.pem")],
-        check=True, capture_output=True)
-
-
 def test_deploy_hook_copies_once_with_modes(tmp_path):
     live = tmp_path / "live" / "mailstack"
-    _pair(live, "mx1.example.org")
+    ec_pair(live, "mx1.example.org", san=True)
     hook = tmp_path / "hook"
     hook.write_text(tls.deploy_hook())
     env = dict(os.environ, RENEWED_LINEAGE=str(live), MAILSTACK_TLS_DIR=str(tmp_path / "tls"))
@@ -97,70 +84,12 @@ def test_deploy_hook_copies_once_with_modes(tmp_path):
     again = subprocess.run(["bash", str(hook)], env=env, capture_output=True, text=True, check=True)
     assert again.stderr == ""  # unchanged: nothing copied, nothing restarted
     other = dict(env, RENEWED_LINEAGE=str(tmp_path / "live" / "other"))
-    _pair(tmp_path / "live" / "other", "other.test")
+    ec_pair(tmp_path / "live" / "other", "other.test", san=True)
     subprocess.run(["bash", str(hook)], env=other, check=True)
     assert (dst / "fullchain.pem").read_bytes() == (live / "fullchain.pem").read_bytes()
 
 
 # --------------------------------------------------------------------------- Pebble
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen, log: Path) -> None:
-    for _ in range(100):
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited early: {log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened: {log.read_text()}")
-
-
-@pytest.fixture
-def pebble(tmp_path):
-    """Pebble on loopback; pebble-challtestsrv answers every A query with 127.0.0.1, and a
-    plain HTTP server plays nginx's port-80 site (serving what certbot writes to the
-    webroot inside the step's overlay)."""
-    for tool in ("pebble", "pebble-challtestsrv", "certbot", "unshare"):
-        if not shutil.which(tool):
-            pytest.skip(f"{tool} is not installed")
-    if os.geteuid() != 0:
-        pytest.skip("needs root for the mount namespace")
-    d = tmp_path / "pebble"
-    _pair(d, "localhost")
-    acme, dns, http = _free_port(), _free_port(), _free_port()
-    webroot = tmp_path / "var-up" / "www" / "acme"
-    webroot.mkdir(parents=True)
-    (d / "config.json").write_text(
-        '{"pebble": {"listenAddress": "127.0.0.1:%d", "managementListenAddress": "127.0.0.1:%d",'
-        ' "certificate": "%s", "privateKey": "%s", "httpPort": %d, "tlsPort": %d,'
-        ' "ocspResponderURL": "", "externalAccountBindingRequired": false}}'
-        % (acme, _free_port(), d / "fullchain.pem", d / "privkey.pem", http, _free_port()))
-    env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
-    with ExitStack() as stack:
-        def start(name, cmd, port, cwd=None):
-            log = open(tmp_path / f"{name}.log", "w")
-            stack.callback(log.close)
-            p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
-            stack.callback(p.wait, 10)
-            stack.callback(p.kill)
-            if port:
-                _wait_port(port, p, tmp_path / f"{name}.log")
-
-        start("challtestsrv", ["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-                               "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-                               "-management", f"127.0.0.1:{_free_port()}"], None)
-        start("http", ["python3", "-m", "http.server", "--bind", "127.0.0.1", str(http)], http, cwd=webroot)
-        start("pebble", ["pebble", "-config", str(d / "config.json"), "-dnsserver", f"127.0.0.1:{dns}",
-                         "-strict=false"], acme)
-        yield f"https://127.0.0.1:{acme}/dir", d / "fullchain.pem"
-
 
 def _run_step(tmp_path: Path, program: str, ca: Path) -> subprocess.CompletedProcess:
     """The step's own program, as root, with /etc and /var overlaid on temp dirs so its

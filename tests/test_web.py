@@ -18,11 +18,13 @@ from lab import tls_scan
 
 from mailstack import dns, resolver, web
 from tests.conftest import make_context, settings_from
-from tests.test_mx import _cert
+from tests.daemons.certs import rsa_pair
+from tests.daemons.knot import Knot
+from tests.daemons.ports import free_port
 
 
 def _site(ctx, root: Path, listen: str | None = None) -> Path:
-    _cert(root / "tls")
+    rsa_pair(root / "tls")
     b = web.bundle(ctx, ctx.hosts["mx1"])
     www = root / "www"
     www.mkdir()
@@ -52,15 +54,9 @@ def test_nginx_accepts_site_next_to_the_packaged_config(ctx, tmp_path):
     assert subprocess.run(["nginx", "-t", "-c", check], capture_output=True).returncode != 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def nginx(ctx, tmp_path):
-    port = _free_port()
+    port = free_port()
     site = _site(ctx, tmp_path, listen=f"127.0.0.1:{port}")
     main = tmp_path / "nginx.conf"
     main.write_text(f"""user root;
@@ -155,7 +151,6 @@ def test_unbound_accepts_rendered_config(forward_to, tmp_path):
 def _unbound_ptr(conf_text: str, knot_port: int, tmp_path) -> str:
     """Run the rendered unbound (ports moved off 53) forwarding to a knot on loopback;
     return the rcode of a PTR query for a documentation-range address."""
-    import socket as _socket
     import time as _time
 
     import dns.message
@@ -163,9 +158,7 @@ def _unbound_ptr(conf_text: str, knot_port: int, tmp_path) -> str:
     import dns.rcode
     import dns.reversename
 
-    with _socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     conf_text = (conf_text.replace("port: 53", f"port: {port}")
                  .replace("forward-addr: 127.0.0.1", f"forward-addr: 127.0.0.1@{knot_port}")
                  .replace("interface: ::1\n", ""))
@@ -197,8 +190,6 @@ def test_forwarding_resolver_asks_upstream_for_private_reverse_zones(tmp_path):
     """unbound answers reverse lookups for private and documentation ranges itself
     ("no such name") unless told otherwise; with forwarders, smtpd's rDNS filters need
     the forwarder's answer (the lab's outside host lives in 198.51.100.0/24)."""
-    from tests.test_dns import Knot
-
     zone = "100.51.198.in-addr.arpa"
     knot = Knot({zone: f"$ORIGIN {zone}.\n$TTL 60\n@ IN SOA ns.lab.test. h.lab.test. 1 60 60 60 60\n"
                        "@ IN NS ns.lab.test.\n25 IN PTR mx.outside.test.\n"})

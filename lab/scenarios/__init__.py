@@ -14,25 +14,17 @@ from .abuse import s_brute_force
 from .backup import s_backup_restore
 from .hardening import s_tls_profile, s_updates
 from .faults import s_faults, s_faults_hosts
+from .forwarding import s_forwarding
 from .resilience import s_hostile_input, s_supervision
-from .mailflow import (
-    s_inbound,
-    s_submission,
-    s_no_open_relay,
-    s_spam,
-    s_backup_mx,
-    s_replication,
-    s_firewall,
-    s_sieve,
-    s_redeploy,
-    s_reboot,
-)
+from .hosts import s_firewall, s_reboot, s_redeploy
+from .mailflow import s_inbound, s_no_open_relay, s_sieve, s_spam, s_submission
+from .redundancy import s_backup_mx, s_replication
 from .status import s_status
 
 SCENARIOS = [
     ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
-    ("sieve", s_sieve), ("firewall", s_firewall), ("hostile-input", s_hostile_input),
+    ("sieve", s_sieve), ("forwarding", s_forwarding), ("firewall", s_firewall), ("hostile-input", s_hostile_input),
     ("tls-profile", s_tls_profile), ("updates", s_updates),
     ("brute-force", s_brute_force),
     # status judges a lab whose daemons have not been killed yet (restart counts warn).

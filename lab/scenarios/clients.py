@@ -1,5 +1,5 @@
-"""Clients and helpers the scenarios share: SMTP/IMAP sessions into the lab, DNS and
-SPF look-ups from the outside, waiting for delivery."""
+"""Clients and helpers the scenarios share: SMTP/IMAP sessions into the lab, the outside
+MTA's stored copies and its verifier's verdict on them, waiting for delivery."""
 from __future__ import annotations
 
 import email
@@ -11,11 +11,9 @@ import ssl
 from contextlib import contextmanager
 from email.message import EmailMessage
 
-import dns.resolver
-
 from mailstack import hosts as H
 
-from .. import config, internet, machines, net, outside_mta
+from .. import config, internet, machines, net, outside_mta, outside_verifier
 from ..netns import inside
 from ..util import STATE, wait_until
 
@@ -145,32 +143,18 @@ def outside_messages(token: str) -> list[bytes]:
             if token.encode() in p.read_bytes()]
 
 
-def lab_dns_txt(name: bytes | str, timeout: int = 5) -> bytes | None:
-    r = dns.resolver.Resolver(configure=False)
-    r.nameservers = [net.INTERNET_V4]
-    n = name.decode() if isinstance(name, bytes) else name
-    with inside():
-        try:
-            ans = r.resolve(n.rstrip("."), "TXT", lifetime=timeout)
-        except Exception:
-            return None
-    return b"".join(b"".join(rd.strings) for rd in ans)
+def outside_verdict(raw: bytes) -> dict[str, str]:
+    """The outside MTA's verdict on a copy it stored: {'spf': ..., 'dkim': ..., 'dmarc': ...}
+    as its OpenDKIM and OpenDMARC recorded them on arrival (lab/outside_verifier.py)."""
+    return outside_verifier.verdict(raw, outside_mta.HOSTNAME)
 
 
-def spf_check(ip: str, sender: str, helo: str) -> str:
-    """The receiving side's SPF verdict (pyspf), asked of the lab DNS."""
-    import spf
-
-    r = dns.resolver.Resolver(configure=False)
-    r.nameservers = [net.INTERNET_V4]
-    saved = dns.resolver.default_resolver
-    dns.resolver.default_resolver = r
-    try:
-        with inside():
-            result, _explanation = spf.check2(i=ip, s=sender, h=helo)
-    finally:
-        dns.resolver.default_resolver = saved
-    return result
+def outside_copy(token: str, timeout: float = 60) -> bytes:
+    """The one copy the outside MTA stored with `token` in it (waits for it)."""
+    wait_until(lambda: outside_messages(token), timeout, f"the outside MTA to receive {token}")
+    found = outside_messages(token)
+    _expect(len(found) == 1, f"{token}: {len(found)} copies at the outside MTA, not 1")
+    return found[0]
 
 
 def _port_open(ip: str, port: int, timeout: float = 2, source: str = net.OUTSIDE_V4) -> bool:
@@ -224,3 +208,59 @@ def wait_delivered(address: str, token: str, timeout: float = 60) -> None:
         wait_until(lambda: outside_messages(token), timeout, f"{address}'s copy for {who}")
 
 
+
+
+# ------------------------------------------------------------------ the outside verifier
+
+def _header_fields(raw: bytes) -> tuple[list[bytes], bytes]:
+    """A stored copy's header fields (each with its continuation lines) and its body."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    return fields, body
+
+
+def as_sent(raw: bytes) -> bytes:
+    """A stored copy as our stack sent it: without the outside MTA's X-Lab-* envelope, its
+    verifier's Authentication-Results and its own Received header (the topmost)."""
+    fields, body = _header_fields(raw)
+    ours = outside_mta.HOSTNAME.encode()
+    fields = [f for f in fields if not f.startswith(b"X-Lab-")
+              and not (f.lower().startswith(b"authentication-results:") and ours in f.split(b";")[0])]
+    if fields and fields[0].startswith(b"Received:"):
+        fields = fields[1:]
+    return b"\r\n".join(fields) + b"\r\n\r\n" + body
+
+
+def resend_to_outside(message: bytes, sender: str, rcpt: str) -> dict[str, str]:
+    """Hand `message` to the outside MTA's public listener from the lab's internet host
+    (as any other server would), and return its verifier's verdict on the stored copy."""
+    with inside():
+        with smtplib.SMTP(net.OUTSIDE_V4, 25, local_hostname=internet.NS_NAME.rstrip("."),
+                          source_address=(net.INTERNET_V4, 0), timeout=30) as c:
+            c.sendmail(sender, [rcpt], message)
+
+    def stored():
+        return [p.read_bytes() for p in sorted(outside_mta.spool().glob("*.eml"))
+                if f"X-Lab-Rcpt-To: {rcpt}\r\n".encode() in p.read_bytes()]
+    wait_until(stored, 30, f"the outside MTA to store the copy for {rcpt}")
+    return outside_verdict(stored()[-1])
+
+
+def verifier_bites(raw: bytes, sender: str) -> str:
+    """The outside verifier judges for real: the copy our stack sent (`raw`, as stored),
+    handed to it again untouched, still has dkim=pass; with one byte of its body changed
+    it has dkim=fail (and so dmarc=fail: SPF can't pass from the internet host either)."""
+    msg = as_sent(raw)
+    token = _token()
+    intact = resend_to_outside(msg, sender, f"intact-{token}@{internet.OUTSIDE_DOMAIN}")
+    _expect(intact["dkim"] == "pass", f"the untouched copy, sent again: {intact}")
+    tampered = resend_to_outside(msg.replace(b"hello", b"jello", 1), sender,
+                                 f"tampered-{token}@{internet.OUTSIDE_DOMAIN}")
+    _expect(tampered["dkim"] == "fail" and tampered["dmarc"] == "fail",
+            f"a copy with a changed body: {tampered}, not dkim=fail dmarc=fail")
+    return f"untouched copy dkim={intact['dkim']}, changed body dkim={tampered['dkim']} dmarc={tampered['dmarc']}"

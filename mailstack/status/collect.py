@@ -38,12 +38,12 @@ def psql(sql):
     rc, o, e = run(["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-F", "|", "-d", "postgres", "-c", sql])
     if rc != 0:
         raise RuntimeError(e or f"psql exit {rc}")
-    return [l.split("|") for l in o.splitlines() if l]
+    return [line.split("|") for line in o.splitlines() if line]
 
 out["units"] = {}
 for u in P["units"]:
     rc, o, e = run(["systemctl", "show", "-p", "ActiveState,NRestarts", u])
-    kv = dict(l.split("=", 1) for l in o.splitlines() if "=" in l)
+    kv = dict(line.split("=", 1) for line in o.splitlines() if "=" in line)
     out["units"][u] = {"active": kv.get("ActiveState"), "restarts": int(kv.get("NRestarts") or 0)}
 
 if P["primary"]:
@@ -64,8 +64,8 @@ if P["queue"]:
         out["queue"] = {"error": e or f"smtpctl exit {rc}"}
     else:
         ctimes = []
-        for l in o.splitlines():
-            f = l.split("|")
+        for entry in o.splitlines():
+            f = entry.split("|")
             if len(f) > 7 and f[7].isdigit():
                 ctimes.append(int(f[7]))
         out["queue"] = {"count": len(ctimes), "oldest": (time.time() - min(ctimes)) if ctimes else 0}
@@ -89,7 +89,7 @@ except (OSError, ValueError) as e:
     out["backup"] = {"last_run": {"result": "failed", "error": f"status file unreadable: {e}"}}
 
 rc, o, e = run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "dist-upgrade"], timeout=120)
-out["security_updates"] = sum(1 for l in o.splitlines() if l.startswith("Inst ") and "-security" in l) if rc == 0 else None
+out["security_updates"] = sum(1 for line in o.splitlines() if line.startswith("Inst ") and "-security" in line) if rc == 0 else None
 out["reboot_required"] = os.path.exists(P["reboot_file"])
 
 out["dkim"] = {}

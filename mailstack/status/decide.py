@@ -134,7 +134,7 @@ def banner(expected_name: str, line: str | None, error: str | None = None) -> Ve
 def vantage_refused(greeting: str | None) -> bool:
     """mx1/mx2 drop clients without forward-confirmed rDNS at connect (550 5.7.25): from
     an operator's home line the port-25 session can't be judged, only from a mail host."""
-    return bool(greeting) and greeting.startswith("550") and "5.7.25" in greeting
+    return greeting is not None and greeting.startswith("550") and "5.7.25" in greeting
 
 
 def not_judged(what: str, greeting: str) -> Verdict:

@@ -110,28 +110,28 @@ def _tls_smtp_jobs(env: expect.Environment) -> list[Job]:
         ip = env.v4(role)
         names = expect.cert_names(s, host)
         for port, sni in expect.tls_endpoints(s, host):
-            def j(role=role, ip=ip, port=port, sni=sni, names=names):
+            def tls(role=role, ip=ip, port=port, sni=sni, names=names):
                 r = outside.certificate(env, ip, port, sni)
                 return [hostchecks.tls_check("tls", f"{role}:{port} ({sni})", names, asdict(r))]
-            jobs.append(j)
+            jobs.append(tls)
             if port == 25:
-                def j(role=role, ip=ip, host=host, sni=sni):
+                def smtp25(role=role, ip=ip, host=host, sni=sni):
                     r = outside.smtp(env, ip, 25, sni, expect.RELAY_PROBE_RCPT)
                     if decide.vantage_refused(r.banner):
                         return [_check("smtp", f"{role}:25 {w}", decide.not_judged(w, r.banner))
                                 for w in ("banner", "STARTTLS", "no open relay")]
                     return hostchecks.smtp_checks("smtp", f"{role}:25", 25, host.fqdn, asdict(r))
-                jobs.append(j)
+                jobs.append(smtp25)
             elif port == 587:
-                def j(role=role, ip=ip, sni=sni):
+                def smtp587(role=role, ip=ip, sni=sni):
                     r = outside.smtp(env, ip, 587, sni)
                     return hostchecks.smtp_checks("smtp", f"{role}:587", 587, sni, asdict(r))
-                jobs.append(j)
+                jobs.append(smtp587)
             elif port == 465:
-                def j(role=role, ip=ip, sni=sni):
+                def smtps465(role=role, ip=ip, sni=sni):
                     line, err = outside.smtps_banner(env, ip, 465, sni)
                     return hostchecks.smtp_checks("smtp", f"{role}:465", 465, sni, {"banner": line, "error": err})
-                jobs.append(j)
+                jobs.append(smtps465)
     return jobs
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import ipaddress
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Mapping
+from contextlib import AbstractContextManager
+from typing import Callable, Mapping
 
 from .. import database, dns, firewall, imap, spam, supervision, tls
 from .. import hosts as H
@@ -39,7 +40,7 @@ class Environment:
     cafile: str | None = None                   # trust store for TLS (None: system)
     helo: str = "status-probe.invalid"
     # Outside probes run inside this (the lab: its internet namespace).
-    vantage: Callable[[], ContextManager] = field(default=nullcontext)
+    vantage: Callable[[], AbstractContextManager] = field(default=nullcontext)
     source_v4: str | None = None
     source_v6: str | None = None
 

@@ -70,5 +70,6 @@ def program(env: expect.Environment, role: str) -> str:
 
 
 def collect(env: expect.Environment, role: str) -> dict:
+    assert env.run_on is not None, "inside checks need a way to run a program on the host"
     raw = env.run_on(role, program(env, role))
     return json.loads(raw.strip().splitlines()[-1])

@@ -66,7 +66,8 @@ def reverse(ip: str) -> str:
 # The probes themselves live in probe.py (standard library only), shared with the MX
 # hosts' view of each other; here they start from the operator's vantage point.
 
-TlsResult, SmtpResult = probe.TlsResult, probe.SmtpResult
+TlsResult = probe.TlsResult
+SmtpResult = probe.SmtpResult
 
 
 def origin(env: Environment) -> probe.Origin:

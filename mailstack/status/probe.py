@@ -12,9 +12,9 @@ import datetime
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager
+from typing import Callable, cast
 
 TIMEOUT = 8.0
 PORT_TIMEOUT = 2.0
@@ -30,7 +30,7 @@ class Origin:
     cafile: str | None = None
     source_v4: str | None = None
     source_v6: str | None = None
-    vantage: Callable[[], ContextManager] = field(default=nullcontext)
+    vantage: Callable[[], AbstractContextManager] = field(default=nullcontext)
 
 
 def connect(o: Origin, ip: str, port: int, timeout: float) -> socket.socket:
@@ -92,7 +92,7 @@ class Lines:
                 return int(ln[:3]), lines
 
     def sieve_until_ok(self) -> list[str]:
-        out = []
+        out: list[str] = []
         for _ in range(100):
             ln = self.line()
             if ln.startswith("OK"):
@@ -192,7 +192,7 @@ def handshake(o: Origin, ip: str, port: int, sni: str, verify: bool) -> ssl.SSLS
 def certificate(o: Origin, ip: str, port: int, sni: str) -> TlsResult:
     try:
         with handshake(o, ip, port, sni, verify=True) as s:
-            left, names = cert_info(s.getpeercert(binary_form=True))
+            left, names = cert_info(cast(bytes, s.getpeercert(binary_form=True)))
             return TlsResult(left, names)
     except ssl.SSLCertVerificationError as exc:
         err = exc.verify_message or str(exc)
@@ -200,7 +200,7 @@ def certificate(o: Origin, ip: str, port: int, sni: str) -> TlsResult:
         return TlsResult(verify_error=f"{type(exc).__name__}: {exc}"[:160])
     try:   # not trusted: look at it anyway, for the report
         with handshake(o, ip, port, sni, verify=False) as s:
-            left, names = cert_info(s.getpeercert(binary_form=True))
+            left, names = cert_info(cast(bytes, s.getpeercert(binary_form=True)))
             return TlsResult(left, names, err)
     except (OSError, ConnectionError, ValueError, IndexError) as exc:
         return TlsResult(verify_error=f"{err}; {exc}"[:160])
