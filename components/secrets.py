@@ -37,6 +37,7 @@ class StackSecrets(pulumi.ComponentResource):
         lookup = _password("lookup-password", 32, self)
         quota = _password("quota-password", 32, self)
         rspamd = _password("rspamd-controller-password", 32, self)
+        redis = _password("redis-password", 32, self)
         srs = _password("srs-key", 32, self)     # OpenSMTPD's SRS secret (mailstack/mx.py)
         # The stack's own SSH identity for the deploy steps; admins' keys stay theirs.
         self.deploy_key = tls.PrivateKey("deploy-key", algorithm="ED25519", opts=child)
@@ -70,6 +71,7 @@ class StackSecrets(pulumi.ComponentResource):
             lookup=lookup.result,
             quota=quota.result,
             rspamd=rspamd.result,
+            redis=redis.result,
             srs=srs.result,
             dkim={d: k.private_key_pem for d, k in self.dkim_keys.items()},
             hashes=hashes,
@@ -83,6 +85,7 @@ class StackSecrets(pulumi.ComponentResource):
             lookup_password=v["lookup"],
             quota_password=v["quota"],
             rspamd_controller_password=v["rspamd"],
+            redis_password=v["redis"],
             srs_key=v["srs"],
             dkim_keys=dict(v["dkim"]),
             user_hashes=dict(v["hashes"]),

@@ -1,55 +1,137 @@
 """`make bench`: figures from one run on the lab, printed, never judged (timings on a
-shared 2-core machine vary too much to assert; docs/performance.md keeps the numbers).
+shared 2-core machine vary too much to assert; docs/performance.md keeps the numbers and
+compares them with the goals).
 
-- throughput: N messages handed to the outside Postfix at once, until all are in their
-  mailboxes (outside -> MX look-up -> mx1:25 with every filter -> LMTP -> Maildir), and the
-  outside Postfix's own delay per message (until mx1 answered 250), p50 and p99;
+- load: concurrent SMTP senders (`bench_sender.py`: one connection each, STARTTLS, the
+  messages one after another) on two paths to the same mailbox, 10 and then 20 senders:
+  the full pipeline (from the outside MTA's address to mx1:25, every connect filter and
+  Rspamd, LMTP to imap, Dovecot's Sieve) and the bare path (from mx2 to mx1's relay port:
+  no filter, the same LMTP and Dovecot). Per message: the time to smtpd's 250 and to the
+  file in the Maildir (its name holds Dovecot's delivery time; the hosts share this
+  machine's clock). Throughput is messages / (last delivery - first send); the ratio is
+  full / bare at the same concurrency;
 - mx2's backlog: mx2 queues M messages while mx1's smtpd is stopped, then the time from
   smtpd's start until mx2's queue is empty, and how often smtpd held envelopes ("hiwat");
 - recovery: kill -9 of smtpd on mx1 and of Dovecot, until port 25 / ManageSieve's 4190
   greet again;
-- the phases of the last `lab up`.
+- the phases of the last `lab up` (boot to mail-ready per host among them).
 
 Uses a running lab if there is one (`make lab-up`), otherwise brings one up and takes it
-down again. Every loop is bounded.
+down again (and times that too). Every loop is bounded.
 """
 from __future__ import annotations
 
 import json
-import re
+import os
 import socket
 import statistics
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
-from . import machines, net, outside_mta
+from mailstack import hosts as H
+from mailstack import mx
+
+from . import config, internet, machines, net, outside_mta
 from .netns import inside
-from .util import STATE, log, wait_until
+from .util import NETNS, STATE, log, run, wait_until
 
-THROUGHPUT_MESSAGES = 100
+CONCURRENCY = (10, 20)
+PER_SENDER = 10
 BACKLOG_MESSAGES = 200
 RCPT = "alice@example.org"
+MAILDIR = "/var/vmail/example.org/alice/Maildir"
+SENDER = Path(__file__).with_name("bench_sender.py")
+
+# Dovecot names a Maildir file <seconds>.M<microseconds>P<pid>...: its delivery time.
+MAILDIR_TIMES = r"""
+import json, os, re, sys
+run, base, out = sys.argv[1], sys.argv[2], {}
+pat = re.compile(rb"^Message-ID: (<" + re.escape(run).encode() + rb"-[^>]*>)", re.M | re.I)
+for top, dirs, files in os.walk(base):
+    if os.path.basename(top) not in ("new", "cur"):
+        continue
+    for f in files:
+        m = re.match(r"(\d+)\.M(\d+)P", f)
+        if not m:
+            continue
+        try:
+            with open(os.path.join(top, f), "rb") as fh:
+                mm = pat.search(fh.read(16384))
+        except OSError:
+            continue
+        if mm:
+            out[mm.group(1).decode()] = int(m.group(1)) + int(m.group(2)) / 1e6
+print(json.dumps(out))
+"""
 
 
-def _delivered(run: str) -> int:
-    from .scenarios.clients import imap_count
-    return imap_count(RCPT, run)
+def _imap_role() -> str:
+    return "imap" if "imap" in _roles() else "mx1"
 
 
-def throughput(n: int = THROUGHPUT_MESSAGES) -> dict[str, float]:
-    from .scenarios.clients import via_outside
-    run = "b" + time.strftime("%H%M%S")
-    mark = len(outside_mta.log_text())
-    t0 = time.monotonic()
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: via_outside(RCPT, f"{run}-{i}"), range(n)))
-    wait_until(lambda: _delivered(run) >= n, 600, f"{n} messages in the mailbox", interval=2)
-    dt = time.monotonic() - t0
-    delays = [float(m.group(1)) for m in re.finditer(r"to=<[^>]+>, relay=mx\S+, delay=([\d.]+)",
-                                                      outside_mta.log_text()[mark:])]
-    q = statistics.quantiles(delays, n=100) if len(delays) >= 2 else [0.0] * 99
-    return {f"{n} messages outside -> mailbox (s)": dt, "  mailbox deliveries per second": n / dt,
-            "  outside Postfix delay p50 (s)": q[49], "  outside Postfix delay p99 (s)": q[98]}
+def _delivered(run_id: str) -> dict[str, float]:
+    r = machines.exec_in(_imap_role(), ["python3", "-c", MAILDIR_TIMES, run_id, MAILDIR], timeout=120)
+    return json.loads(r.stdout or "{}")
+
+
+def _load(path: str, senders: int) -> list[list]:
+    """One run of bench_sender.py on `path` ("full" or "bare"); the messages' rows."""
+    s = config.running_settings()
+    run_id = f"{path}{senders}-{time.strftime('%H%M%S')}"
+    args = {"senders": senders, "per_sender": PER_SENDER, "rcpt": RCPT, "run": run_id}
+    if path == "full":
+        args.update(ip=net.public_v4("mx1"), port=25, name=s.fqdn("mx1"), source=net.OUTSIDE_V4,
+                    helo=internet.OUTSIDE_MX, cafile=str(STATE / "tls" / "pebble-roots.pem"),
+                    mail_from=f"sender@{outside_mta.DOMAIN}")
+        r = run(["ip", "netns", "exec", NETNS, sys.executable, "-", json.dumps(args)],
+                input=SENDER.read_text(), capture=True, timeout=900)
+    else:
+        hs = H.hosts(s)
+        args.update(ip=hs["mx1"].private_ip, port=mx.RELAY_PORT, name=s.fqdn("mx1"), source=None,
+                    helo=s.fqdn("mx2"), cafile=None, mail_from=f"sender@{outside_mta.DOMAIN}")
+        r = machines.exec_in("mx2", ["python3", "-", json.dumps(args)], input=SENDER.read_text(),
+                             timeout=900, check=True)
+    rows = json.loads(r.stdout)
+    errors = [row[3] for row in rows if row[3]]
+    if errors:
+        log(f"bench: {path} x{senders}: {len(errors)} not accepted, e.g. {errors[0]}")
+    accepted = [row for row in rows if row[2] is not None]
+    want = {row[0] for row in accepted}
+    wait_until(lambda: want <= set(_delivered(run_id)), 600,
+               f"{len(want)} {path}-path messages in the mailbox", interval=2)
+    at = _delivered(run_id)
+    return [row + [at[row[0]]] for row in accepted]
+
+
+def _quantile(xs: list[float], q: int) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) >= 2 else (xs or [0.0])[0]
+
+
+def load() -> dict[str, float]:
+    out: dict[str, float] = {}
+    if "mx2" not in _roles():
+        log("bench: the bare path needs mx2 (ha topology); only the full path is measured")
+    for senders in CONCURRENCY:
+        rate = {}
+        for path in ("full", "bare") if "mx2" in _roles() else ("full",):
+            rows = _load(path, senders)
+            t0 = min(r[1] for r in rows)
+            rate[path] = len(rows) / (max(r[4] for r in rows) - t0)
+            tag = f"{path} x{senders}"
+            out[f"{tag}: messages delivered per second ({len(rows)} messages)"] = rate[path]
+            if path == "full":
+                out[f"{tag}: mx1 accepted per second (250 after DATA)"] = len(rows) / (max(r[2] for r in rows) - t0)
+            lat = [r[4] - r[1] for r in rows]
+            acc = [r[2] - r[1] for r in rows]
+            out[f"{tag}: delivery latency p50 (s, send to Maildir)"] = _quantile(lat, 50)
+            out[f"{tag}: delivery latency p99 (s)"] = _quantile(lat, 99)
+            out[f"{tag}: accept latency p50 (s, send to 250)"] = _quantile(acc, 50)
+            out[f"{tag}: accept latency p99 (s)"] = _quantile(acc, 99)
+        if "bare" in rate:
+            out[f"ratio full / bare at {senders} senders"] = rate["full"] / rate["bare"]
+    return out
 
 
 def _send_to_mx2(n: int) -> None:
@@ -121,7 +203,33 @@ def _roles() -> list[str]:
         return []
 
 
-PARTS = ("throughput", "mx2_drain", "recovery")
+PARTS = ("load", "mx2_drain", "recovery")
+
+
+def goals(f: dict[str, float]) -> list[tuple[str, str, str]]:
+    """(goal, measured, verdict) for the goals of docs/performance.md; printed only."""
+    rows = []
+
+    def row(goal: str, value: float | None, ok: bool | None, shown: str) -> None:
+        rows.append((goal, shown if value is not None else "not measured",
+                     "" if ok is None or value is None else "met" if ok else "missed"))
+    for n in CONCURRENCY:
+        v = f.get(f"ratio full / bare at {n} senders")
+        row(f"full / bare >= 0.6 ({n} senders)", v, v is not None and v >= 0.6, f"{v or 0:.2f}")
+    v = f.get(f"full x{CONCURRENCY[-1]}: delivery latency p99 (s)")
+    row(f"p99 delivery <= 1 s at {CONCURRENCY[-1]} senders", v, v is not None and v <= 1, f"{v or 0:.2f} s")
+    drain = next((v for k, v in f.items() if k.endswith("relayed per second")), None)
+    accept = max((v for k, v in f.items() if k.startswith("full x") and "accepted per second" in k), default=None)
+    row("mx2 drains as fast as mx1 accepts", drain if accept else None,
+        drain is not None and accept is not None and drain >= accept,
+        f"{drain or 0:.1f}/s drained vs {accept or 0:.1f}/s accepted")
+    for k, v in f.items():
+        if k.endswith("boot-to-mail-ready"):
+            role = k.split()[-2]
+            row(f"boot to mail-ready <= 90 s ({role})", v, v <= 90, f"{v:.0f} s")
+    v = f.get("lab up: lab up total")
+    row("`make lab` warm <= 4 min (here: `lab up` alone)", v, v is not None and v <= 240, f"{v or 0:.0f} s")
+    return rows
 
 
 def main(only: list[str] | None = None) -> int:
@@ -133,7 +241,7 @@ def main(only: list[str] | None = None) -> int:
             log("bench: no running lab, bringing one up")
             stand.up()
         try:
-            figures.update({f"lab up: {k}": v for k, v in
+            figures.update({f"lab up: {k.strip()}": v for k, v in
                             json.loads(stand.TIMINGS_FILE.read_text()).items()})
         except (OSError, ValueError):
             pass
@@ -145,8 +253,18 @@ def main(only: list[str] | None = None) -> int:
                 log(f"bench: {part.__name__} failed: {type(exc).__name__}: {exc}")
     finally:
         if own:
+            t = time.monotonic()
             stand.down()
-    print("\nfigure                                                          value")
+            figures["lab down (s)"] = time.monotonic() - t
+    print(f"\n{'figure':<66} {'value':>8}")
     for k, v in figures.items():
-        print(f"  {k:<60} {v:8.1f}")
+        print(f"  {k:<64} {v:8.2f}")
+    print(f"\n{'goal':<50} {'measured':<36} verdict")
+    for goal, shown, verdict in goals(figures):
+        print(f"  {goal:<48} {shown:<36} {verdict}")
+    try:
+        load_avg = Path("/proc/loadavg").read_text().split()[:3]
+        print(f"\nload average at the end: {' '.join(load_avg)} on {len(os.sched_getaffinity(0))} cores")
+    except OSError:
+        pass
     return 0

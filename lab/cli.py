@@ -23,8 +23,8 @@ def main(argv: list[str]) -> int:
     c = sub.add_parser("check", help="run the scenarios against the running lab")
     c.add_argument("--only", nargs="*", help="scenario names to run")
     sub.add_parser("down", help="remove everything the lab made")
-    b = sub.add_parser("bench", help="print figures (throughput, mx2's drain, recovery) from the lab")
-    b.add_argument("--only", nargs="*", help="throughput, mx2_drain, recovery")
+    b = sub.add_parser("bench", help="print figures (full vs bare throughput and latency, mx2's drain, recovery, lab phases) from the lab")
+    b.add_argument("--only", nargs="*", help="load, mx2_drain, recovery")
     from mailstack.status import cli as status_cli
     sub.add_parser("status", help="mailstack status against the running lab",
                         parents=[status_cli.parser("status")], add_help=False)

@@ -105,6 +105,7 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
     data.setdefault("lookup_password", tok())
     data.setdefault("quota_password", tok())
     data.setdefault("rspamd_controller_password", tok())
+    data.setdefault("redis_password", tok())
     data.setdefault("srs_key", tok())
     dkim = data.setdefault("dkim_keys", {})
     for d in s.domains:
@@ -142,6 +143,7 @@ def context(s, data: dict | None = None) -> Context:
         lookup_password=data["lookup_password"],
         quota_password=data["quota_password"],
         rspamd_controller_password=data["rspamd_controller_password"],
+        redis_password=data["redis_password"],
         srs_key=data["srs_key"],
         dkim_keys={d: data["dkim_keys"][d] for d in s.domains},
         user_hashes={u.address: data["hashes"][u.address] for u in s.users},

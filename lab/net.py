@@ -2,10 +2,18 @@
 real interfaces: a "public" bridge (documentation ranges, standing in for the internet
 and the servers' primary IPs) where the lab internet host lives, and a "private" bridge
 with the stack's private network (10.77.1.0/24), like Hetzner's cloud network.
+
+In front of every host's public addresses sits its Hetzner firewall (`edge_up`), rendered
+from the same rules the Pulumi component creates, in this namespace: outside the host,
+as Hetzner filters before packets reach a server.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from mailstack import firewall
+from mailstack import hosts as H
 
 from .util import NETNS, log, run
 
@@ -94,3 +102,76 @@ def add_host_links(role: str) -> tuple[str, str]:
 def down() -> None:
     if exists():
         run(["ip", "netns", "del", NETNS], check=False)
+
+
+# ---------------------------------------------------------------- the edge (Hetzner's firewall)
+#
+# The kernel passes bridged IP traffic through the namespace's inet hooks
+# (bridge-nf-call-iptables, on by default in every namespace), so one table per host,
+# matched on its public addresses, filters both the internet host's own connections
+# (output) and host-to-host traffic across lab-pub (forward), statefully.
+
+def _nft(text: str, what: str) -> None:
+    r = run(["nft", "-f", "-"], netns=True, input=text, capture=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"nft refused {what}: {r.stderr.strip()[-800:]}")
+
+
+def edge_up(settings, addresses: dict[str, H.Address]) -> None:
+    """Load (or replace, in one transaction each) every host's Hetzner firewall."""
+    for role, host in H.hosts(settings).items():
+        _nft(firewall.hcloud_nftables(settings, host, addresses[role]), f"the edge firewall of {role}")
+    log(f"edge firewall (Hetzner's rules) in front of {', '.join(H.hosts(settings))}")
+
+
+def edge_open(role: str, port: int) -> None:
+    """A fault: a TCP port opened at the edge too (the next `edge_up` removes it)."""
+    _nft(f"insert rule inet {firewall.edge_table(role)} {firewall.EDGE_CHAIN} tcp dport {port} accept\n",
+         f"a rule opening {port} on {role}'s edge")
+
+
+def edge_dropped(role: str) -> int:
+    """Packets the edge of `role` dropped so far (its final rule's counter)."""
+    r = run(["nft", "-j", "list", "chain", "inet", firewall.edge_table(role), firewall.EDGE_CHAIN],
+            netns=True, capture=True)
+    for item in json.loads(r.stdout)["nftables"]:
+        for expr in item.get("rule", {}).get("expr", []):
+            if "counter" in expr:
+                return int(expr["counter"]["packets"])
+    raise LookupError(f"no counter in {role}'s edge chain")
+
+
+# A tap behind the edge: the SYNs that got through it, by source, destination and port,
+# as a capture on each host's link would see them. The firewall scenario reads it to tell
+# the edge's drops from the host's own.
+TAP = "lab_tap"
+
+
+def tap_start() -> None:
+    tap_stop()
+    _nft(f"""table inet {TAP} {{
+	set syn4 {{ type ipv4_addr . ipv4_addr . inet_service; flags dynamic; size 65536; }}
+	set syn6 {{ type ipv6_addr . ipv6_addr . inet_service; flags dynamic; size 65536; }}
+	chain post {{
+		type filter hook postrouting priority 300; policy accept;
+		tcp flags & (syn | ack) == syn add @syn4 {{ ip saddr . ip daddr . tcp dport }}
+		tcp flags & (syn | ack) == syn add @syn6 {{ ip6 saddr . ip6 daddr . tcp dport }}
+	}}
+}}
+""", "the SYN tap")
+
+
+def tap_seen() -> set[tuple[str, str, int]]:
+    """(source, destination, port) of every SYN that passed since tap_start()."""
+    seen = set()
+    for name in ("syn4", "syn6"):
+        r = run(["nft", "-j", "list", "set", "inet", TAP, name], netns=True, capture=True)
+        for item in json.loads(r.stdout)["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                src, dst, port = (elem.get("elem", elem) if isinstance(elem, dict) else elem)["concat"]
+                seen.add((src, dst, int(port)))
+    return seen
+
+
+def tap_stop() -> None:
+    run(["nft", "delete", "table", "inet", TAP], netns=True, capture=True, check=False)

@@ -70,6 +70,9 @@ def up(topology: str | None = None) -> dict:
 
     t = time.monotonic()
     net.up()
+    # Hetzner's firewall is attached when a server is created: in front of it from its
+    # first packet.
+    net.edge_up(s, config.addresses(s))
     aptcache.start_forwarder()
     data = config.load_or_make_secrets(s)
     ctx = config.context(s, data)
@@ -169,8 +172,10 @@ def rebuild(role: str) -> dict[str, float]:
 
 def redeploy(start: str | None = None) -> dict[str, float]:
     """The deploy steps again, on the running lab (from `start` on): a rerun with nothing
-    changed must change nothing."""
+    changed must change nothing. The edge firewall is rendered again first, as `pulumi up`
+    updates the Hetzner firewall's rules."""
     s = config.running_settings()
+    net.edge_up(s, config.addresses(s))
     ctx = config.context(s, config.load_or_make_secrets(s))
     names = [st.name for st in deploy.plan(s)]
     if start is not None and start not in names:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from . import database
+from . import database, redis
 from . import hosts as H
 from . import templates
 from .bundle import Bundle, File
@@ -129,6 +129,7 @@ def config(ctx: Context, host: H.Host, layout: Layout = Layout()) -> str:
         "vmail_uid": H.VMAIL_UID,
         "dump_dir": layout.dump_dir,
         "redis_rdb": layout.redis_rdb,
+        "redis_conf": redis.CONF,
         "status_file": layout.status_file,
         "db": "mailstack",
         # Dovecot's copy of each mailbox's usage is not data: an old copy restored could

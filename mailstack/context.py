@@ -30,6 +30,8 @@ class Secrets:
     deploy_public_key: str = ""
     # The role Dovecot's quota clone writes mailbox usage with (database.QUOTA_USER).
     quota_password: str = ""
+    # Redis on the MX hosts (redis.py): mx2's Rspamd reaches mx1's over the private network.
+    redis_password: str = ""
     # OpenSMTPD's SRS key (mx.SRS_CONF): forwarded mail's envelope sender is rewritten
     # with it on mx1, and mx1 and mx2 check bounces to those addresses with it.
     srs_key: str = ""

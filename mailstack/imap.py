@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import mx
+from . import mx, spam
 from . import database as D
 from . import hosts as H
 from . import templates, tls
@@ -26,6 +26,17 @@ VMAIL_USER = "vmail"
 # Global scripts run before the user's own, in this order (sieve_before, sieve_before2).
 SIEVE_BEFORE = ("dedupe.sieve", "spam-to-junk.sieve")
 SIEVE_DIR = f"{ETC}/sieve"
+# Spam learning (docs/mail-flow.md): IMAPSieve runs these when a message is copied or
+# moved into Junk (spam) and out of it (ham); they pipe it to LEARN_PROGRAM, which hands
+# it to Rspamd's controller on mx1 with rspamc. Only global scripts may pipe.
+LEARN_SPAM, LEARN_HAM = "learn-spam.sieve", "learn-ham.sieve"
+LEARN_PROGRAM = "rspamd-learn"
+SIEVE_PIPE_DIR = f"{LIBEXEC}/sieve-pipe"
+# The controller password, for rspamc as the vmail user the IMAP processes run as (and
+# nothing else: not dovenull's pre-login processes).
+LEARN_PASSWORD = f"{ETC}/rspamd-learn.password"
+# Seconds a move into or out of Junk may wait for Rspamd; the move itself goes on anyway.
+LEARN_TIMEOUT = 5
 # How long a Message-ID a user got is remembered: a redelivery comes within minutes
 # (smtpd's retry), or after an outage of imap (mx1 and mx2 queue for up to days, but
 # then the first copy was never stored).
@@ -72,6 +83,9 @@ def dovecot_conf(ctx, host: H.Host, layout: Layout = Layout()) -> str:
         warn_at=sorted(s.quota.warn_at, reverse=True),
         default_quota_mb=s.quota.default_mb,
         sieve_before=[f"{layout.etc}/sieve/{name}" for name in SIEVE_BEFORE],
+        sieve_pipe_dir=f"{layout.libexec}/sieve-pipe",
+        learn_spam=f"{layout.etc}/sieve/{LEARN_SPAM}",
+        learn_ham=f"{layout.etc}/sieve/{LEARN_HAM}",
         duplicate_period=DUPLICATE_PERIOD,
     )
 
@@ -131,6 +145,24 @@ def sieve_before(name: str) -> str:
     return templates.read(f"dovecot/{name}")
 
 
+def global_sieves() -> tuple[str, ...]:
+    """Every global script, precompiled by the deploy step (vmail can't write there)."""
+    return (*SIEVE_BEFORE, LEARN_SPAM, LEARN_HAM)
+
+
+def learn_program(ctx, host: H.Host, layout: Layout = Layout()) -> str:
+    return templates.render("dovecot/rspamd-learn.sh.j2", controller=spam.controller_address(ctx, host),
+                            password_file=f"{layout.etc}/rspamd-learn.password", timeout=LEARN_TIMEOUT)
+
+
+def learn_files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
+    return (
+        File(f"{layout.libexec}/sieve-pipe/{LEARN_PROGRAM}", learn_program(ctx, host, layout), 0o755),
+        File(f"{layout.etc}/rspamd-learn.password", ctx.secrets.rspamd_controller_password, 0o640,
+             "root", VMAIL_USER, secret=True),
+    )
+
+
 def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
     return (
         File(f"{layout.etc}/dovecot.conf", dovecot_conf(ctx, host, layout), 0o644),
@@ -139,12 +171,18 @@ def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
         File(f"{layout.etc}/dovecot-dict-quota.conf.ext", dict_quota_conf(ctx, layout), 0o640, "root",
              "dovecot", secret=True),
         File(f"{layout.libexec}/quota-warning", quota_warning_script(ctx, layout), 0o755),
-        *(File(f"{layout.etc}/sieve/{name}", sieve_before(name), 0o644) for name in SIEVE_BEFORE),
+        *(File(f"{layout.etc}/sieve/{name}", sieve_before(name), 0o644) for name in global_sieves()),
+        *learn_files(ctx, host, layout),
     )
 
 
 def bundle(ctx, host: H.Host) -> Bundle:
     script = templates.render("dovecot/install.sh.j2", conf=CONF, sql_conf=SQL_CONF,
                               dict_conf=DICT_QUOTA_CONF, quota_warning=QUOTA_WARNING,
-                              sieves=[f"{SIEVE_DIR}/{n}" for n in SIEVE_BEFORE], vmail=Layout().vmail, vmail_uid=H.VMAIL_UID)
+                              sieves=[f"{SIEVE_DIR}/{n}" for n in global_sieves()], vmail=Layout().vmail,
+                              vmail_uid=H.VMAIL_UID, learn_program=f"{SIEVE_PIPE_DIR}/{LEARN_PROGRAM}",
+                              learn_password=LEARN_PASSWORD,
+                              # rspamc comes with the rspamd package; where no Rspamd runs,
+                              # only the client is wanted.
+                              install_rspamc=not spam.runs_rspamd(host))
     return Bundle(files(ctx, host), script)

@@ -3,6 +3,7 @@ submitted mail (mx1 only, where the keys are)."""
 from __future__ import annotations
 
 from . import hosts as H
+from . import redis
 from .bundle import Bundle, File
 from .context import Context
 from .templates import read, render
@@ -10,6 +11,9 @@ from .templates import read, render
 LOCAL_D = "/etc/rspamd/local.d"
 KEY_DIR = "/var/lib/rspamd/dkim"
 CONTROLLER_INC = f"{LOCAL_D}/worker-controller.inc"
+CONTROLLER_PORT = 11334
+# The normal worker, which scans (smtpd's filter-rspamd asks it; loopback only).
+NORMAL_PORT = 11333
 # override.d: replaces the packaged secure_ip list instead of adding to it.
 CONTROLLER_OVERRIDE = "/etc/rspamd/override.d/worker-controller.inc"
 # Staged only, never installed: the script hashes it (see cloud-init/rspamd/deploy.sh.j2).
@@ -26,6 +30,41 @@ RATELIMIT_SYMBOL = "MAILSTACK_RATELIMITED"
 FROM_SYMBOL = "MAILSTACK_FROM_NOT_SENDER"
 # Loaded by Rspamd after its own rules (rules/rspamd.lua: $LOCAL_CONFDIR/local.d/rspamd.lua).
 LOCAL_LUA = f"{LOCAL_D}/rspamd.lua"
+
+
+def learners(ctx: Context, host: H.Host) -> list[H.Host]:
+    """The other hosts that teach this Rspamd's Bayes through its controller: the IMAP
+    host (Junk moves, Dovecot IMAPSieve), when it isn't this one."""
+    if redis.bayes_host(ctx).role != host.role:
+        return []
+    return [h for h in ctx.hosts.values() if h.role != host.role and h.runs(H.IMAP)]
+
+
+def controller_address(ctx: Context, host: H.Host) -> str:
+    """Where the IMAP host `host` sends learns: mx1's controller, on loopback when mx1
+    is the IMAP host too."""
+    mx1 = redis.bayes_host(ctx)
+    return f"{'127.0.0.1' if mx1.role == host.role else mx1.private_ip}:{CONTROLLER_PORT}"
+
+
+def controller_override(ctx: Context, host: H.Host) -> str:
+    bind = [f"localhost:{CONTROLLER_PORT}"]
+    if learners(ctx, host):
+        # Only the IMAP host may reach it there (firewall.PRIVATE); it still needs the password.
+        bind.append(f"{host.private_ip}:{CONTROLLER_PORT}")
+    return render("rspamd/worker-controller.override.inc.j2", bind=bind)
+
+
+def redis_files(ctx: Context, host: H.Host) -> list[File]:
+    """Rspamd's Redis settings; they hold the Redis password, so only _rspamd reads them."""
+    pw = redis.check_password(ctx.secrets.redis_password)
+    return [
+        File(f"{LOCAL_D}/redis.conf", render("rspamd/redis.conf.j2", port=redis.PORT, password=pw),
+             0o640, "root", "_rspamd", secret=True),
+        File(f"{LOCAL_D}/classifier-bayes.conf", render(
+            "rspamd/classifier-bayes.conf.j2", server=redis.bayes_server(ctx, host), password=pw,
+            min_learns=ctx.settings.spam.bayes_min_learns), 0o640, "root", "_rspamd", secret=True),
+    ]
 
 
 def postmaster(ctx: Context) -> str:
@@ -59,8 +98,8 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     if not runs_rspamd(host):
         return Bundle()
     files = [
-        File(CONTROLLER_OVERRIDE, read("rspamd/worker-controller.override.inc")),
-        File(f"{LOCAL_D}/redis.conf", read("rspamd/redis.conf")),
+        File(CONTROLLER_OVERRIDE, controller_override(ctx, host)),
+        *redis_files(ctx, host),
         File(f"{LOCAL_D}/actions.conf", read("rspamd/actions.conf")),
         File(f"{LOCAL_D}/greylist.conf", read("rspamd/greylist.conf")),
         File(f"{LOCAL_D}/milter_headers.conf", read("rspamd/milter_headers.conf")),
@@ -81,4 +120,5 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         controller_inc=CONTROLLER_INC,
         key_dir=KEY_DIR,
     )
-    return Bundle(tuple(files), script)
+    # Redis first: Rspamd's (re)load connects to it with the password.
+    return redis.bundle(ctx, host) + Bundle(tuple(files), script)

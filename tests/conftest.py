@@ -67,6 +67,7 @@ def make_context(settings, addresses=None) -> Context:
         lookup_password="test-lookup-Pw0rd",
         quota_password="test-quota-Pw0rd",
         rspamd_controller_password="test-rspamd-Pw0rd",
+        redis_password="test-redis-Pw0rd",
         srs_key="test-srs-Key0123456789",
         dkim_keys={d: _rsa_key() for d in settings.domains},
         user_hashes={u.address: u.password_hash or TEST_HASH for u in settings.users},

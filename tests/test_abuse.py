@@ -32,6 +32,7 @@ from tests.daemons.smtpd import SMTPD, stage
 from tests.daemons.unbound import OUTSIDE_NO_PTR, OUTSIDE_OK
 from tests.test_hostile import MX1_PORTS
 from tests.test_mx import EXAMPLE_ALIASES
+from tests.test_spam import start_redis
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -90,9 +91,8 @@ def mx1_limits():
                    [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
                     OUTSIDE_OK, OUTSIDE_NO_PTR, "10.99.0.20", "10.99.0.21"])
         start_resolver_and_database(ns, ctx, root, SINK_DNS)
-        redis = ns.start("redis-server", "--bind", "127.0.0.1", "--port", "6379", "--save", "",
-                         "--appendonly", "no", "--dir", root, log=root / "redis.log")
-        ns.wait_port("127.0.0.1", 6379, redis, root / "redis.log")
+        # mx1's own Redis file (it wants the password Rspamd's rendered files give it).
+        start_redis(ns, ctx, mx1, root)
         start_rspamd(ns, ctx, root, dkim=True)
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
         for port in MX1_PORTS:

@@ -71,10 +71,19 @@ def test_private_flows(settings, single_settings):
     hs = H.hosts(settings)
     flows = {r: [(f.port, f.sources) for f in F.private_flows(settings, h)] for r, h in hs.items()}
     assert flows == {
-        "mx1": [(5432, ("10.77.1.12", "10.77.1.13")), (10025, ("10.77.1.12", "10.77.1.13"))],
+        "mx1": [(5432, ("10.77.1.12", "10.77.1.13")), (10025, ("10.77.1.12", "10.77.1.13")),
+                # Spam learning: mx2's Rspamd to mx1's Redis, imap to mx1's controller.
+                (6379, ("10.77.1.13",)), (11334, ("10.77.1.12",))],
         "imap": [(24, ("10.77.1.11",))],
         "mx2": [],
     }
+    # The learning flows come with the deploy step's ruleset, not user-data's first boot
+    # one (adding them replaced no server).
+    mx1 = hs["mx1"]
+    assert [f.port for f in F.private_flows(settings, mx1, first_boot=True)] == [5432, 10025]
+    assert "dport 6379" not in F.nftables(settings, mx1) and "dport 11334" not in F.nftables(settings, mx1)
+    assert "dport 6379" in F.nftables(settings, mx1, ssh_limit=True)
+    assert "dport 11334" in F.nftables(settings, mx1, ssh_limit=True)
     assert F.private_flows(single_settings, H.hosts(single_settings)["mx1"]) == []
     assert "saddr" not in F.nftables(single_settings, H.hosts(single_settings)["mx1"])
 
@@ -268,3 +277,74 @@ def test_rulesets_filter_real_connections(lab):
         (OUT4, 993): "open", (OUT4, 25): "open", (OUT4, 587): "open", (IMAP, 5432): "dropped",
         (MX1, 24): "dropped", (OUT4, 11334): "dropped",
     })
+
+
+# --------------------------------------------------------------------------- the edge
+
+EDGE_LINE = re.compile(
+    r'^\s*(?:(?P<ip>ip6?) saddr \{ (?P<cidrs>[^}]*) \}|meta nfproto (?P<fam>ipv4|ipv6)) '
+    r'(?:(?P<proto>tcp|udp) dport (?P<port>\S+)|meta l4proto (?P<l4>\S+)) accept comment "(?P<why>[^"]*)"$')
+ADDR = H.Address("198.51.100.11", "2001:db8:100::11")
+
+
+def _edge_rules(text: str) -> list[tuple]:
+    """The edge file read back as Hetzner rules: lines of one rule (one per family) are
+    merged by their comment, in order."""
+    rules: list[list] = []
+    for line in text.splitlines():
+        m = EDGE_LINE.match(line)
+        if not m:
+            assert " accept comment" not in line, f"unparsed rule line: {line}"
+            continue
+        if m["fam"]:
+            sources = ["0.0.0.0/0" if m["fam"] == "ipv4" else "::/0"]
+        else:
+            sources = [c.strip() for c in m["cidrs"].split(",")]
+        l4 = m["proto"] or m["l4"]
+        proto = "icmp" if l4 in ("icmp", "ipv6-icmp") else l4
+        key = ["in", proto, m["port"], m["why"]]
+        if rules and rules[-1][:4] == key:
+            rules[-1][4] += sources
+        else:
+            rules.append(key + [sources])
+    return [(d, p, port, tuple(src), why) for d, p, port, why, src in rules]
+
+
+@pytest.mark.parametrize("topology", ["ha", "single"])
+def test_edge_is_the_hcloud_rules_exactly(topology):
+    s = settings_from(topology=topology, admin={"sshCidrs": list(ADMIN), "sshKeys": []})
+    for h in H.hosts(s).values():
+        text = F.hcloud_nftables(s, h, ADDR)
+        want = [(r.direction, r.protocol, r.port, r.source_ips, r.description) for r in F.hcloud_rules(s, h)]
+        assert _edge_rules(text) == want
+        # Filters only the host's own addresses, on both ways in, and drops the rest.
+        assert text.count("ip daddr 198.51.100.11 jump inbound") == 2
+        assert text.count("ip6 daddr 2001:db8:100::11 jump inbound") == 2
+        assert text.index("ct state established,related accept") < text.index("dport 22")
+        assert text.endswith('\t\tcounter drop comment "no rule allows it"\n\t}\n}\n')
+
+
+def test_edge_renders_one_family_and_ranges():
+    s = settings_from(admin={"sshCidrs": ["192.0.2.7/32"], "sshKeys": []})
+    text = F.hcloud_nftables(s, H.hosts(s)["mx1"], ADDR)
+    assert 'ip saddr { 192.0.2.7/32 } tcp dport 22 accept' in text
+    assert "ip6 saddr" not in text   # no IPv6 admin network: no IPv6 SSH rule at all
+    assert F._rule_lines(F.Rule("in", "udp", "60000-61000", ("::/0",), "mosh")) == [
+        'meta nfproto ipv6 udp dport 60000-61000 accept comment "mosh"']
+    assert F._rule_lines(F.Rule("in", "esp", None, ("10.0.0.0/8",), 'say "hi"')) == [
+        "ip saddr { 10.0.0.0/8 } meta l4proto esp accept comment \"say 'hi'\""]
+    with pytest.raises(ValueError, match="only inbound"):
+        F._rule_lines(F.Rule("out", "tcp", "25", ANY, "smtp out"))
+    with pytest.raises(ValueError, match="unknown protocol 'sctp'"):
+        F._rule_lines(F.Rule("in", "sctp", "1", ANY, "x"))
+
+
+@needs_root
+@pytest.mark.parametrize("topology", ["ha", "single"])
+def test_nft_accepts_every_edge(topology):
+    s = settings_from(topology=topology)
+    for h in H.hosts(s).values():
+        res = _nft_check(F.hcloud_nftables(s, h, ADDR))
+        assert res.returncode == 0, res.stderr
+    broken = F.hcloud_nftables(s, h, ADDR).replace("jump inbound", "jump inbund", 1)
+    assert _nft_check(broken).returncode != 0

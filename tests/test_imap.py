@@ -403,3 +403,59 @@ def test_lookup_while_the_database_comes_back_is_never_unknown(dovecot):
     for code, text in answers:
         assert code == 250 or 400 <= code < 500, f"carol: {code} {text} while PostgreSQL came back"
     wait(lambda: lmtp_rcpt(dovecot, "carol@example.net")[0] == 250, "lookups after PostgreSQL is back", 90)
+
+
+# --------------------------------------------------------------------------- spam learning
+
+@needs_dovecot
+@pytest.mark.parametrize("topology", ["ha", "single"])
+def test_learning_scripts_compile_and_reach_mx1s_controller(topology, tmp_path):
+    """The IMAPSieve scripts compile with the rendered config (sievec, as the deploy step
+    runs it), the program asks mx1's controller with the password from its file, and
+    only vmail (the IMAP processes) can read that file."""
+    ctx = make_context(settings_from(topology=topology))
+    host = imap_host(ctx)
+    layout = imap.Layout(etc=str(tmp_path), libexec=str(tmp_path / "libexec"))
+    conf = tmp_path / "dovecot.conf"
+    conf.write_text(imap.dovecot_conf(ctx, host, layout))
+    text = subprocess.run(["doveconf", "-n", "-c", conf], capture_output=True, text=True,
+                          check=True, timeout=30).stdout
+    assert f"imapsieve_mailbox1_before = file:{tmp_path}/sieve/{imap.LEARN_SPAM}" in text
+    assert "imapsieve_mailbox2_from = Junk" in text
+    assert "imap_quota imap_sieve" in text
+    (tmp_path / "sieve").mkdir()
+    for name in (imap.LEARN_SPAM, imap.LEARN_HAM):
+        script = tmp_path / "sieve" / name
+        script.write_text(imap.sieve_before(name))
+        r = subprocess.run(["sievec", "-c", conf, script], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+    files = {Path(f.path).name: f for f in imap.learn_files(ctx, host)}
+    program, pw = files[imap.LEARN_PROGRAM], files["rspamd-learn.password"]
+    assert program.path == f"{imap.SIEVE_PIPE_DIR}/{imap.LEARN_PROGRAM}"
+    want = "127.0.0.1:11334" if topology == "single" else "10.77.1.11:11334"
+    assert f"rspamc -h {want} -P {imap.LEARN_PASSWORD} " in program.content
+    assert ctx.secrets.rspamd_controller_password not in program.content
+    assert (pw.path, pw.owner, pw.group, pw.mode, pw.secret) == (
+        imap.LEARN_PASSWORD, "root", "vmail", 0o640, True)
+    assert pw.content == ctx.secrets.rspamd_controller_password
+
+
+@needs_dovecot
+def test_users_scripts_cannot_pipe(dovecot):
+    """vnd.dovecot.pipe is for the global learning scripts only: the real Dovecot refuses
+    a user's script that asks for it at upload."""
+    piping = b'require ["vnd.dovecot.pipe"];\r\npipe "rspamd-learn" ["spam"];\r\n'
+    plain = b'require ["fileinto"];\r\nfileinto "Junk";\r\n'
+    replies = managesieve(dovecot["layout"].sieve_port, "bob@example.org", TEST_PASSWORD, [
+        b'PUTSCRIPT "pipe" {%d+}\r\n' % len(piping) + piping + b"\r\n",
+        b'PUTSCRIPT "plain" {%d+}\r\n' % len(plain) + plain + b"\r\n",
+    ])
+    assert replies[0].startswith(b"NO") and b"pipe" in replies[0], replies
+    assert replies[1].startswith(b"OK"), replies
+
+
+def test_rspamc_only_where_no_rspamd_runs(ctx, single_ctx):
+    ha = imap.bundle(ctx, imap_host(ctx)).script
+    assert "apt-get" in ha and "systemctl mask --quiet rspamd.service" in ha
+    single = imap.bundle(single_ctx, imap_host(single_ctx)).script
+    assert "rspamd.service" not in single

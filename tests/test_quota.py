@@ -61,7 +61,7 @@ def _start_dovecot(ns: Netns, ctx, root: Path) -> imap.Layout:
     Path(layout.log_path).touch()
     os.chown(layout.log_path, H.VMAIL_UID, H.VMAIL_UID)
     conf = f"{layout.etc}/dovecot.conf"
-    for name in imap.SIEVE_BEFORE:   # as the deploy step compiles them
+    for name in imap.global_sieves():   # as the deploy step compiles them
         r = ns.run("sievec", "-c", conf, f"{layout.etc}/sieve/{name}")
         assert r.returncode == 0, r.stderr
     p = ns.start("dovecot", "-F", "-c", conf, log=root / "dovecot.out")

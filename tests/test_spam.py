@@ -2,12 +2,21 @@
 script does it (LOCAL_CONFDIR pointing at the staged files)."""
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
+import tempfile
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from mailstack import spam
+from mailstack import imap, redis, spam
+from tests.daemons.netns import Netns
+from tests.daemons.rspamd import CONTROLLER_PASSWORD
+from tests.daemons.rspamd import start as start_rspamd
 
 
 def stage_local(bundle, root: Path) -> Path:
@@ -71,7 +80,8 @@ def test_controller_hash_script_is_idempotent(ctx, tmp_path):
     first run writes a worker-controller.inc whose hash `rspamadm pw -c` accepts, the
     second finds the sha256 unchanged and stages nothing."""
     b = spam.bundle(ctx, ctx.hosts["mx1"])
-    script = b.script.split("# local.d is included")[0]
+    # Rspamd's part (Redis's comes first in the step), up to the config check.
+    script = b.script.split("# --- Rspamd")[1].split("# local.d is included")[0]
     inc, pw_sum = tmp_path / "worker-controller.inc", tmp_path / "pw.sha256"
     script = script.replace(spam.CONTROLLER_INC, str(inc)).replace(spam.PASSWORD_SUM, str(pw_sum))
     program = "\n".join([
@@ -134,3 +144,141 @@ def test_greylisting_is_off(ctx, tmp_path):
         capture_output=True, text=True, timeout=60)
     assert dump.returncode == 0, dump.stderr
     assert "enabled = false" in dump.stdout, dump.stdout
+
+
+# --------------------------------------------------------------------------- learning
+
+def test_bayes_lives_in_mx1_redis_for_every_scanner(tmp_path):
+    """rspamd itself (configdump) reads the classifier from the rendered files: every
+    Rspamd that scans mail uses mx1's Redis (mx2's over the private network, mx1's over
+    loopback), with the Redis password, and votes after bayesMinLearns learns."""
+    from tests.conftest import make_context, settings_from
+
+    for topology, roles in (("ha", ("mx1", "mx2")), ("single", ("mx1",))):
+        c = make_context(settings_from(topology=topology, spam={"bayesMinLearns": 7}))
+        for role in roles:
+            confdir = stage_local(spam.bundle(c, c.hosts[role]), tmp_path / topology / role)
+            dump = subprocess.run(
+                ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "classifier"],
+                capture_output=True, text=True, timeout=60)
+            assert dump.returncode == 0, dump.stderr
+            want = "10.77.1.11" if role == "mx2" else "127.0.0.1"
+            assert f'servers = "{want}:{redis.PORT}";' in dump.stdout, dump.stdout
+            assert f'password = "{c.secrets.redis_password}";' in dump.stdout
+            assert "min_learns = 7;" in dump.stdout
+            for name in ("redis.conf", "classifier-bayes.conf"):
+                f = spam.bundle(c, c.hosts[role]).file(f"{spam.LOCAL_D}/{name}")
+                assert (f.owner, f.group, f.mode, f.secret) == ("root", "_rspamd", 0o640, True)
+
+
+def test_controller_on_the_private_network_only_for_a_separate_imap_host(ctx, single_ctx, tmp_path):
+    def binds(c, role):
+        confdir = stage_local(spam.bundle(c, c.hosts[role]), tmp_path / f"{id(c)}-{role}")
+        dump = subprocess.run(
+            ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "worker"],
+            capture_output=True, text=True, timeout=60)
+        assert dump.returncode == 0, dump.stderr
+        return {b for b in re.findall(r'bind_socket = "([^"]+)";', dump.stdout) if b.endswith(":11334")}
+
+    assert binds(ctx, "mx1") == {"localhost:11334", "10.77.1.11:11334"}
+    assert binds(ctx, "mx2") == {"localhost:11334"}
+    assert binds(single_ctx, "mx1") == {"localhost:11334"}
+
+
+def start_redis(ns, ctx, host, root: Path):
+    """A real redis-server with the host's rendered file (Debian's redis.conf included),
+    in the namespace; only where it keeps its data and logs is moved."""
+    conf = root / "redis-mailstack.conf"
+    conf.write_text(redis.conf(ctx, host))
+    p = ns.start("redis-server", conf, "--port", str(redis.PORT), "--save", "", "--appendonly", "no",
+                 "--dir", root, "--daemonize", "no", "--supervised", "no", "--logfile", "",
+                 "--pidfile", root / "redis.pid", log=root / "redis.log")
+    ns.wait_port("127.0.0.1", redis.PORT, p, root / "redis.log")
+    return p
+
+
+def _netns(root: Path, ctx, clients: list[str], more: tuple[str, ...] = ()):
+    return Netns(root, ctx.hosts["mx1"].private_ip, clients, more_server_ips=more)
+
+
+def test_redis_wants_the_password_and_listens_on_loopback_and_the_private_ip(ctx, single_ctx):
+    assert "bind 127.0.0.1 -::1\n" in redis.conf(single_ctx, single_ctx.hosts["mx1"])
+    assert "bind 127.0.0.1 -::1\n" in redis.conf(ctx, ctx.hosts["mx2"])
+    mx1 = ctx.hosts["mx1"]
+    root = Path(tempfile.mkdtemp(prefix="mailstack-redis-"))
+    public = "198.51.100.11"
+    ns = _netns(root, ctx, [ctx.hosts["mx2"].private_ip], (public,))
+    try:
+        start_redis(ns, ctx, mx1, root)
+        auth = {**os.environ, "REDISCLI_AUTH": ctx.secrets.redis_password}
+
+        def cli(ip, env=None):
+            return ns.run("redis-cli", "-h", ip, "-p", str(redis.PORT), "ping", client=True, env=env)
+        # From mx2's address: the private IP answers, with the password only.
+        assert cli(mx1.private_ip, auth).stdout.strip() == "PONG"
+        assert "NOAUTH" in cli(mx1.private_ip).stdout
+        # Not on any other address of the host.
+        r = cli(public, auth)
+        assert "PONG" not in r.stdout and "refused" in (r.stdout + r.stderr).lower(), r
+        # On the host itself, as the deploy step and backups ask it (redis.CLI).
+        r = ns.run("bash", "-c", redis.CLI.replace(redis.CONF, str(root / "redis-mailstack.conf")) + " ping")
+        assert r.stdout.strip() == "PONG", r
+    finally:
+        ns.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+SPAM_TEXT = ("cheap pharmacy pills discount casino jackpot bonus crypto wallet investment "
+             "guaranteed profit winner lottery claim prize urgent offer limited exclusive deal\n") * 4
+
+
+def test_learning_from_the_imap_host_reaches_bayes_in_redis(ctx):
+    """The rendered learning program, run from imap's private address as Dovecot runs it,
+    teaches mx1's real Rspamd (its controller on the private IP, the password read from
+    the program's file) and the count lands in the real Redis with its password."""
+    imap_host = ctx.hosts["imap"]
+    root = Path(tempfile.mkdtemp(prefix="mailstack-learn-"))
+    root.chmod(0o755)
+    ns = _netns(root, ctx, [imap_host.private_ip])
+    try:
+        start_redis(ns, ctx, ctx.hosts["mx1"], root)
+        rspamd = start_rspamd(ns, ctx, root)
+        ns.wait_port(ctx.hosts["mx1"].private_ip, spam.CONTROLLER_PORT, rspamd, root / "rspamd.out")
+        layout = imap.Layout(etc=str(root / "imap"), libexec=str(root / "libexec"))
+        files = {Path(f.path).name: f for f in imap.learn_files(ctx, imap_host, layout)}
+        program, pwfile = files[imap.LEARN_PROGRAM], files["rspamd-learn.password"]
+        for f in (program, pwfile):
+            Path(f.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(f.path).write_text(f.content if f is program else CONTROLLER_PASSWORD)
+            Path(f.path).chmod(f.mode)
+        assert ctx.secrets.rspamd_controller_password not in program.content
+
+        def stat():
+            r = ns.run("rspamc", "-h", f"{ctx.hosts['mx1'].private_ip}:{spam.CONTROLLER_PORT}",
+                       "-P", pwfile.path, "stat", client=True)
+            assert r.returncode == 0, r.stdout + r.stderr
+            return {k: int(v) for k, v in re.findall(r"Statfile: (BAYES_\w+) .*?learned: (\d+)", r.stdout)}
+
+        assert stat() == {"BAYES_SPAM": 0, "BAYES_HAM": 0}
+        msg = ("From: a@outside.example.com\r\nTo: alice@example.org\r\nSubject: offer\r\n"
+               f"Message-ID: <{uuid.uuid4().hex}@outside.example.com>\r\n\r\n{SPAM_TEXT}")
+        r = ns.run("sh", program.path, "spam", client=True, input=msg)
+        assert r.returncode == 0, r.stdout + r.stderr
+        # The controller refreshes its counts from Redis every half minute or so.
+        end = time.monotonic() + 120
+        while stat() != {"BAYES_SPAM": 1, "BAYES_HAM": 0} and time.monotonic() < end:
+            time.sleep(3)
+        assert stat() == {"BAYES_SPAM": 1, "BAYES_HAM": 0}, r.stdout + (root / "rspamd.log").read_text()[-3000:]
+        r = ns.run("sh", program.path, "nonsense", client=True, input=msg)
+        assert r.returncode != 0
+        # The learned data is in Redis (Rspamd keeps nothing of it itself).
+        keys = ns.run("redis-cli", "--scan", "--pattern", "BAYES_SPAM*",
+                      env={**os.environ, "REDISCLI_AUTH": ctx.secrets.redis_password})
+        assert keys.stdout.split(), keys
+        # A wrong password is refused.
+        Path(pwfile.path).write_text("not-the-password")
+        r = ns.run("sh", program.path, "spam", client=True, input=msg.replace("offer", "offer 2"))
+        assert r.returncode != 0
+    finally:
+        ns.close()
+        shutil.rmtree(root, ignore_errors=True)

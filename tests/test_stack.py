@@ -84,9 +84,9 @@ def test_ha_declares_every_resource_once():
         ZONE: len(zones),
         RRSET: len(dns.records(s, _addresses(run), _dkim(s))),
         COMMAND: len(deploy.plan(s)) + 3,   # + host-key-<role> per server
-        # replication, lookup, quota, rspamd, the SRS key; the users' initial passwords; a
-        # restic password per data host (mx1, imap) and the Storage Box's own
-        PASSWORD: 5 + sum(1 for u in s.users if u.password_hash is None) + 2 + 1,
+        # replication, lookup, quota, rspamd, redis, the SRS key; the users' initial
+        # passwords; a restic password per data host (mx1, imap) and the Storage Box's own
+        PASSWORD: 6 + sum(1 for u in s.users if u.password_hash is None) + 2 + 1,
         KEY: 1 + len(s.domains) + 2 + 1,   # + a backup SSH key per data host, and the box's own
         STORAGE_BOX: 1,
     }

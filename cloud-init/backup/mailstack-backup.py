@@ -100,9 +100,23 @@ def dump_db(path):
     os.replace(path + ".tmp", path)
 
 
+def redis_env():
+    """redis-cli's environment with the password from Redis's own config (REDISCLI_AUTH:
+    never on a command line)."""
+    env = dict(os.environ)
+    try:
+        with open(C["redis_conf"]) as f:
+            for line in f:
+                if line.startswith("requirepass "):
+                    env["REDISCLI_AUTH"] = line.split(None, 1)[1].strip()
+    except FileNotFoundError:
+        pass
+    return env
+
+
 def dump_redis(path):
     subprocess.run(["redis-cli", "--rdb", path + ".tmp"], check=True, stdout=subprocess.DEVNULL,
-                   stdin=subprocess.DEVNULL)
+                   stdin=subprocess.DEVNULL, env=redis_env())
     os.replace(path + ".tmp", path)
 
 

@@ -13,6 +13,7 @@ from ..util import log
 from .abuse import s_brute_force
 from .backup import s_backup_restore
 from .hardening import s_tls_profile, s_updates
+from .learning import s_learning
 from .faults import s_faults, s_faults_hosts
 from .forwarding import s_forwarding
 from .resilience import s_hostile_input, s_supervision
@@ -24,7 +25,8 @@ from .status import s_status
 SCENARIOS = [
     ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
     ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
-    ("sieve", s_sieve), ("forwarding", s_forwarding), ("firewall", s_firewall), ("hostile-input", s_hostile_input),
+    ("learning", s_learning), ("sieve", s_sieve), ("forwarding", s_forwarding),
+    ("firewall", s_firewall), ("hostile-input", s_hostile_input),
     ("tls-profile", s_tls_profile), ("updates", s_updates),
     ("brute-force", s_brute_force),
     # status judges a lab whose daemons have not been killed yet (restart counts warn).

@@ -1,5 +1,8 @@
-"""The hosts as a whole: which ports answer from where (firewall), a no-op redeploy that
-changes nothing, and a reboot of every host after which mail flows again."""
+"""The hosts as a whole: which ports answer from where (firewall: the exact matrix from
+outside, at both layers, the Hetzner firewall at the lab's edge (lab/net.py `edge_up`) and
+each host's own nftables, over IPv4 and IPv6, from an admin address and from a stranger's;
+and the private flows), a no-op redeploy that changes nothing, and a reboot of every host
+after which mail flows again."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -17,36 +20,75 @@ from .clients import (
     wait_imap,
 )
 
+# The specification, written out rather than derived from mailstack/firewall.py: what a
+# client on the internet may reach on each host (SSH only from admin.sshCidrs).
+HA_OPEN = {"mx1": [25, 80, 443, 465, 587], "imap": [80, 993, 4190], "mx2": [25, 80]}
+SINGLE_OPEN = {"mx1": [25, 80, 443, 465, 587, 993, 4190]}
+SSH = 22
+# Never public: LMTP, IMAP without TLS, PostgreSQL, Redis, the relay port, Rspamd's
+# workers and controller, and a port nothing uses.
+NEVER = [24, 143, 5432, 6379, 10025, 11332, 11333, 11334, 8080]
+# (source v4, source v6, gets SSH): the lab's clients sit inside admin.sshCidrs
+# (lab/stack.yaml); the stranger of the brute-force scenario outside.
+SOURCES = {"admin": (net.OUTSIDE_V4, net.OUTSIDE_V6, True),
+           "stranger": (net.ATTACK_V4, net.ATTACK_V6, False)}
+TIMEOUT = 2   # a dropped probe waits this long; an open port answers in milliseconds
+
+
+def _matrix(roles: list[str]) -> dict[tuple[str, str, int], bool]:
+    """(source, destination, port) -> should it answer."""
+    spec = SINGLE_OPEN if roles == ["mx1"] else HA_OPEN
+    ports = sorted({p for ps in spec.values() for p in ps} | {SSH} | set(NEVER))
+    want = {}
+    for role in roles:
+        for v4, v6, ssh in SOURCES.values():
+            for src, dst in ((v4, net.public_v4(role)), (v6, net.public_v6(role))):
+                for p in ports:
+                    want[(src, dst, p)] = p in spec[role] or (p == SSH and ssh)
+    return want
+
+
+def _name(probe: tuple[str, str, int]) -> str:
+    src, dst, port = probe
+    role = next(r for r in net.HOST_NUM if dst in (net.public_v4(r), net.public_v6(r)))
+    who = next(k for k, (v4, v6, _) in SOURCES.items() if src in (v4, v6))
+    return f"{role}:{port} from the {who} ({src} -> {dst})"
+
 
 def s_firewall() -> str:
-    """(7) only intended ports answer from outside; LMTP/PG only between the right hosts."""
+    """(7) the exact matrix from outside, v4 and v6, SSH only from admin.sshCidrs, the
+    rest dropped at the edge; LMTP/PG/relay only between the right hosts."""
     roles = machines_roles()
-    # 22 answers the lab's clients because they are in its admin.sshCidrs (lab/stack.yaml):
-    # the host-<role> step narrows SSH in nftables, as the Hetzner firewall does in front.
-    if roles == ["mx1"]:  # single: everything on one host
-        want_open = {"mx1": [22, 25, 80, 443, 465, 587, 993, 4190]}
-    else:
-        want_open = {"mx1": [22, 25, 80, 443, 465, 587], "imap": [22, 80, 993, 4190], "mx2": [22, 25, 80]}
-    closed = [24, 143, 5432, 6379, 10025, 11332, 11333, 11334]
-    probes = []  # (role, port, should answer)
-    for role in roles:
-        probes += [(role, p, True) for p in want_open.get(role, [])]
-        probes += [(role, p, False) for p in closed + sorted(
-            {p for ps in want_open.values() for p in ps} - set(want_open.get(role, [])))]
-    # In parallel: a dropped port costs the whole timeout, and there are dozens of them.
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = list(pool.map(lambda pr: _port_open(_host_ip(pr[0]), pr[1]), probes))
-    for (role, p, want), answered in zip(probes, answers):
-        if want and not answered:
-            listening = machines.sh(role, f"ss -Hltn 'sport = :{p}'", timeout=20).stdout
-            raise AssertionError(f"{role}:{p} does not answer from outside "
+    want = _matrix(roles)
+    dropped_before = {r: net.edge_dropped(r) for r in roles}
+    # A tap behind the edge records which SYNs got through it: what reaches a host's link.
+    net.tap_start()
+    try:
+        # In parallel: a dropped port costs the whole timeout, and there are hundreds.
+        with ThreadPoolExecutor(max_workers=48) as pool:
+            answers = dict(zip(want, pool.map(
+                lambda pr: _port_open(pr[1], pr[2], TIMEOUT, source=pr[0]), want)))
+        seen = net.tap_seen()
+    finally:
+        net.tap_stop()
+    for pr, should in want.items():
+        if should and not answers[pr]:
+            role = _name(pr).split(":")[0]
+            listening = machines.sh(role, f"ss -Hltn 'sport = :{pr[2]}'", timeout=20).stdout
+            raise AssertionError(f"{_name(pr)} does not answer "
                                  f"(listening on the host: {listening.strip() or 'nothing'})")
-        _expect(want or not answered, f"{role}:{p} answers from outside")
-    # An address outside the admin networks (the stranger of the brute-force scenario) is
-    # refused SSH.
-    for role in roles:
-        _expect(not _port_open(_host_ip(role), 22, source=net.ATTACK_V4),
-                f"{role}:22 answers an address outside admin.sshCidrs")
+        _expect(should or not answers[pr], f"{_name(pr)} answers")
+    # The edge alone lets through exactly the open cells: every other SYN stopped in front
+    # of the host (another client's SYN to an open port may pass too: only the probes'
+    # sources are judged, and only for the ports probed).
+    passed = {pr for pr in seen if pr in want}
+    leaked = sorted(_name(pr) for pr in passed if not want[pr])
+    _expect(not leaked, f"the edge let through: {leaked[:6]}")
+    missing = sorted(_name(pr) for pr, should in want.items() if should and pr not in passed)
+    _expect(not missing, f"the edge stopped: {missing[:6]}")
+    grown = {r: net.edge_dropped(r) - dropped_before[r] for r in roles}
+    _expect(all(grown.values()), f"an edge counted no drop: {grown}")
+
     if "imap" in roles:
         ip_imap, ip_mx1 = "10.77.1.12", "10.77.1.11"
         _expect(_host_can_connect("mx1", ip_imap, 24), "mx1 cannot reach imap LMTP")
@@ -55,9 +97,13 @@ def s_firewall() -> str:
         _expect(_host_can_connect("mx2", ip_mx1, 5432), "mx2 cannot reach mx1 PostgreSQL")
         _expect(_host_can_connect("mx2", ip_mx1, 10025), "mx2 cannot reach mx1's relay port")
         _expect(not _host_can_connect("imap", "10.77.1.13", 5432), "imap reaches mx2 PostgreSQL")
+    opened = sum(want.values())
+    summary = (f"{len(want)} probes (v4+v6, admin and stranger): {opened} open, "
+               f"{len(want) - opened} dropped at the edge (tap: {len(passed)} SYNs passed); "
+               f"SSH only from admin.sshCidrs")
     if "imap" not in roles:
-        return "outside: only mail/web/ssh ports (one host: no private flows)"
-    return "outside: only mail/web/ssh ports; LMTP mx1->imap only; PG and relay port only from peers"
+        return summary + " (one host: no private flows)"
+    return summary + "; LMTP mx1->imap only; PG and relay port only from peers"
 
 
 def _service_state(role: str) -> str:
@@ -65,7 +111,8 @@ def _service_state(role: str) -> str:
     cmd = ("for u in opensmtpd rspamd redis-server dovecot nginx unbound postgresql@15-main; do "
            "systemctl show -p Id,ActiveEnterTimestamp,MainPID $u 2>/dev/null | tr '\\n' ' '; echo; done; "
            "find /etc/smtpd /etc/smtpd.conf /etc/rspamd/local.d /etc/dovecot /etc/nginx /etc/unbound "
-           "/etc/postgresql /etc/mailstack /var/lib/rspamd/dkim -type f -exec sha256sum {} + 2>/dev/null "
+           "/etc/postgresql /etc/mailstack /etc/redis /etc/systemd/system/redis-server.service.d "
+           "/var/lib/rspamd/dkim -type f -exec sha256sum {} + 2>/dev/null "
            "| sort; stat -c '%n %a %U %G' /etc/smtpd/pgsql.conf /etc/dovecot/dovecot-sql.conf.ext 2>/dev/null")
     return machines.sh(role, cmd).stdout
 

@@ -9,7 +9,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from mailstack import bans, database, firewall, mx, supervision
+from mailstack import bans, database, firewall, mx, redis, supervision
 from mailstack import hosts as H
 
 from .. import config, hostile_cases, internet, machines, net
@@ -116,7 +116,7 @@ CLEAN_EXIT = {
     database.PG_UNIT: f"runuser -u postgres -- /usr/lib/postgresql/{database.PG_VERSION}/bin/pg_ctl "
                       f"stop -D {database.PG_DATA} -m fast",
     "rspamd.service": "kill -TERM $MAINPID",
-    "redis-server.service": "redis-cli shutdown",
+    redis.UNIT: f"{redis.CLI} shutdown",   # it wants the password (redis.py)
     "unbound.service": "kill -TERM $MAINPID",
     "nginx.service": "nginx -s quit",
     bans.UNIT: "fail2ban-client stop",

@@ -183,12 +183,16 @@ def faults() -> list[Fault]:
         Fault("PTR of mx2 changed", (f"rdns: mx2 v4 {v4('mx2')}", "peer: mx2→mx1 v4 :25 "),
               lambda: _ptr_of_mx2(f"static-13.{internet.OUTSIDE_DOMAIN}."),
               lambda: _ptr_of_mx2(None)),
+        # Opened at both layers (the host's nftables and its Hetzner firewall at the edge),
+        # as an operator would have to, so the outside sees it.
         Fault("port opened on mx2", ("ports: mx2 v4", "ports: mx2 v6",
                                      "peer: mx1→mx2 v4 ports", "peer: mx1→mx2 v6 ports"),
-              lambda: _sh("mx2", f"nft insert rule inet filter input tcp dport {FAULT_PORT} accept && "
-                                 f"systemd-run -q --unit=lab-status-listener python3 -m http.server "
-                                 f"--bind :: {FAULT_PORT}"),
-              lambda: _sh("mx2", "systemctl stop lab-status-listener; nft -f /etc/nftables.conf")),
+              lambda: (_sh("mx2", f"nft insert rule inet filter input tcp dport {FAULT_PORT} accept && "
+                                  f"systemd-run -q --unit=lab-status-listener python3 -m http.server "
+                                  f"--bind :: {FAULT_PORT}"),
+                       net.edge_open("mx2", FAULT_PORT)),
+              lambda: (_sh("mx2", "systemctl stop lab-status-listener; nft -f /etc/nftables.conf"),
+                       net.edge_up(s, config.addresses(s)))),
         Fault("smtpd stopped on mx1",
               ("services: mx1 opensmtpd", "ports: mx1 v4", "ports: mx1 v6",
                "tls: mx1:25", "tls: mx1:465", "tls: mx1:587", "smtp: mx1:25 ", "smtp: mx1:465",

@@ -51,6 +51,13 @@ class Spam(_Model):
     # to prove that spam lands in Junk.
     test_patterns: bool = Field(default=False, description=(
         "make Rspamd honour its GTUBE-like test strings (\"add header\" etc.); for test setups such as the lab only"))
+    # Rspamd's own 200 takes a household months; at 50 each the token statistics are
+    # already usable, and BAYES_SPAM alone (at most 5.1) stays below add_header (6), so an
+    # early mistake can't file mail into Junk by itself. The lab sets it low to prove
+    # learning in seconds.
+    bayes_min_learns: int = Field(default=50, ge=1, le=100000, description=(
+        "messages users must have moved into Junk (spam) and out of it (ham), each, before Rspamd's "
+        "Bayes classifier votes (see \"Spam learning\" in `docs/mail-flow.md`)"))
 
 
 class Quota(_Model):

@@ -29,8 +29,10 @@ def install(ctx, host, layout: imap.Layout) -> None:
     """Write host's rendered Dovecot files where layout puts them, owners and modes as rendered."""
     for f in imap.files(ctx, host, layout):
         p = Path(f.path)
+        p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(f.content)
-        shutil.chown(p, f.owner, f.group)
+        # The machine running the tests may have no vmail group (with_vmail_user).
+        shutil.chown(p, f.owner, H.VMAIL_UID if f.group == imap.VMAIL_USER else f.group)
         p.chmod(f.mode)
 
 
@@ -72,7 +74,7 @@ def dovecot():
         ec_pair(base / "tls", host.fqdn)
         install(ctx, host, layout)
         conf = str(base / "etc" / "dovecot.conf")
-        for name in imap.SIEVE_BEFORE:
+        for name in imap.global_sieves():
             subprocess.run(["sievec", "-c", conf, base / "etc" / "sieve" / name], check=True,
                            capture_output=True, timeout=30)
         # The master daemonizes; its children would hold captured pipes open.

@@ -136,7 +136,7 @@ def start_in_netns(ns, ctx, root: Path, listen: str = "127.0.0.1", hba: str | No
     postgres = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", pg / "data",
                         "-k", pg, "-c", f"listen_addresses={listen}", "-c", "port=5432",
                         log=root / "postgres.log")
-    ns.wait_port("127.0.0.1", 5432, postgres, root / "postgres.log")
+    _wait_accepting(ns, pg, 5432, postgres, root / "postgres.log")
     psql = ["runuser", "-u", "postgres", "--", PG_BIN / "psql", "-h", pg, "-X", "-q",
             "-v", "ON_ERROR_STOP=1"]
     for db, sql in (("postgres", D.setup_sql(ctx)),
@@ -162,4 +162,13 @@ def start_replica_in_netns(ns, ctx, root: Path, role: str, port: int) -> None:
     p = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", rep / "data", "-k", rep,
                  "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
                  log=root / "replica.log")
-    ns.wait_port("127.0.0.1", port, p, root / "replica.log")
+    _wait_accepting(ns, rep, port, p, root / "replica.log")
+
+
+def _wait_accepting(ns, sockdir: Path, port: int, proc, log: Path) -> None:
+    """PostgreSQL listens before it accepts connections ("the database system is starting
+    up", seen on a loaded machine): wait for the port, then for pg_isready to say so."""
+    ns.wait_port("127.0.0.1", port, proc, log)
+    wait(lambda: proc.poll() is None and ns.run(
+        "runuser", "-u", "postgres", "--", PG_BIN / "pg_isready", "-q", "-h", sockdir, "-p", port).returncode == 0,
+        f"PostgreSQL on port {port} to accept connections (log: {log})", limit=60)
