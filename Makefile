@@ -2,7 +2,7 @@
 # everything they need on a fresh Debian 12 machine (as root) through `setup`.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast test-lab lab lab-up lab-down bench snapshot config-reference hash-password status
+.PHONY: setup test test-fast test-slow test-lab lab lab-up lab-down bench snapshot config-reference hash-password status
 
 setup:
 	@bash scripts/setup-host.sh
@@ -12,7 +12,11 @@ setup:
 # replication...), then the lab scenarios (marker `lab`: three nspawn hosts, ~13 min).
 # This is what CI runs (.ci/run).
 test: setup
-	$(PY) -m pytest -m ""
+	$(PY) -m pytest -m "not lab_slow"
+
+# The slow lab set (marker `lab_slow`, lab.scenarios.SLOW: faults-hosts), on a lab of its own.
+test-slow: setup
+	$(PY) -m pytest -m lab_slow
 
 # The quick loop (about a minute): everything but the lab (pytest.ini deselects `lab`).
 test-fast: setup

@@ -101,13 +101,31 @@ def submission_host(ctx, host: H.Host) -> str:
     return f"{mx_host.private_ip}:{mx.RELAY_PORT}"
 
 
+# Dovecot 2.3's pgsql driver escapes %u with PQescapeStringConn, which needs a live
+# connection: while the database is away it logs "Could not escape string: Not connected
+# to database" and puts '' in place of the address. If the connection is back by the time
+# that query runs, '' matches nobody and an existing user was "unknown": LMTP answered
+# `550 5.1.1 User doesn't exist` (issue 14), a login failed instead of failing
+# temporarily. With this clause such a query is an error, which Dovecot answers as a
+# temporary failure (LMTP 451, IMAP "[UNAVAILABLE]"). The WHEN is a constant, so
+# PostgreSQL folds the CASE away for every real address and never evaluates the cast.
+EMPTY_ADDRESS_GUARD = (" AND CASE WHEN '%u' = '' THEN "
+                       "('lookup without an address: the database connection was lost' || '')::int = 0 "
+                       "ELSE true END")
+
+
+def guarded(query: str) -> str:
+    """A lookup by %u that fails, rather than finding nobody, when %u came out empty."""
+    return query + EMPTY_ADDRESS_GUARD
+
+
 def sql_conf(ctx, layout: Layout = Layout()) -> str:
     pw = D.check_secret("lookup_password", ctx.secrets.lookup_password)
     return templates.render(
         "dovecot/dovecot-sql.conf.ext.j2",
         connect=f"host=127.0.0.1 port={layout.db_port} dbname={D.DB_NAME} user={D.LOOKUP_USER} password={pw}",
-        password_query=D.DOVECOT_PASSWORD_QUERY,
-        user_query=D.dovecot_user_query(layout.vmail, H.VMAIL_UID),
+        password_query=guarded(D.DOVECOT_PASSWORD_QUERY),
+        user_query=guarded(D.dovecot_user_query(layout.vmail, H.VMAIL_UID)),
         iterate_query=D.DOVECOT_ITERATE_QUERY,
     )
 

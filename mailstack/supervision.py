@@ -19,6 +19,16 @@ RESTART_SEC = 3
 # crash now and then is bridged.
 START_LIMIT_INTERVAL = 300
 START_LIMIT_BURST = 30
+# After its main process dies, systemd by default sends SIGTERM to the whole unit at once.
+# For Dovecot that killed the log process too, and every LMTP delivery in flight exited
+# at its next log line, "stored mail into mailbox", which comes after the save but before
+# the Sieve duplicate record and the 250: mx1 delivered the message again and the dedupe
+# had nothing to catch it (the lab's `faults` scenario, kill -9 of Dovecot under load).
+# With KillMode=process only the (dead) master is signalled: its children finish what
+# they are doing and exit by themselves, as they do whenever the master is gone (they
+# close their listeners at once, so the new master can bind). A clean stop still goes
+# through the master, which stops its own children.
+KILL_MODE = {imap.UNIT: "process"}
 
 
 def units(host: H.Host) -> list[str]:
@@ -42,6 +52,7 @@ def dropin_path(unit: str) -> str:
 def bundle(host: H.Host) -> Bundle:
     files = tuple(
         File(dropin_path(u), render("supervision/restart.conf.j2", unit=u, restart_sec=RESTART_SEC,
-                                    interval=START_LIMIT_INTERVAL, burst=START_LIMIT_BURST))
+                                    interval=START_LIMIT_INTERVAL, burst=START_LIMIT_BURST,
+                                    kill_mode=KILL_MODE.get(u)))
         for u in units(host))
     return Bundle(files, render("supervision/deploy.sh.j2", paths=[f.path for f in files]))

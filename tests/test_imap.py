@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -377,6 +378,31 @@ def test_lookup_failure_is_a_temporary_failure(dovecot):
         assert 400 <= code < 500, f"{rcpt}: {code} {text} with the database down ({took:.0f}s)"
     wait(lambda: lmtp_rcpt(dovecot, "carol@example.net")[0] == 250, "lookups after PostgreSQL is back", 60)
     assert lmtp_rcpt(dovecot, "nobody@example.org")[0] == 550
+
+
+@needs_dovecot
+def test_lookup_while_the_database_comes_back_is_never_unknown(dovecot):
+    """The wrong 550 of issue 14. While PostgreSQL is away, the pgsql driver can't escape
+    the address (PQescapeStringConn needs a connection: "Could not escape string: Not
+    connected to database") and Dovecot 2.3 sends the query with '' in its place. When the
+    database is back before that query times out, '' matches nobody, and an existing user
+    got `550 5.1.1 User doesn't exist` (IMAP: a failed login instead of a temporary one).
+    Both answers must be 4xx or the right one, never a 5xx."""
+    primary = dovecot["primary"]
+    wait(lambda: lmtp_rcpt(dovecot, "carol@example.net")[0] == 250, "lookups before the test", 90)
+    primary.stop()
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            asked = [pool.submit(lmtp_rcpt, dovecot, "carol@example.net") for _ in range(3)]
+            time.sleep(3)
+            primary.start()
+            answers = [f.result() for f in asked]
+    finally:
+        if primary.proc.poll() is not None:
+            primary.start()
+    for code, text in answers:
+        assert code == 250 or 400 <= code < 500, f"carol: {code} {text} while PostgreSQL came back"
+    wait(lambda: lmtp_rcpt(dovecot, "carol@example.net")[0] == 250, "lookups after PostgreSQL is back", 90)
 
 
 # --------------------------------------------------------------------------- spam learning

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from lab.scenarios import SCENARIOS
+from lab.scenarios import SCENARIOS, SLOW
 
 pytestmark = [
     pytest.mark.lab,
@@ -39,6 +39,9 @@ def _check(name: str) -> None:
 
 
 # In the lab's own order: backup-mx, redeploy and reboot come after the basic flow.
-@pytest.mark.parametrize("name", [n for n, _ in SCENARIOS])
+# The slow set (lab.scenarios.SLOW) carries the marker `lab_slow` too: `make test`
+# leaves it out, `make test-slow` runs it alone.
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.lab_slow) if n in SLOW else n
+                                  for n, _ in SCENARIOS])
 def test_scenario(lab, name):
     _check(name)

@@ -39,6 +39,10 @@ def test_every_daemon_of_a_host_is_supervised(topology, role):
         assert int(unit["Unit"]["StartLimitBurst"]) >= 5
         assert int(unit["Unit"]["StartLimitIntervalSec"]) > 0
         assert f"install_file {supervision.dropin_path(u)}" in b.script
+        # Dovecot's children finish their deliveries when the master dies (no redelivery
+        # of a stored message); everything else keeps systemd's default.
+        want = "process" if u == "dovecot.service" else None
+        assert unit["Service"].get("KillMode") == want
 
 
 def test_supervision_comes_before_the_daemons_and_reloads_only_on_change(ctx):

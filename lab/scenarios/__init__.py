@@ -15,7 +15,7 @@ from .backup import s_backup_restore
 from .dkim_rotation import s_dkim_rotation
 from .hardening import s_tls_profile, s_updates
 from .learning import s_learning
-from .faults import s_faults
+from .faults import s_faults, s_faults_hosts
 from .forwarding import s_forwarding
 from .resilience import s_hostile_input, s_supervision
 from .hosts import s_firewall, s_reboot, s_redeploy
@@ -33,9 +33,13 @@ SCENARIOS = [
     ("brute-force", s_brute_force),
     # status judges a lab whose daemons have not been killed yet (restart counts warn).
     ("status", s_status), ("supervision", s_supervision), ("faults", s_faults),
+    ("faults-hosts", s_faults_hosts),
     ("redeploy", s_redeploy),
     ("reboot", s_reboot), ("backup-restore", s_backup_restore),
 ]
+# Left out of `make test` (pytest marker `lab_slow`) to keep it well under 30 minutes;
+# `make lab` and `make test-slow` run them (README, "Tests").
+SLOW = {"faults-hosts"}
 
 
 @dataclass
