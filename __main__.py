@@ -1,4 +1,5 @@
 """Pulumi entry point: stack config -> Settings -> one MailStack component."""
+
 import os
 
 import pulumi

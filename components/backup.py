@@ -1,6 +1,7 @@
 """The off-server backup target: a Hetzner Storage Box (when `backup.target` is
 `storagebox`). The hosts' restic passwords and SSH keys are in StackSecrets; the backup
 itself is the `backup-<role>` deploy step (mailstack/backup.py)."""
+
 from __future__ import annotations
 
 import pulumi
@@ -14,8 +15,15 @@ class BackupStorage(pulumi.ComponentResource):
     box: hcloud.StorageBox | None
     access: pulumi.Output[dict[str, str] | None]
 
-    def __init__(self, name: str, settings: Settings, *, public_keys: pulumi.Output[list[str]],
-                 labels: dict[str, str], opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        public_keys: pulumi.Output[list[str]],
+        labels: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("mailstack:index:BackupStorage", name, None, opts)
         self.box = None
         self.access = pulumi.Output.from_input(None)
@@ -23,9 +31,16 @@ class BackupStorage(pulumi.ComponentResource):
             # The box's own password is never used (the hosts log in with their keys), but
             # Hetzner requires one; it stays in state.
             password = random.RandomPassword(
-                "storage-box-password", length=32, special=True, override_special="-_.+",
-                min_lower=1, min_upper=1, min_numeric=1, min_special=1,
-                opts=pulumi.ResourceOptions(parent=self))
+                "storage-box-password",
+                length=32,
+                special=True,
+                override_special="-_.+",
+                min_lower=1,
+                min_upper=1,
+                min_numeric=1,
+                min_special=1,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
             self.box = hcloud.StorageBox(
                 name,
                 name=name,
@@ -35,8 +50,12 @@ class BackupStorage(pulumi.ComponentResource):
                 # Its own key (for the `backup-keys` step) and the data hosts' at creation.
                 ssh_keys=public_keys,
                 access_settings=hcloud.StorageBoxAccessSettingsArgs(
-                    ssh_enabled=True, reachable_externally=False, samba_enabled=False,
-                    webdav_enabled=False, zfs_enabled=False),
+                    ssh_enabled=True,
+                    reachable_externally=False,
+                    samba_enabled=False,
+                    webdav_enabled=False,
+                    zfs_enabled=False,
+                ),
                 delete_protection=True,
                 labels=labels,
                 opts=pulumi.ResourceOptions(
@@ -52,5 +71,6 @@ class BackupStorage(pulumi.ComponentResource):
                 ),
             )
             self.access = pulumi.Output.all(self.box.server, self.box.username).apply(
-                lambda v: {"server": v[0], "username": v[1]})
+                lambda v: {"server": v[0], "username": v[1]}
+            )
         self.register_outputs({})

@@ -4,10 +4,12 @@ location and image exist and fit together (`mailstack.catalogue` decides).
 Runs in `pulumi preview` as in `up`, before any resource is declared, so a retired server
 type stops the run with a settings-style message instead of failing at create.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pulumi_hcloud as hcloud
 
@@ -41,11 +43,15 @@ def _server_type(r: Any) -> C.ServerType:
         memory_gb=float(_get(r, "memory") or 0),
         # Only the per-location deprecation: the type-wide fields are being phased out.
         offers=tuple(
-            C.Offer(location=_get(o, "name"), available=_get(o, "available", True) is not False,
-                    deprecated=bool(_get(o, "is_deprecated")),
-                    deprecation_announced=_get(o, "deprecation_announced") or "",
-                    unavailable_after=_get(o, "unavailable_after") or "")
-            for o in _get(r, "locations") or ()),
+            C.Offer(
+                location=_get(o, "name"),
+                available=_get(o, "available", True) is not False,
+                deprecated=bool(_get(o, "is_deprecated")),
+                deprecation_announced=_get(o, "deprecation_announced") or "",
+                unavailable_after=_get(o, "unavailable_after") or "",
+            )
+            for o in _get(r, "locations") or ()
+        ),
     )
 
 
@@ -55,9 +61,11 @@ def _image(r: Any) -> C.Image:
 
 def _box_type(r: Any) -> C.StorageBoxType:
     return C.StorageBoxType(
-        name=_get(r, "name"), deprecated=bool(_get(r, "is_deprecated")),
+        name=_get(r, "name"),
+        deprecated=bool(_get(r, "is_deprecated")),
         deprecation_announced=_get(r, "deprecation_announced") or "",
-        unavailable_after=_get(r, "unavailable_after") or "")
+        unavailable_after=_get(r, "unavailable_after") or "",
+    )
 
 
 def _location(r: Any) -> C.Location:
@@ -72,16 +80,20 @@ def check(settings: Settings, hosts: dict[str, H.Host]) -> C.Location:
     types = {n: _ask(lambda n=n: _server_type(hcloud.get_server_type(name=n))) for n in names}
     location = _ask(lambda: _location(hcloud.get_location(name=hz.location)))
     architectures = sorted({t.architecture for t in types.values() if isinstance(t, C.ServerType)})
-    images = {a: _ask(lambda a=a: _image(hcloud.get_image(name=hz.image, with_architecture=a)))
-              for a in architectures}
+    images = {a: _ask(lambda a=a: _image(hcloud.get_image(name=hz.image, with_architecture=a))) for a in architectures}
     box_type = box_location = None
     if settings.backup.target == "storagebox":
         sb = settings.backup.storage_box
         box_type = _ask(lambda: _box_type(hcloud.get_storage_box_type(name=sb.type)))
         if sb.location:
             box_location = _ask(lambda: _location(hcloud.get_location(name=sb.location)))
-    answers = C.Answers(server_types=types, location=location, images=images,
-                        storage_box_type=box_type, storage_box_location=box_location)
+    answers = C.Answers(
+        server_types=types,
+        location=location,
+        images=images,
+        storage_box_type=box_type,
+        storage_box_location=box_location,
+    )
     found = C.problems(settings, hosts, answers)
     # Only a refused type is worth the full lists, for the fix; then judge again with them.
     fuller = answers

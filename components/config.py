@@ -1,5 +1,6 @@
 """The running program's stack config, read through the SDK's public config functions,
 for `mailstack.settings.load_stack` (which stays free of Pulumi)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -13,6 +13,7 @@ The program travels on stdin (a secret input), never on the command line, so nei
 Pulumi log nor the server's process list shows its secrets; `deploy.RUN_PROGRAM`, shared
 with the lab, runs it.
 """
+
 from __future__ import annotations
 
 import pulumi
@@ -39,15 +40,21 @@ def _servers_behind(step: deploy.Step, steps: dict[str, deploy.Step]) -> list[st
 class DeploySteps(pulumi.ComponentResource):
     commands: dict[str, remote.Command]
 
-    def __init__(self, name: str, settings: Settings, hosts: dict[str, H.Host], *,
-                 servers: dict[str, hcloud.Server],
-                 addresses: pulumi.Output[dict[str, H.Address]],
-                 secrets: pulumi.Output[context.Secrets],
-                 storage_box: pulumi.Output[dict[str, str] | None],
-                 private_key: pulumi.Output[str],
-                 host_extras: dict[str, list[pulumi.Resource]],
-                 dns_ready: list[pulumi.Resource],
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        hosts: dict[str, H.Host],
+        *,
+        servers: dict[str, hcloud.Server],
+        addresses: pulumi.Output[dict[str, H.Address]],
+        secrets: pulumi.Output[context.Secrets],
+        storage_box: pulumi.Output[dict[str, str] | None],
+        private_key: pulumi.Output[str],
+        host_extras: dict[str, list[pulumi.Resource]],
+        dns_ready: list[pulumi.Resource],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("mailstack:index:DeploySteps", name, None, opts)
         plan = deploy.plan(settings)
         by_name = {s.name: s for s in plan}
@@ -77,7 +84,8 @@ class DeploySteps(pulumi.ComponentResource):
             self.host_keys[role] = learn.stdout.apply(ssh.host_key_line)
         for step in plan:
             bundle = pulumi.Output.all(addresses, secrets, storage_box).apply(
-                lambda v, step=step: step.render(context.Context(settings, hosts, v[0], v[1], v[2])))
+                lambda v, step=step: step.render(context.Context(settings, hosts, v[0], v[1], v[2]))
+            )
             connection = remote.ConnectionArgs(
                 host=addresses.apply(lambda a, r=step.host: a[r].ipv4),
                 user="root",

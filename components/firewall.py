@@ -3,6 +3,7 @@
 Attached through the server's `firewall_ids` rather than a FirewallAttachment, so a
 new server is filtered from its first boot instead of after the attachment lands.
 """
+
 from __future__ import annotations
 
 import pulumi
@@ -30,13 +31,23 @@ def _rule_args(rule) -> hcloud.FirewallRuleArgs:
 class Firewalls(pulumi.ComponentResource):
     by_role: dict[str, hcloud.Firewall]
 
-    def __init__(self, name: str, settings: Settings, hosts: dict[str, Host],
-                 labels: dict[str, str], opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        hosts: dict[str, Host],
+        labels: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("mailstack:index:Firewalls", name, None, opts)
         self.by_role = {}
         for role, host in hosts.items():
             rules = [_rule_args(r) for r in firewall.hcloud_rules(settings, host)]
             self.by_role[role] = hcloud.Firewall(
-                f"{role}", name=f"{name}-{role}", rules=rules,
-                labels={**labels, "role": role}, opts=pulumi.ResourceOptions(parent=self))
+                f"{role}",
+                name=f"{name}-{role}",
+                rules=rules,
+                labels={**labels, "role": role},
+                opts=pulumi.ResourceOptions(parent=self),
+            )
         self.register_outputs({})

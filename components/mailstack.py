@@ -1,4 +1,5 @@
 """The whole mail system as one component: network, firewalls, servers, DNS, deploy steps."""
+
 from __future__ import annotations
 
 import re
@@ -27,8 +28,7 @@ def _label(value: str) -> str:
 class MailStack(pulumi.ComponentResource):
     outputs: dict[str, pulumi.Input]
 
-    def __init__(self, name: str, settings: Settings, location: Location,
-                 opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, settings: Settings, location: Location, opts: pulumi.ResourceOptions | None = None):
         """`location`: the stack's location as Hetzner's catalogue describes it
         (`components.catalogue.check`)."""
         super().__init__("mailstack:index:MailStack", name, None, opts)
@@ -42,35 +42,64 @@ class MailStack(pulumi.ComponentResource):
         net = PrivateNetwork(prefix, settings, location.network_zone, labels, opts=child)
         firewalls = Firewalls(prefix, settings, hosts, labels, opts=child)
         servers = Servers(
-            prefix, settings, hosts, network=net.network, subnet=net.subnet,
-            firewalls=firewalls.by_role, deploy_key=secrets.deploy_key, labels=labels, opts=child)
+            prefix,
+            settings,
+            hosts,
+            network=net.network,
+            subnet=net.subnet,
+            firewalls=firewalls.by_role,
+            deploy_key=secrets.deploy_key,
+            labels=labels,
+            opts=child,
+        )
         rdns = ReverseDns(
-            "reverse-dns", settings, hosts, ipv4=servers.ipv4, ipv6=servers.ipv6,
-            addresses=servers.addresses, opts=child)
+            "reverse-dns",
+            settings,
+            hosts,
+            ipv4=servers.ipv4,
+            ipv6=servers.ipv6,
+            addresses=servers.addresses,
+            opts=child,
+        )
         public = PublicDns(
-            "public-dns", settings, hosts, addresses=servers.addresses,
+            "public-dns",
+            settings,
+            hosts,
+            addresses=servers.addresses,
             dkim_public_pems=secrets.dkim_public_pems,
-            dkim_published_pems=secrets.dkim_published_pems, labels=labels, opts=child)
+            dkim_published_pems=secrets.dkim_published_pems,
+            labels=labels,
+            opts=child,
+        )
 
         storage = BackupStorage(
-            f"{prefix}-backup", settings, public_keys=secrets.storage_box_keys,
-            labels=labels, opts=child)
+            f"{prefix}-backup", settings, public_keys=secrets.storage_box_keys, labels=labels, opts=child
+        )
 
         store = H.find(hosts, H.IMAP).role
         extras: dict[str, list[pulumi.Resource]] = {r: list(rdns.by_role[r]) for r in hosts}
         # Dovecot must find the volume attached before anything writes to /var/vmail.
         extras[store].append(servers.volume_attachment)
         steps = DeploySteps(
-            "deploy", settings, hosts, servers=servers.servers, addresses=servers.addresses,
-            secrets=secrets.value, storage_box=storage.access,
+            "deploy",
+            settings,
+            hosts,
+            servers=servers.servers,
+            addresses=servers.addresses,
+            secrets=secrets.value,
+            storage_box=storage.access,
             private_key=secrets.deploy_key.private_key_openssh,
-            host_extras=extras, dns_ready=[*public.zones.values(), *public.rrsets], opts=child)
+            host_extras=extras,
+            dns_ready=[*public.zones.values(), *public.rrsets],
+            opts=child,
+        )
         self.steps = steps
 
         nameservers = public.nameservers
         self.outputs = {
-            "addresses": servers.addresses.apply(lambda a: {
-                r: {"ipv4": x.ipv4, "ipv6": x.ipv6} for r, x in sorted(a.items())}),
+            "addresses": servers.addresses.apply(
+                lambda a: {r: {"ipv4": x.ipv4, "ipv6": x.ipv6} for r, x in sorted(a.items())}
+            ),
             "hostnames": {
                 **{r: h.fqdn for r, h in hosts.items()},
                 "smtp": settings.fqdn("smtp"),
@@ -89,9 +118,12 @@ class MailStack(pulumi.ComponentResource):
             # The phase this run deployed (docs/dkim.md); `mailstack status` checks it.
             keys = dkim.plan(settings)
             self.outputs["dkimSchedule"] = {
-                "now": dkim.clock(settings).isoformat(), "phase": keys.phase,
-                "signing": keys.signing.selector, "published": list(keys.selectors),
-                "nextChange": keys.next_change.isoformat() if keys.next_change else None}
+                "now": dkim.clock(settings).isoformat(),
+                "phase": keys.phase,
+                "signing": keys.signing.selector,
+                "published": list(keys.selectors),
+                "nextChange": keys.next_change.isoformat() if keys.next_change else None,
+            }
         self.register_outputs(self.outputs)
 
 
@@ -107,7 +139,8 @@ def next_steps(settings: Settings, nameservers: dict[str, list[str]]) -> str:
     else:
         lines.append(
             "2. Load `pulumi stack output zoneFile` into your DNS host, then run `pulumi up` "
-            "again so the certificate steps can pass.")
+            "again so the certificate steps can pass."
+        )
     lines += [
         "3. Read the users' initial passwords with "
         "`pulumi stack output initialPasswords --show-secrets` and hand them over.",

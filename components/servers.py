@@ -5,6 +5,7 @@ Primary IPs are separate resources with `auto_delete=False` so a server can be r
 attached to them. Because a primary IP can only be assigned to one server at a time,
 servers are deleted before their replacement is created.
 """
+
 from __future__ import annotations
 
 import pulumi
@@ -30,8 +31,7 @@ def checked_user_data(settings: Settings, host: H.Host) -> str:
     data = cloudinit.user_data(settings, host)
     size = len(data.encode())
     if size > USER_DATA_LIMIT:
-        raise ValueError(
-            f"user-data for {host.role} is {size} bytes; Hetzner accepts at most {USER_DATA_LIMIT}")
+        raise ValueError(f"user-data for {host.role} is {size} bytes; Hetzner accepts at most {USER_DATA_LIMIT}")
     return data
 
 
@@ -44,25 +44,34 @@ class Servers(pulumi.ComponentResource):
     volume_attachment: hcloud.VolumeAttachment
     addresses: pulumi.Output[dict[str, H.Address]]
 
-    def __init__(self, name: str, settings: Settings, hosts: dict[str, H.Host], *,
-                 network: hcloud.Network, subnet: hcloud.NetworkSubnet,
-                 firewalls: dict[str, hcloud.Firewall], deploy_key: tls.PrivateKey,
-                 labels: dict[str, str], opts: pulumi.ResourceOptions | None = None):
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        hosts: dict[str, H.Host],
+        *,
+        network: hcloud.Network,
+        subnet: hcloud.NetworkSubnet,
+        firewalls: dict[str, hcloud.Firewall],
+        deploy_key: tls.PrivateKey,
+        labels: dict[str, str],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("mailstack:index:Servers", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         hz = settings.hetzner
 
         self.ssh_keys = [
-            hcloud.SshKey(f"admin-{i}", name=f"{name}-admin-{i}", public_key=key.strip(),
-                          labels=labels, opts=child)
+            hcloud.SshKey(f"admin-{i}", name=f"{name}-admin-{i}", public_key=key.strip(), labels=labels, opts=child)
             for i, key in enumerate(settings.admin.ssh_keys)
         ]
-        self.ssh_keys.append(hcloud.SshKey(
-            "deploy", name=f"{name}-deploy", public_key=deploy_key.public_key_openssh,
-            labels=labels, opts=child))
+        self.ssh_keys.append(
+            hcloud.SshKey(
+                "deploy", name=f"{name}-deploy", public_key=deploy_key.public_key_openssh, labels=labels, opts=child
+            )
+        )
 
-        placement = hcloud.PlacementGroup(
-            "spread", name=name, type="spread", labels=labels, opts=child)
+        placement = hcloud.PlacementGroup("spread", name=name, type="spread", labels=labels, opts=child)
 
         self.servers, self.ipv4, self.ipv6 = {}, {}, {}
         for role, host in hosts.items():
@@ -72,9 +81,15 @@ class Servers(pulumi.ComponentResource):
                 # assignee_type without an assignee_id is unused and, since the API reads
                 # an unassigned IP back as "unassigned", a diff on every run.
                 table[role] = hcloud.PrimaryIp(
-                    f"{role}-{family}", name=f"{host.fqdn}-{family}", type=family,
-                    location=hz.location, auto_delete=False,
-                    delete_protection=True, labels=role_labels, opts=kept(self))
+                    f"{role}-{family}",
+                    name=f"{host.fqdn}-{family}",
+                    type=family,
+                    location=hz.location,
+                    auto_delete=False,
+                    delete_protection=True,
+                    labels=role_labels,
+                    opts=kept(self),
+                )
 
             self.servers[role] = hcloud.Server(
                 role,
@@ -86,12 +101,15 @@ class Servers(pulumi.ComponentResource):
                 ssh_keys=[k.id for k in self.ssh_keys],
                 user_data=checked_user_data(settings, host),
                 firewall_ids=[firewalls[role].id.apply(int)],
-                public_nets=[hcloud.ServerPublicNetArgs(
-                    ipv4_enabled=True, ipv4=self.ipv4[role].id.apply(int),
-                    ipv6_enabled=True, ipv6=self.ipv6[role].id.apply(int),
-                )],
-                networks=[hcloud.ServerNetworkArgs(
-                    network_id=network.id.apply(int), ip=host.private_ip)],
+                public_nets=[
+                    hcloud.ServerPublicNetArgs(
+                        ipv4_enabled=True,
+                        ipv4=self.ipv4[role].id.apply(int),
+                        ipv6_enabled=True,
+                        ipv6=self.ipv6[role].id.apply(int),
+                    )
+                ],
+                networks=[hcloud.ServerNetworkArgs(network_id=network.id.apply(int), ip=host.private_ip)],
                 labels=role_labels,
                 opts=pulumi.ResourceOptions(
                     parent=self,
@@ -106,17 +124,25 @@ class Servers(pulumi.ComponentResource):
 
         store = H.find(hosts, H.IMAP)
         self.volume = hcloud.Volume(
-            "mail-store", name=f"{name}-mail", size=hz.mail_volume_gb, format="ext4",
-            location=hz.location, automount=False, delete_protection=True,
-            labels={**labels, "role": store.role}, opts=kept(self))
+            "mail-store",
+            name=f"{name}-mail",
+            size=hz.mail_volume_gb,
+            format="ext4",
+            location=hz.location,
+            automount=False,
+            delete_protection=True,
+            labels={**labels, "role": store.role},
+            opts=kept(self),
+        )
         self.volume_attachment = hcloud.VolumeAttachment(
-            "mail-store", volume_id=self.volume.id.apply(int),
-            server_id=self.servers[store.role].id.apply(int), automount=False, opts=child)
+            "mail-store",
+            volume_id=self.volume.id.apply(int),
+            server_id=self.servers[store.role].id.apply(int),
+            automount=False,
+            opts=child,
+        )
 
-        self.addresses = pulumi.Output.all(**{
-            role: pulumi.Output.all(self.ipv4[role].ip_address, self.ipv6[role].ip_address)
-            for role in hosts
-        }).apply(lambda v: {
-            role: H.Address(ipv4=a[0], ipv6=H.ipv6_host_address(a[1])) for role, a in v.items()
-        })
+        self.addresses = pulumi.Output.all(
+            **{role: pulumi.Output.all(self.ipv4[role].ip_address, self.ipv6[role].ip_address) for role in hosts}
+        ).apply(lambda v: {role: H.Address(ipv4=a[0], ipv6=H.ipv6_host_address(a[1])) for role, a in v.items()})
         self.register_outputs({})

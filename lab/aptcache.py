@@ -4,6 +4,7 @@ mirror, and a forwarder that exposes just that port inside the lab namespace.
 The forwarder (lab/forward.py) listens in the lab namespace and connects from the
 machine's namespace, so the lab needs no route, NAT or forwarding to the real network.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ import subprocess
 from .util import CACHE, STATE, log, stop_pidfile, wait_until
 
 ACNG_PORT = 3142
-PROXY_IP = "198.51.100.1"   # the lab internet host: every lab host's apt proxy
+PROXY_IP = "198.51.100.1"  # the lab internet host: every lab host's apt proxy
 PROXY_URL = f"http://{PROXY_IP}:{ACNG_PORT}"
 LOCAL_URL = f"http://127.0.0.1:{ACNG_PORT}"
 
@@ -45,7 +46,9 @@ def start_cache() -> None:
     )
     proc = subprocess.Popen(
         ["/usr/sbin/apt-cacher-ng", "-c", str(conf), "ForeGround=1"],
-        stdout=open(STATE / "acng.out", "a"), stderr=subprocess.STDOUT, start_new_session=True,
+        stdout=open(STATE / "acng.out", "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         preexec_fn=_drop_to_acng,
     )
     (STATE / "acng.mypid").write_text(str(proc.pid))
@@ -59,11 +62,13 @@ def stop_cache() -> None:
 
 def _uid(name: str) -> int:
     import pwd
+
     return pwd.getpwnam(name).pw_uid
 
 
 def _gid(name: str) -> int:
     import pwd
+
     return pwd.getpwnam(name).pw_gid
 
 
@@ -74,6 +79,5 @@ def _drop_to_acng() -> None:
 
 def start_forwarder() -> None:
     from . import forward
+
     forward.start("apt-forwarder", [(True, PROXY_IP, ACNG_PORT, "127.0.0.1", ACNG_PORT)])
-
-

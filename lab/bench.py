@@ -19,6 +19,7 @@ compares them with the goals).
 Uses a running lab if there is one (`make lab-up`), otherwise brings one up and takes it
 down again (and times that too). Every loop is bounded.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mailstack import hosts as H
-from mailstack import mx
+from mailstack import smtpd
 
 from . import config, internet, machines, net, outside_mta
 from .netns import inside
@@ -82,25 +83,44 @@ def _load(path: str, senders: int) -> list[list]:
     run_id = f"{path}{senders}-{time.strftime('%H%M%S')}"
     args = {"senders": senders, "per_sender": PER_SENDER, "rcpt": RCPT, "run": run_id}
     if path == "full":
-        args.update(ip=net.public_v4("mx1"), port=25, name=s.fqdn("mx1"), source=net.OUTSIDE_V4,
-                    helo=internet.OUTSIDE_MX, cafile=str(STATE / "tls" / "pebble-roots.pem"),
-                    mail_from=f"sender@{outside_mta.DOMAIN}")
-        r = run(["ip", "netns", "exec", NETNS, sys.executable, "-", json.dumps(args)],
-                input=SENDER.read_text(), capture=True, timeout=900)
+        args.update(
+            ip=net.public_v4("mx1"),
+            port=25,
+            name=s.fqdn("mx1"),
+            source=net.OUTSIDE_V4,
+            helo=internet.OUTSIDE_MX,
+            cafile=str(STATE / "tls" / "pebble-roots.pem"),
+            mail_from=f"sender@{outside_mta.DOMAIN}",
+        )
+        r = run(
+            ["ip", "netns", "exec", NETNS, sys.executable, "-", json.dumps(args)],
+            input=SENDER.read_text(),
+            capture=True,
+            timeout=900,
+        )
     else:
         hs = H.hosts(s)
-        args.update(ip=hs["mx1"].private_ip, port=mx.RELAY_PORT, name=s.fqdn("mx1"), source=None,
-                    helo=s.fqdn("mx2"), cafile=None, mail_from=f"sender@{outside_mta.DOMAIN}")
-        r = machines.exec_in("mx2", ["python3", "-", json.dumps(args)], input=SENDER.read_text(),
-                             timeout=900, check=True)
+        args.update(
+            ip=hs["mx1"].private_ip,
+            port=smtpd.RELAY_PORT,
+            name=s.fqdn("mx1"),
+            source=None,
+            helo=s.fqdn("mx2"),
+            cafile=None,
+            mail_from=f"sender@{outside_mta.DOMAIN}",
+        )
+        r = machines.exec_in(
+            "mx2", ["python3", "-", json.dumps(args)], input=SENDER.read_text(), timeout=900, check=True
+        )
     rows = json.loads(r.stdout)
     errors = [row[3] for row in rows if row[3]]
     if errors:
         log(f"bench: {path} x{senders}: {len(errors)} not accepted, e.g. {errors[0]}")
     accepted = [row for row in rows if row[2] is not None]
     want = {row[0] for row in accepted}
-    wait_until(lambda: want <= set(_delivered(run_id)), 600,
-               f"{len(want)} {path}-path messages in the mailbox", interval=2)
+    wait_until(
+        lambda: want <= set(_delivered(run_id)), 600, f"{len(want)} {path}-path messages in the mailbox", interval=2
+    )
     at = _delivered(run_id)
     return [row + [at[row[0]]] for row in accepted]
 
@@ -136,6 +156,7 @@ def load() -> dict[str, float]:
 
 def _send_to_mx2(n: int) -> None:
     from .scenarios.clients import LabSMTP, _s, message
+
     s = _s()
 
     def batch(idx: list[int]) -> None:
@@ -143,6 +164,7 @@ def _send_to_mx2(n: int) -> None:
             with LabSMTP(s.fqdn("mx2"), net.public_v4("mx2"), 25, timeout=60) as c:
                 for i in idx:
                     c.send_message(message(f"sender@{outside_mta.DOMAIN}", RCPT, f"{run}-{i}"))
+
     run = "m" + time.strftime("%H%M%S")
     chunks = [list(range(i, n, 4)) for i in range(4)]
     with ThreadPoolExecutor(4) as pool:
@@ -161,17 +183,22 @@ def mx2_drain(n: int = BACKLOG_MESSAGES) -> dict[str, float]:
         _send_to_mx2(n)
         queued = lambda: machines.sh("mx2", "smtpctl show queue | wc -l").stdout.strip()  # noqa: E731
         wait_until(lambda: int(queued()) >= n, 120, f"{n} messages in mx2's queue")
-        time.sleep(20)   # mx2 has tried mx1 and met a closed port, as in an outage
+        time.sleep(20)  # mx2 has tried mx1 and met a closed port, as in an outage
     finally:
         machines.sh("mx1", "systemctl start opensmtpd")
     t0 = time.monotonic()
-    wait_until(lambda: machines.sh("mx2", "smtpctl show queue").stdout.strip() == "", 900,
-               "mx2's queue to drain", interval=1)
+    wait_until(
+        lambda: machines.sh("mx2", "smtpctl show queue").stdout.strip() == "", 900, "mx2's queue to drain", interval=1
+    )
     dt = time.monotonic() - t0
-    holds = machines.sh("mx2", f"journalctl --since @{since} -u opensmtpd --no-pager -o cat "
-                               "| grep -c 'hiwat reached'").stdout.strip()
-    return {f"mx2 backlog of {n} drained after mx1's smtpd started (s)": dt,
-            "  relayed per second": n / dt, "  'hiwat reached' holds": float(holds or 0)}
+    holds = machines.sh(
+        "mx2", f"journalctl --since @{since} -u opensmtpd --no-pager -o cat | grep -c 'hiwat reached'"
+    ).stdout.strip()
+    return {
+        f"mx2 backlog of {n} drained after mx1's smtpd started (s)": dt,
+        "  relayed per second": n / dt,
+        "  'hiwat reached' holds": float(holds or 0),
+    }
 
 
 def _answers(ip: str, port: int) -> bool:
@@ -211,8 +238,14 @@ def goals(f: dict[str, float]) -> list[tuple[str, str, str]]:
     rows = []
 
     def row(goal: str, value: float | None, ok: bool | None, shown: str) -> None:
-        rows.append((goal, shown if value is not None else "not measured",
-                     "" if ok is None or value is None else "met" if ok else "missed"))
+        rows.append(
+            (
+                goal,
+                shown if value is not None else "not measured",
+                "" if ok is None or value is None else "met" if ok else "missed",
+            )
+        )
+
     for n in CONCURRENCY:
         v = f.get(f"ratio full / bare at {n} senders")
         row(f"full / bare >= 0.6 ({n} senders)", v, v is not None and v >= 0.6, f"{v or 0:.2f}")
@@ -220,9 +253,12 @@ def goals(f: dict[str, float]) -> list[tuple[str, str, str]]:
     row(f"p99 delivery <= 1 s at {CONCURRENCY[-1]} senders", v, v is not None and v <= 1, f"{v or 0:.2f} s")
     drain = next((v for k, v in f.items() if k.endswith("relayed per second")), None)
     accept = max((v for k, v in f.items() if k.startswith("full x") and "accepted per second" in k), default=None)
-    row("mx2 drains as fast as mx1 accepts", drain if accept else None,
+    row(
+        "mx2 drains as fast as mx1 accepts",
+        drain if accept else None,
         drain is not None and accept is not None and drain >= accept,
-        f"{drain or 0:.1f}/s drained vs {accept or 0:.1f}/s accepted")
+        f"{drain or 0:.1f}/s drained vs {accept or 0:.1f}/s accepted",
+    )
     for k, v in f.items():
         if k.endswith("boot-to-mail-ready"):
             role = k.split()[-2]
@@ -234,6 +270,7 @@ def goals(f: dict[str, float]) -> list[tuple[str, str, str]]:
 
 def main(only: list[str] | None = None) -> int:
     from . import stand
+
     own = not (STATE / "roles.json").exists()
     figures: dict[str, float] = {}
     try:
@@ -241,8 +278,7 @@ def main(only: list[str] | None = None) -> int:
             log("bench: no running lab, bringing one up")
             stand.up()
         try:
-            figures.update({f"lab up: {k.strip()}": v for k, v in
-                            json.loads(stand.TIMINGS_FILE.read_text()).items()})
+            figures.update({f"lab up: {k.strip()}": v for k, v in json.loads(stand.TIMINGS_FILE.read_text()).items()})
         except (OSError, ValueError):
             pass
         for part in (globals()[p] for p in PARTS if not only or p in only):

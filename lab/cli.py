@@ -1,4 +1,5 @@
 """python -m lab {up|down|run|check|bench|shell ROLE}: see docs/lab.md."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,11 +24,16 @@ def main(argv: list[str]) -> int:
     c = sub.add_parser("check", help="run the scenarios against the running lab")
     c.add_argument("--only", nargs="*", help="scenario names to run")
     sub.add_parser("down", help="remove everything the lab made")
-    b = sub.add_parser("bench", help="print figures (full vs bare throughput and latency, mx2's drain, recovery, lab phases) from the lab")
+    b = sub.add_parser(
+        "bench",
+        help="print figures (full vs bare throughput and latency, mx2's drain, recovery, lab phases) from the lab",
+    )
     b.add_argument("--only", nargs="*", help="load, mx2_drain, recovery")
     from mailstack.status import cli as status_cli
-    sub.add_parser("status", help="mailstack status against the running lab",
-                        parents=[status_cli.parser("status")], add_help=False)
+
+    sub.add_parser(
+        "status", help="mailstack status against the running lab", parents=[status_cli.parser("status")], add_help=False
+    )
     sh = sub.add_parser("shell", help="a root shell on a lab host")
     sh.add_argument("role")
     a = p.parse_args(argv)
@@ -36,11 +42,13 @@ def main(argv: list[str]) -> int:
         return 2
 
     from . import stand
+
     if a.cmd == "down":
         stand.down()
         return 0
     if a.cmd == "deploy":
         from . import steps
+
         try:
             times = stand.redeploy(a.start)
         except steps.StepFailed as exc:
@@ -50,17 +58,21 @@ def main(argv: list[str]) -> int:
         return 0
     if a.cmd == "check":
         from . import scenarios
+
         results = scenarios.run_all(a.only)
         print(scenarios.table(results))
         return 0 if all(r.ok for r in results) else 1
     if a.cmd == "bench":
         from . import bench
+
         return bench.main(a.only)
     if a.cmd == "status":
         from . import status
+
         return status_cli.report(status.environment(), a)
     if a.cmd == "shell":
         from . import machines
+
         os.execvp("nsenter", ["nsenter", "-t", str(machines.leader(a.role)), "-a", "bash", "-l"])
     if a.cmd == "up":
         try:
@@ -72,11 +84,14 @@ def main(argv: list[str]) -> int:
         _print_timings(timings)
         print(stand.access_text())
         return 0
+
     # run
     def on_signal(signum, frame):
         raise KeyboardInterrupt
+
     signal.signal(signal.SIGTERM, on_signal)
     from . import scenarios
+
     ok = False
     try:
         try:
@@ -104,8 +119,10 @@ def _internal(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "_supervise":
         from . import machines
+
         return machines.supervise(args[0])
     if cmd == "_forward":
         from . import forward
+
         return forward.main(args)
     raise SystemExit(f"unknown internal command {cmd}")

@@ -1,5 +1,6 @@
 """The lab's settings (the example stack plus lab/stack.yaml), its addresses, and its
 own secrets: generated per run, kept in STATE with mode 0600, never printed."""
+
 from __future__ import annotations
 
 import json
@@ -35,6 +36,7 @@ def _backup_settings(base: dict) -> dict:
     """The lab's storage host as the Storage Box the stack would create (target
     `storagebox`, what Hetzner gets), its host key pinned once it exists."""
     from . import internet
+
     st = internet.storage()
     out = {**base, "target": "storagebox"}
     if st.host_key.with_suffix(".pub").exists():
@@ -64,22 +66,27 @@ def _rsa_pem() -> str:
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption()).decode()
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    ).decode()
 
 
 def _ed25519_openssh() -> str:
     from cryptography.hazmat.primitives import serialization as ser
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    return ed25519.Ed25519PrivateKey.generate().private_bytes(
-        ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode()
+    return (
+        ed25519.Ed25519PrivateKey.generate()
+        .private_bytes(ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption())
+        .decode()
+    )
 
 
 def storage_box_creation_keys(data: dict) -> list[str]:
     """The keys the lab's box starts with: only its own. Every host key then reaches it
     through the `backup-keys` step, as a key added after the box was created would."""
     from mailstack import backup
+
     return [backup.public_openssh(data["backup_manager_key"], backup.MANAGER_COMMENT)]
 
 
@@ -87,6 +94,7 @@ def storage_box(s) -> dict[str, str] | None:
     """What the stack's Storage Box resource would report: the lab storage host."""
     from . import internet
     from . import storage as LS
+
     if s.backup.target != "storagebox":
         return None
     return {"server": internet.storage().listen, "username": LS.USER}
@@ -94,8 +102,9 @@ def storage_box(s) -> dict[str, str] | None:
 
 def sha512_crypt(password: str) -> str:
     # stdin, so the password never shows in a process list
-    return subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=password + "\n",
-                          capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["openssl", "passwd", "-6", "-stdin"], input=password + "\n", capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
@@ -114,6 +123,7 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
     # Rotated DKIM generations (mailstack/dkim.py), made when the schedule first publishes
     # them, as the stack's keys are; generation 0 is dkim_keys.
     from mailstack import dkim as K
+
     gens = data.setdefault("dkim_generations", {})
     for g in K.plan(s).published:
         if g.number:
@@ -121,6 +131,7 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
                 if d not in gens.setdefault(g.selector, {}):
                     gens[g.selector][d] = _rsa_pem()
     from mailstack import backup
+
     bpw = data.setdefault("backup_passwords", {})
     bkeys = data.setdefault("backup_keys", {})
     for role in backup.hosts(s):
@@ -142,14 +153,18 @@ def load_or_make_secrets(s, extra_users: tuple[str, ...] = ()) -> dict:
 def dkim_keyring(s, data: dict) -> dict[str, dict[str, str]]:
     """selector -> domain -> private key of every DKIM generation the schedule publishes."""
     from mailstack import dkim as K
-    return {g.selector: {d: (data["dkim_generations"][g.selector] if g.number else data["dkim_keys"])[d]
-                         for d in s.domains} for g in K.plan(s).published}
+
+    return {
+        g.selector: {d: (data["dkim_generations"][g.selector] if g.number else data["dkim_keys"])[d] for d in s.domains}
+        for g in K.plan(s).published
+    }
 
 
 def dkim_public(s, data: dict) -> dict[str, str]:
     """domain -> the p= value its DKIM record publishes (from the run's private keys)."""
     from mailstack import dkim as K
     from mailstack import dns
+
     ring = dkim_keyring(s, data)[K.plan(s).signing.selector]
     return {d: dns.dkim_public_from_private(ring[d]) for d in s.domains}
 
@@ -158,9 +173,13 @@ def dkim_published(s, data: dict) -> dict[str, dict[str, str]]:
     """selector -> domain -> p= of the generations published beside the signing one."""
     from mailstack import dkim as K
     from mailstack import dns
+
     signing = K.plan(s).signing.selector
-    return {sel: {d: dns.dkim_public_from_private(pem) for d, pem in keys.items()}
-            for sel, keys in dkim_keyring(s, data).items() if sel != signing}
+    return {
+        sel: {d: dns.dkim_public_from_private(pem) for d, pem in keys.items()}
+        for sel, keys in dkim_keyring(s, data).items()
+        if sel != signing
+    }
 
 
 def context(s, data: dict | None = None) -> Context:
@@ -184,6 +203,7 @@ def context(s, data: dict | None = None) -> Context:
 
 def _signing(s) -> str:
     from mailstack import dkim as K
+
     return K.plan(s).signing.selector
 
 

@@ -1,6 +1,7 @@
 """TCP forwarders between this machine's namespace and the lab's, in one detached
 process: the listening socket is made in one namespace, the outgoing ones in the other,
 so no route or NAT ever joins the lab to the real network."""
+
 from __future__ import annotations
 
 import socket
@@ -18,9 +19,14 @@ Spec = tuple[bool, str, int, str, int]
 def start(name: str, specs: list[Spec]) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     args = [f"{'lab' if lab else 'host'},{la},{lp},{ca},{cp}" for lab, la, lp, ca, cp in specs]
-    proc = subprocess.Popen([sys.executable, "-m", "lab", "_forward", *args], cwd=str(ROOT),
-                            stdin=subprocess.DEVNULL, stdout=open(STATE / f"{name}.log", "ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lab", "_forward", *args],
+        cwd=str(ROOT),
+        stdin=subprocess.DEVNULL,
+        stdout=open(STATE / f"{name}.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     (STATE / f"{name}.pid").write_text(str(proc.pid))
 
 

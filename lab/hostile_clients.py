@@ -1,6 +1,7 @@
 """The client programs of the hostile-input checks (lab/hostile_cases.py holds the
 input): self-contained scripts, run with a JSON argument on stdin inside the client
 network namespace, by tests/test_hostile.py and the lab's `hostile-input` scenario."""
+
 from __future__ import annotations
 
 # What both clients start with: a TLS context that takes any certificate, and a reader
@@ -40,7 +41,9 @@ def run_all(run):
         return list(pool.map(run, enumerate(a["sessions"])))
 '''
 
-SMTP_CLIENT = _PRELUDE + r'''
+SMTP_CLIENT = (
+    _PRELUDE
+    + r"""
 def reply(s):
     return read(s, lambda b: any(len(l) >= 4 and l[3:4] == b" " for l in b.split(b"\r\n")[:-1]))
 
@@ -74,10 +77,11 @@ def run(i_sess):
 results = run_all(run)
 print(json.dumps({"ran": len(results), "closed_early": sum(c for c, _ in results),
                   "slowest": round(max(t for _, t in results), 1)}))
-'''
+"""
+)
 
 
-HEALTH_CLIENT = r'''
+HEALTH_CLIENT = r"""
 import json, smtplib, socket, ssl, sys
 a = json.load(sys.stdin)
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
@@ -104,12 +108,14 @@ try:
 except (OSError, smtplib.SMTPException) as e:
     out["error"] = repr(e)
 print(json.dumps(out))
-'''
+"""
 
 
 # ------------------------------------------------------------------ IMAP and ManageSieve
 
-IMAP_CLIENT = _PRELUDE + r'''
+IMAP_CLIENT = (
+    _PRELUDE
+    + r"""
 def sieve_done(buf):
     last = buf.rstrip(b"\r\n").rsplit(b"\r\n", 1)[-1]
     return buf.endswith(b"\r\n") and last[:2] in (b"OK", b"NO", b"BY")
@@ -156,4 +162,5 @@ def run(i_sess):
 
 results = run_all(run)
 print(json.dumps({"ran": len(results), "closed_early": sum(results)}))
-'''
+"""
+)

@@ -6,6 +6,7 @@ lab/outside_mta.py.
 A lab CA (made per run) signs Pebble's HTTPS listener and the outside MTA's certificate;
 the hosts trust it and Pebble's issuing root, written into their overlay before boot.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -40,27 +41,34 @@ TLSDIR = STATE / "tls"
 
 # ------------------------------------------------------------------ lab CA
 
+
 def _key():
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _pem_key(k) -> str:
-    return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                           serialization.NoEncryption()).decode()
+    return k.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def make_ca() -> None:
     """A fresh CA per run, and leaf certificates for Pebble and the outside MTA."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailstack lab CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(hours=1))
-          .not_valid_after(now + datetime.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     TLSDIR.mkdir(parents=True, exist_ok=True)
     (TLSDIR / "lab-ca.pem").write_text(ca.public_bytes(serialization.Encoding.PEM).decode())
     for name, dns_names, ips in (
@@ -68,17 +76,23 @@ def make_ca() -> None:
         ("outside", [OUTSIDE_MX], [net.OUTSIDE_V4]),
     ):
         k = _key()
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
-                .issuer_name(ca_name).public_key(k.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=30))
-                .add_extension(x509.SubjectAlternativeName(
-                    [x509.DNSName(d) for d in dns_names]
-                    + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
+            .issuer_name(ca_name)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName(d) for d in dns_names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
         (TLSDIR / f"{name}.pem").write_text(cert.public_bytes(serialization.Encoding.PEM).decode())
         write_private(TLSDIR / f"{name}.key", _pem_key(k))
 
@@ -89,14 +103,22 @@ def lab_ca_pem() -> str:
 
 # ------------------------------------------------------------------ processes
 
+
 def _spawn(name: str, argv: list[str], env: dict | None = None) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     import os
+
     e = dict(os.environ)
     e.update(env or {})
-    proc = subprocess.Popen(["ip", "netns", "exec", NETNS, *argv], cwd=str(ROOT), env=e,
-                            stdin=subprocess.DEVNULL, stdout=open(STATE / f"{name}.log", "ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", NETNS, *argv],
+        cwd=str(ROOT),
+        env=e,
+        stdin=subprocess.DEVNULL,
+        stdout=open(STATE / f"{name}.log", "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     (STATE / f"{name}.pid").write_text(str(proc.pid))
 
 
@@ -156,8 +178,12 @@ def reload_knot(zone_texts: dict[str, str]) -> None:
 
 
 def knot_answers(zone: str) -> bool:
-    r = run(["kdig", f"@{net.INTERNET_V4}", "+short", "+timeout=1", "+retry=0", zone, "SOA"],
-            netns=True, capture=True, check=False)
+    r = run(
+        ["kdig", f"@{net.INTERNET_V4}", "+short", "+timeout=1", "+retry=0", zone, "SOA"],
+        netns=True,
+        capture=True,
+        check=False,
+    )
     return r.returncode == 0 and bool(r.stdout.strip())
 
 
@@ -167,26 +193,40 @@ def lab_zones(ptr_extra: list) -> dict[str, str]:
     return {
         # A root of the lab's own: resolvers that probe `. NS` for liveness (the unbound
         # step does) get an answer, and every name outside the lab is NXDOMAIN.
-        ".": "\n".join([
-            "$ORIGIN .", "$TTL 60",
-            f". IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
-            f". IN NS {NS_NAME}",
-        ]) + "\n",
-        LAB_ZONE: "\n".join([
-            f"$ORIGIN {LAB_ZONE}.", "$TTL 60",
-            f"@ IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
-            f"@ IN NS {NS_NAME}",
-            f"ns1 IN A {net.INTERNET_V4}", f"ns1 IN AAAA {net.INTERNET_V6}",
-            f"acme IN A {net.INTERNET_V4}",
-        ]) + "\n",
-        OUTSIDE_DOMAIN: "\n".join([
-            f"$ORIGIN {OUTSIDE_DOMAIN}.", "$TTL 60",
-            f"@ IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
-            f"@ IN NS {ns[0]}",
-            "@ IN MX 10 mx",
-            f'@ IN TXT "v=spf1 ip4:{net.OUTSIDE_V4} ip6:{net.OUTSIDE_V6} -all"',
-            f"mx IN A {net.OUTSIDE_V4}", f"mx IN AAAA {net.OUTSIDE_V6}",
-        ]) + "\n",
+        ".": "\n".join(
+            [
+                "$ORIGIN .",
+                "$TTL 60",
+                f". IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
+                f". IN NS {NS_NAME}",
+            ]
+        )
+        + "\n",
+        LAB_ZONE: "\n".join(
+            [
+                f"$ORIGIN {LAB_ZONE}.",
+                "$TTL 60",
+                f"@ IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
+                f"@ IN NS {NS_NAME}",
+                f"ns1 IN A {net.INTERNET_V4}",
+                f"ns1 IN AAAA {net.INTERNET_V6}",
+                f"acme IN A {net.INTERNET_V4}",
+            ]
+        )
+        + "\n",
+        OUTSIDE_DOMAIN: "\n".join(
+            [
+                f"$ORIGIN {OUTSIDE_DOMAIN}.",
+                "$TTL 60",
+                f"@ IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
+                f"@ IN NS {ns[0]}",
+                "@ IN MX 10 mx",
+                f'@ IN TXT "v=spf1 ip4:{net.OUTSIDE_V4} ip6:{net.OUTSIDE_V6} -all"',
+                f"mx IN A {net.OUTSIDE_V4}",
+                f"mx IN AAAA {net.OUTSIDE_V6}",
+            ]
+        )
+        + "\n",
     }
 
 
@@ -197,8 +237,12 @@ DNSBL_ZONE = "zen.spamhaus.org"
 
 def dnsbl_zone(listed: dict[str, str] | None = None) -> dict[str, str]:
     """listed: IPv4 address -> answer (127.0.0.2: listed in the SBL)."""
-    lines = [f"$ORIGIN {DNSBL_ZONE}.", "$TTL 1",
-             f"@ IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 1", f"@ IN NS {NS_NAME}"]
+    lines = [
+        f"$ORIGIN {DNSBL_ZONE}.",
+        "$TTL 1",
+        f"@ IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 1",
+        f"@ IN NS {NS_NAME}",
+    ]
     for ip, answer in sorted((listed or {}).items()):
         lines.append(f"{'.'.join(reversed(ip.split('.')))} IN A {answer}")
     return {DNSBL_ZONE: "\n".join(lines) + "\n"}
@@ -206,29 +250,39 @@ def dnsbl_zone(listed: dict[str, str] | None = None) -> dict[str, str]:
 
 # ------------------------------------------------------------------ pebble
 
+
 def start_pebble() -> None:
     d = STATE / "pebble"
     d.mkdir(parents=True, exist_ok=True)
-    (d / "config.json").write_text(json.dumps({"pebble": {
-        "listenAddress": f"{net.INTERNET_V4}:14000",
-        "managementListenAddress": f"{net.INTERNET_V4}:15000",
-        "certificate": str(TLSDIR / "pebble.pem"),
-        "privateKey": str(TLSDIR / "pebble.key"),
-        "httpPort": 80,
-        "tlsPort": 443,
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": False,
-    }}, indent=2))
-    _spawn("pebble", ["pebble", "-config", str(d / "config.json"),
-                      "-dnsserver", f"{net.INTERNET_V4}:53", "-strict=false"],
-           env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0",
-                "PEBBLE_AUTHZREUSE": "100"})
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "pebble": {
+                    "listenAddress": f"{net.INTERNET_V4}:14000",
+                    "managementListenAddress": f"{net.INTERNET_V4}:15000",
+                    "certificate": str(TLSDIR / "pebble.pem"),
+                    "privateKey": str(TLSDIR / "pebble.key"),
+                    "httpPort": 80,
+                    "tlsPort": 443,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": False,
+                }
+            },
+            indent=2,
+        )
+    )
+    _spawn(
+        "pebble",
+        ["pebble", "-config", str(d / "config.json"), "-dnsserver", f"{net.INTERNET_V4}:53", "-strict=false"],
+        env={"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "100"},
+    )
     wait_until(lambda: _pebble_root() is not None, 20, "pebble")
     log(f"pebble ACME directory {PEBBLE_DIR}")
 
 
 def _pebble_get(path: str) -> str:
     from .netns import inside
+
     ctx = ssl.create_default_context(cafile=str(TLSDIR / "lab-ca.pem"))
     with inside():
         with urllib.request.urlopen(f"{PEBBLE_MGMT}{path}", context=ctx, timeout=5) as r:
@@ -249,7 +303,7 @@ def pebble_roots() -> str:
 
 # ------------------------------------------------------------------ storage host
 
-STORAGE_PORT = STORAGE_BOX_PORT    # as on a Storage Box
+STORAGE_PORT = STORAGE_BOX_PORT  # as on a Storage Box
 
 
 def storage_repositories() -> Path:
@@ -259,6 +313,7 @@ def storage_repositories() -> Path:
 
 def storage():
     from . import storage as LS
+
     return LS.Storage(STATE / "storage", net.STORAGE_V4, STORAGE_PORT)
 
 
@@ -267,12 +322,12 @@ def prepare_storage() -> None:
     st = storage()
     if not st.host_key.exists():
         st.base.mkdir(parents=True, exist_ok=True)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailstack-lab-storage",
-             "-f", str(st.host_key)])
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailstack-lab-storage", "-f", str(st.host_key)])
 
 
 def start_storage(public_keys: list[str]) -> None:
     from . import storage as LS
+
     st = storage()
     LS.prepare(st, public_keys)
     _spawn("storage", LS.command(st))

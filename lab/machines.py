@@ -6,6 +6,7 @@ Each host runs under a small supervisor process (`python -m lab _supervise ROLE`
 recreates its network links and boots it again when the container reboots (exit 133),
 the way systemd-nspawn@.service does on a real machine.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,18 +32,27 @@ def merged(role: str) -> Path:
     return host_dir(role) / "merged"
 
 
-def prepare(role: str, rootfs: Path, fqdn: str, user_data: str, network_config: dict,
-            ca_pems: dict[str, str]) -> None:
+def prepare(role: str, rootfs: Path, fqdn: str, user_data: str, network_config: dict, ca_pems: dict[str, str]) -> None:
     """Overlay + seed for a fresh host. ca_pems: lab CAs the host must trust (Pebble's)."""
     d = host_dir(role)
     for sub in ("upper", "work", "merged", "seed"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    run(["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir={rootfs},upperdir={d / 'upper'},workdir={d / 'work'}", str(d / "merged")])
+    run(
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={rootfs},upperdir={d / 'upper'},workdir={d / 'work'}",
+            str(d / "merged"),
+        ]
+    )
     seed = d / "seed"
     (seed / "user-data").write_text(user_data)
-    (seed / "meta-data").write_text(yaml.safe_dump({
-        "instance-id": f"lab-{role}-{int(time.time())}", "local-hostname": fqdn}))
+    (seed / "meta-data").write_text(
+        yaml.safe_dump({"instance-id": f"lab-{role}-{int(time.time())}", "local-hostname": fqdn})
+    )
     (seed / "network-config").write_text(yaml.safe_dump(network_config, sort_keys=False))
     m = d / "merged"
     for name, pem in ca_pems.items():
@@ -76,6 +86,7 @@ def network_config(role: str, private_ip: str, prefixlen: int = 24) -> dict:
 
 # ---------------------------------------------------------------- running
 
+
 def _pidfile(role: str) -> Path:
     return STATE / f"supervisor-{role}.pid"
 
@@ -84,8 +95,11 @@ def start(role: str) -> None:
     STATE.mkdir(parents=True, exist_ok=True)
     console = host_dir(role) / "console.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lab", "_supervise", role], cwd=str(ROOT),
-        stdin=subprocess.DEVNULL, stdout=open(console, "ab"), stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "lab", "_supervise", role],
+        cwd=str(ROOT),
+        stdin=subprocess.DEVNULL,
+        stdout=open(console, "ab"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     _pidfile(role).write_text(str(proc.pid))
@@ -119,7 +133,7 @@ def remove_cgroups(role: str) -> None:
                     sub.rmdir()
                 except OSError:
                     pass
-            for empty in (d, d.parent, d.parent.parent):   # role, lab, mailstack-lab
+            for empty in (d, d.parent, d.parent.parent):  # role, lab, mailstack-lab
                 try:
                     empty.rmdir()
                 except OSError:
@@ -135,7 +149,7 @@ def supervise(role: str) -> int:
         nonlocal stop
         stop = True
         if child is not None and child.poll() is None:
-            child.send_signal(signal.SIGTERM)   # nspawn powers the container off cleanly
+            child.send_signal(signal.SIGTERM)  # nspawn powers the container off cleanly
 
     child = None
     signal.signal(signal.SIGTERM, on_term)
@@ -150,16 +164,38 @@ def supervise(role: str) -> int:
         # the links) with the machine's cgroup tree bound back under it.
         cg = STATE / f"cgroup-{role}"
         cg.mkdir(parents=True, exist_ok=True)
-        inner = ('mount -t sysfs -o ro sysfs /sys && mount --rbind "$CG" /sys/fs/cgroup '
-                 '&& exec "$@"')
-        outer = (f'mount --rbind /sys/fs/cgroup "$CG" && exec nsenter --net=/run/netns/{NETNS} '
-                 f'sh -c \'{inner}\' nspawn "$@"')
-        cmd = ["env", f"CG={cg}", "unshare", "-m", "--propagation", "private", "sh", "-c", outer,
-               "nspawn", "systemd-nspawn", "-q",
-               "-D", str(merged(role)), "--boot", "--register=no", "--keep-unit", "-M", role,
-               f"--bind-ro={host_dir(role) / 'seed'}:/var/lib/cloud/seed/nocloud",
-               f"--network-interface={pub}", f"--network-interface={priv}",
-               "--resolv-conf=off", "--timezone=off", "--link-journal=no", "--console=pipe"]
+        inner = 'mount -t sysfs -o ro sysfs /sys && mount --rbind "$CG" /sys/fs/cgroup && exec "$@"'
+        outer = (
+            f'mount --rbind /sys/fs/cgroup "$CG" && exec nsenter --net=/run/netns/{NETNS} sh -c \'{inner}\' nspawn "$@"'
+        )
+        cmd = [
+            "env",
+            f"CG={cg}",
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            outer,
+            "nspawn",
+            "systemd-nspawn",
+            "-q",
+            "-D",
+            str(merged(role)),
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            "-M",
+            role,
+            f"--bind-ro={host_dir(role) / 'seed'}:/var/lib/cloud/seed/nocloud",
+            f"--network-interface={pub}",
+            f"--network-interface={priv}",
+            "--resolv-conf=off",
+            "--timezone=off",
+            "--link-journal=no",
+            "--console=pipe",
+        ]
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         (STATE / f"nspawn-{role}.pid").write_text(str(child.pid))
         rc = child.wait()
@@ -189,8 +225,9 @@ def leader(role: str) -> int:
     nspawn = int((STATE / f"nspawn-{role}.pid").read_text())
     for pid in _descendants(nspawn):
         try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd" and \
-               os.readlink(f"/proc/{pid}/ns/pid") != os.readlink(f"/proc/{nspawn}/ns/pid"):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd" and os.readlink(
+                f"/proc/{pid}/ns/pid"
+            ) != os.readlink(f"/proc/{nspawn}/ns/pid"):
                 return pid
         except OSError:
             continue
@@ -216,14 +253,36 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def exec_in(role: str, argv: list[str], *, input: str | None = None, check: bool = False,
-            capture: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
-    cmd = ["nsenter", "-t", str(leader(role)), "-a",
-           "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "HOME=/root", "LANG=C.UTF-8", *argv]
-    return subprocess.run(cmd, input=input, text=True, check=check, timeout=timeout,
-                          stdout=subprocess.PIPE if capture else None,
-                          stderr=subprocess.PIPE if capture else None)
+def exec_in(
+    role: str,
+    argv: list[str],
+    *,
+    input: str | None = None,
+    check: bool = False,
+    capture: bool = True,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
+    cmd = [
+        "nsenter",
+        "-t",
+        str(leader(role)),
+        "-a",
+        "env",
+        "-i",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME=/root",
+        "LANG=C.UTF-8",
+        *argv,
+    ]
+    return subprocess.run(
+        cmd,
+        input=input,
+        text=True,
+        check=check,
+        timeout=timeout,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+    )
 
 
 def sh(role: str, script: str, **kw) -> subprocess.CompletedProcess:
@@ -234,6 +293,7 @@ def wait_booted(role: str, timeout: float = 120) -> None:
     def ok():
         r = exec_in(role, ["systemctl", "is-system-running"], timeout=10)
         return r.stdout.strip() in ("running", "degraded")
+
     wait_until(ok, timeout, f"{role} to boot")
 
 

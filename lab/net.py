@@ -7,6 +7,7 @@ In front of every host's public addresses sits its Hetzner firewall (`edge_up`),
 from the same rules the Pulumi component creates, in this namespace: outside the host,
 as Hetzner filters before packets reach a server.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,11 @@ PUB_BRIDGE = "lab-pub"
 PRIV_BRIDGE = "lab-priv"
 PUB4_PREFIX = "198.51.100"
 PUB6_PREFIX = "2001:db8:100"
-INTERNET_V4 = f"{PUB4_PREFIX}.1"      # knot, pebble, apt proxy; the hosts' gateway
+INTERNET_V4 = f"{PUB4_PREFIX}.1"  # knot, pebble, apt proxy; the hosts' gateway
 INTERNET_V6 = f"{PUB6_PREFIX}::1"
-OUTSIDE_V4 = f"{PUB4_PREFIX}.25"      # the outside MTA (mx.outside.example.com)
+OUTSIDE_V4 = f"{PUB4_PREFIX}.25"  # the outside MTA (mx.outside.example.com)
 OUTSIDE_V6 = f"{PUB6_PREFIX}::25"
-STORAGE_V4 = f"{PUB4_PREFIX}.30"      # the backup target (SFTP), standing in for a Storage Box
+STORAGE_V4 = f"{PUB4_PREFIX}.30"  # the backup target (SFTP), standing in for a Storage Box
 # A stranger guessing passwords (the brute-force scenario): outside lab/stack.yaml's
 # admin.sshCidrs, unlike every other lab client, so fail2ban may ban it.
 ATTACK_V4 = f"{PUB4_PREFIX}.200"
@@ -70,8 +71,14 @@ def up() -> None:
     for br in (PUB_BRIDGE, PRIV_BRIDGE):
         ip("link", "add", br, "address", BRIDGE_MAC[br], "type", "bridge")
         ip("link", "set", br, "up")
-    for a in (f"{INTERNET_V4}/24", f"{OUTSIDE_V4}/24", f"{STORAGE_V4}/24", f"{ATTACK_V4}/24",
-              f"{INTERNET_V6}/64", f"{OUTSIDE_V6}/64"):
+    for a in (
+        f"{INTERNET_V4}/24",
+        f"{OUTSIDE_V4}/24",
+        f"{STORAGE_V4}/24",
+        f"{ATTACK_V4}/24",
+        f"{INTERNET_V6}/64",
+        f"{OUTSIDE_V6}/64",
+    ):
         ip("addr", "add", a, "dev", PUB_BRIDGE)
     # Deprecated at once, so the kernel never picks it as a source by itself; only the
     # scenario binds it.
@@ -111,6 +118,7 @@ def down() -> None:
 # matched on its public addresses, filters both the internet host's own connections
 # (output) and host-to-host traffic across lab-pub (forward), statefully.
 
+
 def _nft(text: str, what: str) -> None:
     r = run(["nft", "-f", "-"], netns=True, input=text, capture=True, check=False)
     if r.returncode != 0:
@@ -126,14 +134,17 @@ def edge_up(settings, addresses: dict[str, H.Address]) -> None:
 
 def edge_open(role: str, port: int) -> None:
     """A fault: a TCP port opened at the edge too (the next `edge_up` removes it)."""
-    _nft(f"insert rule inet {firewall.edge_table(role)} {firewall.EDGE_CHAIN} tcp dport {port} accept\n",
-         f"a rule opening {port} on {role}'s edge")
+    _nft(
+        f"insert rule inet {firewall.edge_table(role)} {firewall.EDGE_CHAIN} tcp dport {port} accept\n",
+        f"a rule opening {port} on {role}'s edge",
+    )
 
 
 def edge_dropped(role: str) -> int:
     """Packets the edge of `role` dropped so far (its final rule's counter)."""
-    r = run(["nft", "-j", "list", "chain", "inet", firewall.edge_table(role), firewall.EDGE_CHAIN],
-            netns=True, capture=True)
+    r = run(
+        ["nft", "-j", "list", "chain", "inet", firewall.edge_table(role), firewall.EDGE_CHAIN], netns=True, capture=True
+    )
     for item in json.loads(r.stdout)["nftables"]:
         for expr in item.get("rule", {}).get("expr", []):
             if "counter" in expr:
@@ -149,7 +160,8 @@ TAP = "lab_tap"
 
 def tap_start() -> None:
     tap_stop()
-    _nft(f"""table inet {TAP} {{
+    _nft(
+        f"""table inet {TAP} {{
 	set syn4 {{ type ipv4_addr . ipv4_addr . inet_service; flags dynamic; size 65536; }}
 	set syn6 {{ type ipv6_addr . ipv6_addr . inet_service; flags dynamic; size 65536; }}
 	chain post {{
@@ -158,7 +170,9 @@ def tap_start() -> None:
 		tcp flags & (syn | ack) == syn add @syn6 {{ ip6 saddr . ip6 daddr . tcp dport }}
 	}}
 }}
-""", "the SYN tap")
+""",
+        "the SYN tap",
+    )
 
 
 def tap_seen() -> set[tuple[str, str, int]]:

@@ -1,5 +1,6 @@
 """Run parts of this process inside the lab namespace: setns(2) switches the calling
 thread only, and sockets keep the namespace they were made in."""
+
 from __future__ import annotations
 
 import ctypes

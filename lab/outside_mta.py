@@ -19,6 +19,7 @@ the lab's host image plus a cached layer with the postfix, opendkim and opendmar
 packages, mounted as an overlay and entered with chroot inside the lab namespace. It is
 no stack host: no systemd, only Postfix's master and its children and the two milters.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,9 +34,9 @@ from . import machines, net, outside_verifier
 from .aptcache import LOCAL_URL
 from .util import CACHE, NETNS, cache_lock, log, run, wait_until
 
-ROLE = "outside"                      # its directory beside the hosts' (cleaned by `lab down`)
+ROLE = "outside"  # its directory beside the hosts' (cleaned by `lab down`)
 SPOOL_IN_ROOT = "/var/lib/outside-mail"
-SUBMIT_PORT = 25                      # on 127.0.0.1 in the lab namespace: mynetworks may relay
+SUBMIT_PORT = 25  # on 127.0.0.1 in the lab namespace: mynetworks may relay
 DOMAIN = "outside.example.com"
 HOSTNAME = f"mx.{DOMAIN}"
 # Retries as a real MTA does them, only faster: a message mx1 and mx2 both defer is tried
@@ -43,7 +44,7 @@ HOSTNAME = f"mx.{DOMAIN}"
 QUEUE_RUN_DELAY = 5
 MIN_BACKOFF = 5
 MAX_BACKOFF = 15
-CONNECT_TIMEOUT = 5                   # a powered-off MX 10 costs this much before MX 20
+CONNECT_TIMEOUT = 5  # a powered-off MX 10 costs this much before MX 20
 
 LAYER_PACKAGES = ("postfix", *outside_verifier.PACKAGES)
 LAYER_RECIPE = (LAYER_PACKAGES, 2)
@@ -61,6 +62,7 @@ def spool() -> Path:
 
 def _layer_path() -> Path:
     from . import rootfs
+
     key = hashlib.sha256(repr((rootfs.recipe_key(), LAYER_RECIPE, PRESEED)).encode()).hexdigest()[:12]
     return CACHE / f"outside-mta-{key}"
 
@@ -86,18 +88,40 @@ def _build_layer(base: Path, dest: Path) -> Path:
     for sub in ("upper", "work", "merged"):
         (tmp / sub).mkdir(parents=True)
     m = tmp / "merged"
-    run(["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir={base},upperdir={tmp / 'upper'},workdir={tmp / 'work'}", str(m)])
+    run(
+        [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={base},upperdir={tmp / 'upper'},workdir={tmp / 'work'}",
+            str(m),
+        ]
+    )
     try:
         policy = m / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
         run(["chroot", str(m), "debconf-set-selections"], input=PRESEED, capture=True)
-        run(["chroot", str(m), "apt-get", "-o", f"Acquire::http::Proxy={LOCAL_URL}", "update", "-q"],
-            capture=True)
-        run(["chroot", str(m), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get",
-             "-o", f"Acquire::http::Proxy={LOCAL_URL}", "install", "-y", "-q",
-             "--no-install-recommends", *LAYER_PACKAGES], capture=True)
+        run(["chroot", str(m), "apt-get", "-o", f"Acquire::http::Proxy={LOCAL_URL}", "update", "-q"], capture=True)
+        run(
+            [
+                "chroot",
+                str(m),
+                "env",
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "-o",
+                f"Acquire::http::Proxy={LOCAL_URL}",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                *LAYER_PACKAGES,
+            ],
+            capture=True,
+        )
         run(["chroot", str(m), "bash", "-c", "apt-get clean; rm -rf /var/lib/apt/lists/*"])
         policy.unlink()
     finally:
@@ -112,52 +136,54 @@ def _build_layer(base: Path, dest: Path) -> Path:
 
 
 def main_cf(pebble_roots: str) -> str:
-    return "\n".join([
-        "# The lab's outside MTA (lab/outside_mta.py).",
-        "compatibility_level = 3.6",
-        f"myhostname = {HOSTNAME}",
-        f"mydomain = {DOMAIN}",
-        "myorigin = $mydomain",
-        "mydestination =",
-        "local_recipient_maps =",
-        "alias_maps =",
-        "alias_database =",
-        f"inet_interfaces = {net.OUTSIDE_V4}, {net.OUTSIDE_V6}, 127.0.0.1",
-        "inet_protocols = all",
-        # Loopback (the scenarios) may send anywhere; everyone else only to our domain.
-        "mynetworks = 127.0.0.0/8",
-        f"relay_domains = {DOMAIN}",
-        f"transport_maps = inline:{{ {DOMAIN}=labstore: }}",
-        "labstore_destination_recipient_limit = 1",
-        "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
-        # Connections out leave from the outside address (its PTR and SPF say so).
-        f"smtp_bind_address = {net.OUTSIDE_V4}",
-        f"smtp_bind_address6 = {net.OUTSIDE_V6}",
-        "smtp_address_preference = ipv4",
-        f"smtp_connect_timeout = {CONNECT_TIMEOUT}s",
-        "smtp_tls_security_level = may",
-        f"smtp_tls_CAfile = {pebble_roots}",
-        "smtp_tls_loglevel = 1",
-        "smtpd_tls_security_level = may",
-        "smtpd_tls_cert_file = /etc/postfix/tls/outside.pem",
-        "smtpd_tls_key_file = /etc/postfix/tls/outside.key",
-        "smtpd_tls_received_header = yes",
-        "smtpd_tls_loglevel = 1",
-        f"queue_run_delay = {QUEUE_RUN_DELAY}s",
-        f"minimal_backoff_time = {MIN_BACKOFF}s",
-        f"maximal_backoff_time = {MAX_BACKOFF}s",
-        "maximal_queue_lifetime = 1h",
-        "bounce_queue_lifetime = 1h",
-        "smtputf8_enable = no",
-        "biff = no",
-        # No syslog in the chroot: postlogd writes the log file.
-        "maillog_file = /var/log/postfix.log",
-        # The verifier's milters (master.cf puts them on the public listeners only). A
-        # message they can't judge is deferred, never stored without a verdict.
-        f"lab_verify_milters = {outside_verifier.MILTERS}",
-        "milter_default_action = tempfail",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# The lab's outside MTA (lab/outside_mta.py).",
+            "compatibility_level = 3.6",
+            f"myhostname = {HOSTNAME}",
+            f"mydomain = {DOMAIN}",
+            "myorigin = $mydomain",
+            "mydestination =",
+            "local_recipient_maps =",
+            "alias_maps =",
+            "alias_database =",
+            f"inet_interfaces = {net.OUTSIDE_V4}, {net.OUTSIDE_V6}, 127.0.0.1",
+            "inet_protocols = all",
+            # Loopback (the scenarios) may send anywhere; everyone else only to our domain.
+            "mynetworks = 127.0.0.0/8",
+            f"relay_domains = {DOMAIN}",
+            f"transport_maps = inline:{{ {DOMAIN}=labstore: }}",
+            "labstore_destination_recipient_limit = 1",
+            "smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
+            # Connections out leave from the outside address (its PTR and SPF say so).
+            f"smtp_bind_address = {net.OUTSIDE_V4}",
+            f"smtp_bind_address6 = {net.OUTSIDE_V6}",
+            "smtp_address_preference = ipv4",
+            f"smtp_connect_timeout = {CONNECT_TIMEOUT}s",
+            "smtp_tls_security_level = may",
+            f"smtp_tls_CAfile = {pebble_roots}",
+            "smtp_tls_loglevel = 1",
+            "smtpd_tls_security_level = may",
+            "smtpd_tls_cert_file = /etc/postfix/tls/outside.pem",
+            "smtpd_tls_key_file = /etc/postfix/tls/outside.key",
+            "smtpd_tls_received_header = yes",
+            "smtpd_tls_loglevel = 1",
+            f"queue_run_delay = {QUEUE_RUN_DELAY}s",
+            f"minimal_backoff_time = {MIN_BACKOFF}s",
+            f"maximal_backoff_time = {MAX_BACKOFF}s",
+            "maximal_queue_lifetime = 1h",
+            "bounce_queue_lifetime = 1h",
+            "smtputf8_enable = no",
+            "biff = no",
+            # No syslog in the chroot: postlogd writes the log file.
+            "maillog_file = /var/log/postfix.log",
+            # The verifier's milters (master.cf puts them on the public listeners only). A
+            # message they can't judge is deferred, never stored without a verdict.
+            f"lab_verify_milters = {outside_verifier.MILTERS}",
+            "milter_default_action = tempfail",
+            "",
+        ]
+    )
 
 
 MASTER_CF = """\
@@ -214,8 +240,7 @@ os.rename(tmp, os.path.join("{SPOOL_IN_ROOT}", name + ".eml"))
 
 
 def _postfix(*args: str, check: bool = True):
-    return run(["ip", "netns", "exec", NETNS, "chroot", str(root()), "postfix", *args],
-               check=check, capture=True)
+    return run(["ip", "netns", "exec", NETNS, "chroot", str(root()), "postfix", *args], check=check, capture=True)
 
 
 def start(base: Path, tlsdir: Path, pebble_roots_pem: str) -> None:
@@ -225,8 +250,17 @@ def start(base: Path, tlsdir: Path, pebble_roots_pem: str) -> None:
         (d / sub).mkdir(parents=True, exist_ok=True)
     m = root()
     if not m.is_mount():
-        run(["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={layer}:{base},upperdir={d / 'upper'},workdir={d / 'work'}", str(m)])
+        run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={layer}:{base},upperdir={d / 'upper'},workdir={d / 'work'}",
+                str(m),
+            ]
+        )
     etc = m / "etc/postfix"
     (etc / "tls").mkdir(parents=True, exist_ok=True)
     for f in ("outside.pem", "outside.key"):
@@ -235,7 +269,8 @@ def start(base: Path, tlsdir: Path, pebble_roots_pem: str) -> None:
     (etc / "tls" / "pebble-roots.pem").write_text(pebble_roots_pem)
     (etc / "main.cf").write_text(main_cf("/etc/postfix/tls/pebble-roots.pem"))
     (etc / "master.cf").write_text(
-        MASTER_CF.replace("OUTSIDE_V4", net.OUTSIDE_V4).replace("OUTSIDE_V6", net.OUTSIDE_V6))
+        MASTER_CF.replace("OUTSIDE_V4", net.OUTSIDE_V4).replace("OUTSIDE_V6", net.OUTSIDE_V6)
+    )
     store = m / "usr/local/bin/lab-outside-store"
     store.parent.mkdir(parents=True, exist_ok=True)
     store.write_text(STORE_SCRIPT)
@@ -253,9 +288,11 @@ def start(base: Path, tlsdir: Path, pebble_roots_pem: str) -> None:
 
     def up():
         from .netns import inside
+
         with inside():
             with socket.create_connection((net.OUTSIDE_V4, 25), timeout=1):
                 return True
+
     wait_until(up, 20, "the outside Postfix")
     log(f"outside MTA (Postfix) {HOSTNAME} on {net.OUTSIDE_V4}:25")
 
@@ -269,16 +306,15 @@ def stop() -> None:
 def submit(msg: EmailMessage, to: str | list[str], sender: str | None = None) -> None:
     """Hand a message to the outside Postfix, which delivers it by MX look-up."""
     from .netns import inside
+
     with inside():
-        with smtplib.SMTP("127.0.0.1", SUBMIT_PORT, local_hostname="client.outside.example.com",
-                          timeout=30) as c:
+        with smtplib.SMTP("127.0.0.1", SUBMIT_PORT, local_hostname="client.outside.example.com", timeout=30) as c:
             c.send_message(msg, from_addr=sender, to_addrs=[to] if isinstance(to, str) else to)
 
 
 def queue() -> str:
     """Postfix's queue as `postqueue -p` shows it ("Mail queue is empty" when empty)."""
-    r = run(["ip", "netns", "exec", NETNS, "chroot", str(root()), "postqueue", "-p"],
-            capture=True, check=False)
+    r = run(["ip", "netns", "exec", NETNS, "chroot", str(root()), "postqueue", "-p"], capture=True, check=False)
     return r.stdout
 
 

@@ -9,6 +9,7 @@ copy as Authentication-Results headers with the authserv-id mx.outside.example.c
 Both run in the outside MTA's chroot the way Postfix's master does: started by hand, no
 systemd, resolving at the lab's DNS (knot), stopped by the PID they wrote.
 """
+
 from __future__ import annotations
 
 import email.parser
@@ -26,7 +27,7 @@ from .util import NETNS, run, wait_until
 # dbconfig-no-thanks: opendmarc depends on "dbconfig-mysql | dbconfig-no-thanks", and apt
 # would take the first, a MySQL client it has no use for (no report database here).
 PACKAGES = ("opendkim", "opendmarc", "dbconfig-no-thanks")
-DKIM_PORT = 8891                  # on the lab namespace's loopback, as Debian's examples
+DKIM_PORT = 8891  # on the lab namespace's loopback, as Debian's examples
 DMARC_PORT = 8893
 MILTERS = f"inet:127.0.0.1:{DKIM_PORT}, inet:127.0.0.1:{DMARC_PORT}"
 PIDFILES = {"opendkim": "/run/opendkim/opendkim.pid", "opendmarc": "/run/opendmarc/opendmarc.pid"}
@@ -34,47 +35,51 @@ METHODS = ("spf", "dkim", "dmarc")
 
 
 def opendkim_conf(authserv_id: str) -> str:
-    return "\n".join([
-        "# The lab's outside verifier (lab/outside_verifier.py): verify only, never sign.",
-        "Mode v",
-        f"Socket inet:{DKIM_PORT}@127.0.0.1",
-        f"AuthservID {authserv_id}",
-        # An unsigned message says so (dkim=none) instead of carrying no verdict at all.
-        "AlwaysAddARHeader yes",
-        # The lab's DNS, not libunbound's own recursion from the real root servers.
-        f"Nameservers {net.INTERNET_V4}",
-        # The verdict is the record: a bad or missing signature is noted, never refused.
-        "On-BadSignature accept",
-        "On-NoSignature accept",
-        "On-KeyNotFound accept",
-        "UserID opendkim",
-        f"PidFile {PIDFILES['opendkim']}",
-        "UMask 007",
-        "Syslog no",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# The lab's outside verifier (lab/outside_verifier.py): verify only, never sign.",
+            "Mode v",
+            f"Socket inet:{DKIM_PORT}@127.0.0.1",
+            f"AuthservID {authserv_id}",
+            # An unsigned message says so (dkim=none) instead of carrying no verdict at all.
+            "AlwaysAddARHeader yes",
+            # The lab's DNS, not libunbound's own recursion from the real root servers.
+            f"Nameservers {net.INTERNET_V4}",
+            # The verdict is the record: a bad or missing signature is noted, never refused.
+            "On-BadSignature accept",
+            "On-NoSignature accept",
+            "On-KeyNotFound accept",
+            "UserID opendkim",
+            f"PidFile {PIDFILES['opendkim']}",
+            "UMask 007",
+            "Syslog no",
+            "",
+        ]
+    )
 
 
 def opendmarc_conf(authserv_id: str) -> str:
-    return "\n".join([
-        "# The lab's outside verifier (lab/outside_verifier.py).",
-        f"Socket inet:{DMARC_PORT}@127.0.0.1",
-        f"AuthservID {authserv_id}",
-        # OpenDKIM's result above is the DKIM input; nobody else's header counts.
-        f"TrustedAuthservIDs {authserv_id}",
-        # SPF checked here (libspf2, the lab's DNS through resolv.conf), and any SPF claim
-        # a message already carries ignored.
-        "SPFSelfValidate true",
-        "SPFIgnoreResults true",
-        "RejectFailures false",
-        "FailureReports false",
-        "PublicSuffixList /usr/share/publicsuffix/public_suffix_list.dat",
-        "UserID opendmarc",
-        f"PidFile {PIDFILES['opendmarc']}",
-        "UMask 007",
-        "Syslog false",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# The lab's outside verifier (lab/outside_verifier.py).",
+            f"Socket inet:{DMARC_PORT}@127.0.0.1",
+            f"AuthservID {authserv_id}",
+            # OpenDKIM's result above is the DKIM input; nobody else's header counts.
+            f"TrustedAuthservIDs {authserv_id}",
+            # SPF checked here (libspf2, the lab's DNS through resolv.conf), and any SPF claim
+            # a message already carries ignored.
+            "SPFSelfValidate true",
+            "SPFIgnoreResults true",
+            "RejectFailures false",
+            "FailureReports false",
+            "PublicSuffixList /usr/share/publicsuffix/public_suffix_list.dat",
+            "UserID opendmarc",
+            f"PidFile {PIDFILES['opendmarc']}",
+            "UMask 007",
+            "Syslog false",
+            "",
+        ]
+    )
 
 
 def _chroot(root: Path, *argv: str, check: bool = True):
@@ -94,14 +99,14 @@ def start(root: Path, authserv_id: str) -> None:
     (root / "etc/opendmarc.conf").write_text(opendmarc_conf(authserv_id))
     stop(root)
     for daemon in PIDFILES:
-        _chroot(root, "install", "-d", "-o", daemon, "-g", daemon, "-m", "0750",
-                os.path.dirname(PIDFILES[daemon]))
+        _chroot(root, "install", "-d", "-o", daemon, "-g", daemon, "-m", "0750", os.path.dirname(PIDFILES[daemon]))
     _chroot(root, "opendkim", "-x", "/etc/opendkim.conf")
     _chroot(root, "opendmarc", "-c", "/etc/opendmarc.conf")
 
     def listening() -> bool:
         r = run(["ip", "netns", "exec", NETNS, "ss", "-Hltn"], capture=True, check=False)
         return all(f"127.0.0.1:{p} " in r.stdout for p in (DKIM_PORT, DMARC_PORT))
+
     wait_until(listening, 20, "OpenDKIM and OpenDMARC on the outside MTA")
 
 

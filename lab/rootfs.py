@@ -5,6 +5,7 @@ installs those from user-data exactly as on Hetzner.
 Built in two stages (debootstrap can't resolve virtual packages in one go) through the
 apt cache, and cached under CACHE/rootfs-<recipe hash>, so only a changed recipe rebuilds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,23 +19,40 @@ from .util import CACHE, cache_lock, log, out, run
 MIRROR = "http://deb.debian.org/debian"
 SUITE = "bookworm"
 STAGE1 = ["systemd-sysv", "udev", "dbus", "iproute2", "ca-certificates", "apt-utils", "gpgv"]
-STAGE2 = ["cloud-init", "openssh-server", "sudo", "curl", "less", "procps", "iputils-ping",
-          "netbase", "locales", "kmod", "python3", "ncurses-term", "cron", "logrotate",
-          "rsyslog", "debian-archive-keyring", "gnupg", "lsb-release", "psmisc", "dnsutils"]
+STAGE2 = [
+    "cloud-init",
+    "openssh-server",
+    "sudo",
+    "curl",
+    "less",
+    "procps",
+    "iputils-ping",
+    "netbase",
+    "locales",
+    "kmod",
+    "python3",
+    "ncurses-term",
+    "cron",
+    "logrotate",
+    "rsyslog",
+    "debian-archive-keyring",
+    "gnupg",
+    "lsb-release",
+    "psmisc",
+    "dnsutils",
+]
 
 # Lab-only additions, each needed because the lab is not Hetzner:
 FILES = {
     # Hetzner's metadata service is replaced by a NoCloud seed bind-mounted at boot.
-    "/etc/cloud/cloud.cfg.d/90-mailstack-lab.cfg":
-        "datasource_list: [ NoCloud, None ]\n"
-        "system_info:\n  network:\n    renderers: [ networkd ]\n",
+    "/etc/cloud/cloud.cfg.d/90-mailstack-lab.cfg": "datasource_list: [ NoCloud, None ]\n"
+    "system_info:\n  network:\n    renderers: [ networkd ]\n",
     # The hosts reach nothing but the lab network; packages come through the apt cache.
     "/etc/apt/apt.conf.d/01mailstack-lab-proxy": f'Acquire::http::Proxy "{PROXY_URL}";\n',
     # As on Hetzner's image: updates and security too, so package versions match.
-    "/etc/apt/sources.list":
-        "deb http://deb.debian.org/debian bookworm main\n"
-        "deb http://deb.debian.org/debian bookworm-updates main\n"
-        "deb http://deb.debian.org/debian-security bookworm-security main\n",
+    "/etc/apt/sources.list": "deb http://deb.debian.org/debian bookworm main\n"
+    "deb http://deb.debian.org/debian bookworm-updates main\n"
+    "deb http://deb.debian.org/debian-security bookworm-security main\n",
     # Before unbound is installed, names resolve at the lab's authoritative server.
     "/etc/resolv.conf": "nameserver 198.51.100.1\n",
 }
@@ -73,7 +91,7 @@ def ensure() -> Path:
 
 
 def _build(dest: Path) -> Path:
-    if (dest / ".mailstack-lab-complete").exists():   # another lab built it meanwhile
+    if (dest / ".mailstack-lab-complete").exists():  # another lab built it meanwhile
         return dest
     t0 = time.monotonic()
     tmp = CACHE / f"rootfs-build-{recipe_key()}"
@@ -82,17 +100,32 @@ def _build(dest: Path) -> Path:
     tmp.mkdir(parents=True)
     log(f"building root file system {dest.name} (two-stage debootstrap via the apt cache)")
     env_proxy = ["env", f"http_proxy={LOCAL_URL}"]
-    run([*env_proxy, "debootstrap", "--variant=minbase", f"--include={','.join(STAGE1)}",
-         SUITE, str(tmp), MIRROR], capture=False)
+    run(
+        [*env_proxy, "debootstrap", "--variant=minbase", f"--include={','.join(STAGE1)}", SUITE, str(tmp), MIRROR],
+        capture=False,
+    )
     log(f"stage 1 done in {time.monotonic() - t0:.0f}s")
     policy = tmp / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\nexit 101\n")
     policy.chmod(0o755)
     try:
         run(["chroot", str(tmp), "apt-get", "-o", f"Acquire::http::Proxy={LOCAL_URL}", "update", "-q"])
-        run(["chroot", str(tmp), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get",
-             "-o", f"Acquire::http::Proxy={LOCAL_URL}", "install", "-y", "-q",
-             "--no-install-recommends", *STAGE2])
+        run(
+            [
+                "chroot",
+                str(tmp),
+                "env",
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "-o",
+                f"Acquire::http::Proxy={LOCAL_URL}",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                *STAGE2,
+            ]
+        )
         for p, content in FILES.items():
             f = tmp / p.lstrip("/")
             f.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Bring the whole lab up and take it down again; every phase timed."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,12 @@ ROLES_FILE = STATE / "roles.json"
 TIMINGS_FILE = STATE / "timings.json"
 # Loopback ports for `make lab-up`: mail clients on this machine reach the lab hosts.
 LOOPBACK = [
-    ("mx1", 25, 10025), ("mx1", 587, 10587), ("mx1", 465, 10465),
-    ("imap", 993, 10993), ("imap", 4190, 14190), ("mx2", 25, 10026),
+    ("mx1", 25, 10025),
+    ("mx1", 587, 10587),
+    ("mx1", 465, 10465),
+    ("imap", 993, 10993),
+    ("imap", 4190, 14190),
+    ("mx2", 25, 10026),
 ]
 
 
@@ -29,13 +34,21 @@ def _roles() -> list[str]:
         return ["mx1", "imap", "mx2"]
 
 
-def zone_texts(s, data, drop: tuple[tuple[str, str], ...] = (), ptr_names: dict[str, str] | None = None,
-               dnsbl_listed: dict[str, str] | None = None) -> dict[str, str]:
+def zone_texts(
+    s,
+    data,
+    drop: tuple[tuple[str, str], ...] = (),
+    ptr_names: dict[str, str] | None = None,
+    dnsbl_listed: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Every zone knot serves. The status scenario's faults: `drop` (fqdn, type) records,
     `ptr_names` ip -> a different PTR name, `dnsbl_listed` addresses on the lab DNSBL."""
     addrs = config.addresses(s)
-    recs = [r for r in dns.records(s, addrs, config.dkim_public(s, data), config.dkim_published(s, data))
-            if (r.fqdn, r.type) not in drop]
+    recs = [
+        r
+        for r in dns.records(s, addrs, config.dkim_public(s, data), config.dkim_published(s, data))
+        if (r.fqdn, r.type) not in drop
+    ]
     out = {z: dns.zone_file(z, recs, [internet.NS_NAME]) for z in dns.zones(s)}
     ptrs = dns.ptr_records(s, addrs) + [
         dns.Ptr(net.OUTSIDE_V4, f"{internet.OUTSIDE_MX}.", "outside", 4),
@@ -56,7 +69,7 @@ def up(topology: str | None = None) -> dict:
     timings: dict[str, float] = {}
     down(quiet=True)
     STATE.mkdir(parents=True, exist_ok=True)
-    internet.prepare_storage()   # its host key is pinned in the settings
+    internet.prepare_storage()  # its host key is pinned in the settings
     overrides = {"topology": topology} if topology else {}
     s = config.settings(**overrides)
     if overrides:
@@ -89,8 +102,7 @@ def up(topology: str | None = None) -> dict:
     t = time.monotonic()
     booted: dict[str, float] = {}
     for role, h in ctx.hosts.items():
-        machines.prepare(role, base, h.fqdn, cloudinit.user_data(s, h),
-                         machines.network_config(role, h.private_ip), ca)
+        machines.prepare(role, base, h.fqdn, cloudinit.user_data(s, h), machines.network_config(role, h.private_ip), ca)
         machines.start(role)
     log(f"booting {', '.join(roles)}; cloud-init installs the mail packages")
     booted = _wait_cloud_init(roles, t)
@@ -105,12 +117,15 @@ def up(topology: str | None = None) -> dict:
         timings[f"  step {name}"] = dt
     for role, dt in booted.items():
         timings[f"  {role} boot-to-mail-ready"] = dt + sum(
-            v for k, v in step_times.items() if k.endswith(f"-{role}") or
-            (k in ("postgres-primary", "mail-sync") and role == "mx1"))
+            v
+            for k, v in step_times.items()
+            if k.endswith(f"-{role}") or (k in ("postgres-primary", "mail-sync") and role == "mx1")
+        )
 
-    forward.start("loopback-forwarder", [
-        (False, "127.0.0.1", lp, net.public_v4(role), port)
-        for role, port, lp in LOOPBACK if role in roles])
+    forward.start(
+        "loopback-forwarder",
+        [(False, "127.0.0.1", lp, net.public_v4(role), port) for role, port, lp in LOOPBACK if role in roles],
+    )
     timings["lab up total"] = time.monotonic() - t_start
     TIMINGS_FILE.write_text(json.dumps(timings))
     return timings
@@ -145,7 +160,9 @@ def _wait_cloud_init(roles: list[str], t: float) -> dict[str, float]:
                 pending.discard(role)
                 log(f"{role}: cloud-init {st} after {booted[role]:.1f}s")
                 if st != "done":
-                    detail = machines.sh(role, "cloud-init status --long; tail -n 30 /var/log/cloud-init-output.log").stdout
+                    detail = machines.sh(
+                        role, "cloud-init status --long; tail -n 30 /var/log/cloud-init-output.log"
+                    ).stdout
                     raise RuntimeError(f"{role}: cloud-init finished with {st}:\n{detail}")
         time.sleep(1)
     if pending:
@@ -163,8 +180,14 @@ def rebuild(role: str) -> dict[str, float]:
     h = ctx.hosts[role]
     machines.teardown(role)
     t = time.monotonic()
-    machines.prepare(role, rootfs.ensure(), h.fqdn, cloudinit.user_data(s, h),
-                     machines.network_config(role, h.private_ip), _host_cas())
+    machines.prepare(
+        role,
+        rootfs.ensure(),
+        h.fqdn,
+        cloudinit.user_data(s, h),
+        machines.network_config(role, h.private_ip),
+        _host_cas(),
+    )
     machines.start(role)
     times = {"boot + cloud-init": _wait_cloud_init([role], t)[role]}
     times.update(steps.run_plan(ctx, {st.name for st in deploy.plan(s) if st.host == role}))
@@ -181,7 +204,7 @@ def redeploy(start: str | None = None) -> dict[str, float]:
     names = [st.name for st in deploy.plan(s)]
     if start is not None and start not in names:
         raise SystemExit(f"no step {start!r}; steps are {', '.join(names)}")
-    only = set(names[names.index(start):]) if start else None
+    only = set(names[names.index(start) :]) if start else None
     return steps.run_plan(ctx, only)
 
 
@@ -217,8 +240,11 @@ def down(quiet: bool = False) -> None:
     # Power the hosts off together: each clean shutdown takes up to half a minute.
     from concurrent.futures import ThreadPoolExecutor
 
-    roles = [r for r in dict.fromkeys(_roles() + ["mx1", "imap", "mx2"])
-             if machines.host_dir(r).exists() or (STATE / f"supervisor-{r}.pid").exists()]
+    roles = [
+        r
+        for r in dict.fromkeys(_roles() + ["mx1", "imap", "mx2"])
+        if machines.host_dir(r).exists() or (STATE / f"supervisor-{r}.pid").exists()
+    ]
     with ThreadPoolExecutor(max_workers=max(1, len(roles))) as pool:
         list(pool.map(machines.teardown, roles))
     outside_mta.stop()

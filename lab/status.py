@@ -4,6 +4,7 @@ Only the Environment differs from the real stack's: settings, addresses and DKIM
 are the lab's, the inside channel is nsenter with deploy.RUN_PROGRAM (as lab/steps.py),
 and the outside vantage point is the lab's internet (the outside MTA's addresses, the
 lab DNS, Pebble's roots as the trusted CAs)."""
+
 from __future__ import annotations
 
 from mailstack import dns
@@ -31,7 +32,16 @@ def environment(extra_ca: str = "") -> Environment:
         return r.stdout
 
     return Environment(
-        settings=s, addresses=config.addresses(s), dkim_public=config.dkim_public(s, data),
+        settings=s,
+        addresses=config.addresses(s),
+        dkim_public=config.dkim_public(s, data),
         dkim_published=config.dkim_published(s, data),
-        nameservers={z: [internet.NS_NAME] for z in dns.zones(s)}, run_on=run_on, resolver=net.INTERNET_V4, cafile=str(TRUST),
-        helo=internet.OUTSIDE_MX, vantage=inside, source_v4=net.OUTSIDE_V4, source_v6=net.OUTSIDE_V6)
+        nameservers={z: [internet.NS_NAME] for z in dns.zones(s)},
+        run_on=run_on,
+        resolver=net.INTERNET_V4,
+        cafile=str(TRUST),
+        helo=internet.OUTSIDE_MX,
+        vantage=inside,
+        source_v4=net.OUTSIDE_V4,
+        source_v6=net.OUTSIDE_V6,
+    )

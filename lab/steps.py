@@ -1,6 +1,7 @@
 """Walk deploy.plan(settings) on the lab hosts, exactly as Pulumi's remote commands do,
 but over nsenter instead of SSH: each step's bash program goes on stdin to the same
 `deploy.RUN_PROGRAM` command line that the Pulumi component runs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -27,13 +28,26 @@ def _stream(pipe, prefix: str, sink: list[str]) -> None:
 def run_step(ctx: context.Context, step: deploy.Step, timeout: float = 900) -> float:
     program = step.render(ctx).shell(step.name)
     t0 = time.monotonic()
-    cmd = ["nsenter", "-t", str(machines.leader(step.host)), "-a",
-           "env", "-i", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-           "HOME=/root", "LANG=C.UTF-8", "bash", "-c", deploy.RUN_PROGRAM]
+    cmd = [
+        "nsenter",
+        "-t",
+        str(machines.leader(step.host)),
+        "-a",
+        "env",
+        "-i",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME=/root",
+        "LANG=C.UTF-8",
+        "bash",
+        "-c",
+        deploy.RUN_PROGRAM,
+    ]
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    ts = [threading.Thread(target=_stream, args=(p.stdout, f"{step.name}|", lines), daemon=True),
-          threading.Thread(target=_stream, args=(p.stderr, f"{step.name}!", lines), daemon=True)]
+    ts = [
+        threading.Thread(target=_stream, args=(p.stdout, f"{step.name}|", lines), daemon=True),
+        threading.Thread(target=_stream, args=(p.stderr, f"{step.name}!", lines), daemon=True),
+    ]
     for t in ts:
         t.start()
     p.stdin.write(program)
@@ -47,8 +61,9 @@ def run_step(ctx: context.Context, step: deploy.Step, timeout: float = 900) -> f
         t.join(5)
     dt = time.monotonic() - t0
     if rc != 0:
-        raise StepFailed(f"step {step.name} on {step.host} failed (exit {rc}) after {dt:.1f}s; "
-                         f"last output:\n" + "".join(lines[-15:]))
+        raise StepFailed(
+            f"step {step.name} on {step.host} failed (exit {rc}) after {dt:.1f}s; last output:\n" + "".join(lines[-15:])
+        )
     log(f"step {step.name} on {step.host}: ok in {dt:.1f}s")
     return dt
 

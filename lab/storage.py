@@ -6,6 +6,7 @@ are in `.ssh/authorized_keys` there, which the account itself may rewrite over S
 outside network (so only the lab hosts reach it); tests/test_backup.py runs the same on a
 loopback port.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 USER = "nobody"
-HOME = "home"               # inside the chroot: the account's own, where sessions start
-REPO_DIR = "backups"        # in HOME: the repositories of an sftp:// target
+HOME = "home"  # inside the chroot: the account's own, where sessions start
+REPO_DIR = "backups"  # in HOME: the repositories of an sftp:// target
 
 
 @dataclass(frozen=True)
 class Storage:
-    base: Path              # config, keys, logs (0755: sshd reads authorized_keys as USER)
+    base: Path  # config, keys, logs (0755: sshd reads authorized_keys as USER)
     listen: str
     port: int
 
@@ -51,27 +52,33 @@ class Storage:
         return f"{host} {kind} {key}"
 
     def sshd_config(self) -> str:
-        return "\n".join([
-            f"ListenAddress {self.listen}:{self.port}" if ":" not in self.listen
-            else f"ListenAddress [{self.listen}]:{self.port}",
-            f"HostKey {self.host_key}",
-            "PidFile none",
-            f"AuthorizedKeysFile {self.authorized_keys}",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "UsePAM no",
-            "PermitRootLogin no",
-            f"AllowUsers {USER}",
-            f"ChrootDirectory {self.root}",
-            f"ForceCommand internal-sftp -d /{HOME}",
-            "Subsystem sftp internal-sftp",
-            "AllowTcpForwarding no",
-            "AllowAgentForwarding no",
-            "X11Forwarding no",
-            "PermitTTY no",
-            "LogLevel VERBOSE",
-        ]) + "\n"
+        return (
+            "\n".join(
+                [
+                    f"ListenAddress {self.listen}:{self.port}"
+                    if ":" not in self.listen
+                    else f"ListenAddress [{self.listen}]:{self.port}",
+                    f"HostKey {self.host_key}",
+                    "PidFile none",
+                    f"AuthorizedKeysFile {self.authorized_keys}",
+                    "PubkeyAuthentication yes",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "PermitRootLogin no",
+                    f"AllowUsers {USER}",
+                    f"ChrootDirectory {self.root}",
+                    f"ForceCommand internal-sftp -d /{HOME}",
+                    "Subsystem sftp internal-sftp",
+                    "AllowTcpForwarding no",
+                    "AllowAgentForwarding no",
+                    "X11Forwarding no",
+                    "PermitTTY no",
+                    "LogLevel VERBOSE",
+                ]
+            )
+            + "\n"
+        )
 
 
 def prepare(st: Storage, public_keys: list[str], keep_host_key: Path | None = None) -> None:
@@ -91,8 +98,10 @@ def prepare(st: Storage, public_keys: list[str], keep_host_key: Path | None = No
             p.write_bytes(data)
             os.chmod(p, 0o600 if not suffix else 0o644)
     if not st.host_key.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailstack-storage",
-                        "-f", str(st.host_key)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailstack-storage", "-f", str(st.host_key)],
+            check=True,
+        )
     st.authorized_keys.write_text("".join(k.strip() + "\n" for k in public_keys))
     os.chown(st.authorized_keys, *_ids(USER))
     os.chmod(st.authorized_keys, 0o600)
@@ -104,6 +113,7 @@ def prepare(st: Storage, public_keys: list[str], keep_host_key: Path | None = No
 
 def _ids(user: str) -> tuple[int, int]:
     import pwd
+
     pw = pwd.getpwnam(user)
     return pw.pw_uid, pw.pw_gid
 

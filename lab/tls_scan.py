@@ -9,6 +9,7 @@ protocol version. sslyze knows SMTP's STARTTLS but not ManageSieve's, so for `si
 local relay on 127.0.0.1 does the STARTTLS exchange for each of sslyze's connections and
 then passes the bytes through untouched.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ VERSIONS = ("SSLv2", "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 def mozilla_intermediate() -> dict:
     """The intermediate configuration as sslyze ships it (Mozilla's JSON, not ours)."""
     import sslyze
+
     files = sorted((Path(sslyze.__file__).parent / "mozilla_tls_profile").glob("*.json"))
     return json.loads(files[-1].read_text())["configurations"]["intermediate"]
 
@@ -53,7 +55,7 @@ def _sieve_relay(target: tuple[str, int]) -> tuple[socket.socket, int]:
         try:
             up = socket.create_connection(target, timeout=20)
             buf = b""
-            while not re.search(rb"^OK", buf, re.M):          # greeting ends with OK
+            while not re.search(rb"^OK", buf, re.M):  # greeting ends with OK
                 chunk = up.recv(4096)
                 if not chunk:
                     raise OSError("greeting cut off")
@@ -82,17 +84,27 @@ def _sieve_relay(target: tuple[str, int]) -> tuple[socket.socket, int]:
 
 
 def scan(ip: str, port: int, starttls: str | None = None, name: str | None = None) -> dict[str, list[str]]:
-    from sslyze import (ProtocolWithOpportunisticTlsEnum, ScanCommand, Scanner,
-                        ServerNetworkConfiguration, ServerNetworkLocation, ServerScanRequest,
-                        ServerScanStatusEnum)
+    from sslyze import (
+        ProtocolWithOpportunisticTlsEnum,
+        ScanCommand,
+        Scanner,
+        ServerNetworkConfiguration,
+        ServerNetworkLocation,
+        ServerScanRequest,
+        ServerScanStatusEnum,
+    )
+
     relay = None
     if starttls == "sieve":
         relay, port = _sieve_relay((ip, port))
         ip = "127.0.0.1"
     commands = {
-        "SSLv2": ScanCommand.SSL_2_0_CIPHER_SUITES, "SSLv3": ScanCommand.SSL_3_0_CIPHER_SUITES,
-        "TLSv1.0": ScanCommand.TLS_1_0_CIPHER_SUITES, "TLSv1.1": ScanCommand.TLS_1_1_CIPHER_SUITES,
-        "TLSv1.2": ScanCommand.TLS_1_2_CIPHER_SUITES, "TLSv1.3": ScanCommand.TLS_1_3_CIPHER_SUITES,
+        "SSLv2": ScanCommand.SSL_2_0_CIPHER_SUITES,
+        "SSLv3": ScanCommand.SSL_3_0_CIPHER_SUITES,
+        "TLSv1.0": ScanCommand.TLS_1_0_CIPHER_SUITES,
+        "TLSv1.1": ScanCommand.TLS_1_1_CIPHER_SUITES,
+        "TLSv1.2": ScanCommand.TLS_1_2_CIPHER_SUITES,
+        "TLSv1.3": ScanCommand.TLS_1_3_CIPHER_SUITES,
     }
     config = ServerNetworkConfiguration(
         tls_server_name_indication=name or ip,
@@ -103,7 +115,9 @@ def scan(ip: str, port: int, starttls: str | None = None, name: str | None = Non
     )
     request = ServerScanRequest(
         server_location=ServerNetworkLocation(hostname=name or ip, port=port, ip_address=ip),
-        network_configuration=config, scan_commands=set(commands.values()))
+        network_configuration=config,
+        scan_commands=set(commands.values()),
+    )
     scanner = Scanner(per_server_concurrent_connections_limit=4)
     scanner.queue_scans([request])
     try:

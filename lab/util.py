@@ -1,4 +1,5 @@
 """Paths, logging and process helpers shared by the lab modules."""
+
 from __future__ import annotations
 
 import os
@@ -24,12 +25,23 @@ def log(msg: str) -> None:
     print(f"[lab {time.monotonic() - _t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def run(cmd: list[str], *, check: bool = True, capture: bool = False, input: str | None = None,
-        netns: bool = False, timeout: float | None = None) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str],
+    *,
+    check: bool = True,
+    capture: bool = False,
+    input: str | None = None,
+    netns: bool = False,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess:
     if netns:
         cmd = ["ip", "netns", "exec", NETNS, *cmd]
     return subprocess.run(
-        cmd, check=check, text=True, input=input, timeout=timeout,
+        cmd,
+        check=check,
+        text=True,
+        input=input,
+        timeout=timeout,
         stdout=subprocess.PIPE if capture else None,
         stderr=subprocess.PIPE if capture else None,
     )
@@ -106,7 +118,9 @@ def wait_until(fn, timeout: float, what: str, interval: float = 0.5):
         except Exception as exc:  # the condition's own error is the best diagnostic
             last = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else ""))
+    raise TimeoutError(
+        f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last})" if last else "")
+    )
 
 
 def stop_pidfile(path: Path, grace: float = 5.0) -> None:

@@ -13,14 +13,14 @@ up what the stack cannot recreate (docs/backup.md lists what and why):
 
 The step also restores a fresh host (`backup.restoreOnEmpty`) before its services start.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 
-from . import database, redis
 from . import hosts as H
-from . import templates
+from . import postgresql, redis, templates
 from .bundle import Bundle, File
 from .context import Context
 from .settings import Settings, s3_target, sftp_target
@@ -28,12 +28,12 @@ from .settings import Settings, s3_target, sftp_target
 # The one place the status check (and people) read the outcome of the last run.
 STATUS_FILE = "/var/lib/mailstack/backup-status.json"
 PROGRAM = "/usr/local/sbin/mailstack-backup"
-RESTORE = "/usr/local/sbin/mailstack-restore"   # a symlink to PROGRAM
+RESTORE = "/usr/local/sbin/mailstack-restore"  # a symlink to PROGRAM
 UNIT = "mailstack-backup"
-STORAGE_BOX_PORT = 23                          # Storage Boxes serve SFTP/restic on 23
+STORAGE_BOX_PORT = 23  # Storage Boxes serve SFTP/restic on 23
 STORAGE_BOX_PATH = "mailstack"
-SSH_HOST = "mailstack-backup"                  # the Host entry of our own ssh_config
-MANAGER_COMMENT = "mailstack-backup-keys"      # the box's own key, in authorized_keys
+SSH_HOST = "mailstack-backup"  # the Host entry of our own ssh_config
+MANAGER_COMMENT = "mailstack-backup-keys"  # the box's own key, in authorized_keys
 
 PARTS = ("mail", "db", "rspamd")
 
@@ -41,13 +41,14 @@ PARTS = ("mail", "db", "rspamd")
 @dataclass(frozen=True)
 class Layout:
     """Where things live on the server; tests point it at a temp dir."""
+
     conf_dir: str = "/etc/mailstack/backup"
     vmail: str = "/var/vmail"
     dump_dir: str = "/var/backups/mailstack"
     status_file: str = STATUS_FILE
     cache_dir: str = "/var/cache/mailstack-backup"
     redis_rdb: str = "/var/lib/redis/dump.rdb"
-    systemd: bool = True       # stop/start daemons around a restore
+    systemd: bool = True  # stop/start daemons around a restore
 
     @property
     def config(self) -> str:
@@ -60,7 +61,7 @@ def parts(host: H.Host) -> tuple[str, ...]:
         out.append("mail")
     if host.runs(H.DB_PRIMARY):
         out.append("db")
-    if host.runs(H.MX):        # mx1's Redis holds Rspamd's learned data; mx2's is a cache
+    if host.runs(H.MX):  # mx1's Redis holds Rspamd's learned data; mx2's is a cache
         out.append("rspamd")
     return tuple(out)
 
@@ -78,8 +79,12 @@ def target(ctx: Context) -> dict[str, str]:
     if b.target == "storagebox":
         if not ctx.storage_box:
             raise ValueError("backup.target is storagebox but no Storage Box was created")
-        return {"user": ctx.storage_box["username"], "host": ctx.storage_box["server"],
-                "port": str(ctx.storage_box.get("port", STORAGE_BOX_PORT)), "path": STORAGE_BOX_PATH}
+        return {
+            "user": ctx.storage_box["username"],
+            "host": ctx.storage_box["server"],
+            "port": str(ctx.storage_box.get("port", STORAGE_BOX_PORT)),
+            "path": STORAGE_BOX_PATH,
+        }
     t = sftp_target(b.target)
     if t is None:
         raise ValueError(f"backup.target {b.target!r} is not an SFTP target")
@@ -109,38 +114,54 @@ def s3_environment(settings: Settings) -> str:
 def ssh_config(ctx: Context, layout: Layout = Layout()) -> str:
     t = target(ctx)
     return templates.render(
-        "backup/ssh_config.j2", host_alias=SSH_HOST, t=t, conf_dir=layout.conf_dir,
+        "backup/ssh_config.j2",
+        host_alias=SSH_HOST,
+        t=t,
+        conf_dir=layout.conf_dir,
         identity=f"{layout.conf_dir}/id_ed25519",
-        strict="yes" if ctx.settings.backup.known_hosts else "accept-new")
+        strict="yes" if ctx.settings.backup.known_hosts else "accept-new",
+    )
 
 
 def config(ctx: Context, host: H.Host, layout: Layout = Layout()) -> str:
     b = ctx.settings.backup
-    return json.dumps({
-        "host": host.role,
-        "repository": repository(ctx, host),
-        "password_file": f"{layout.conf_dir}/password",
-        "cache_dir": layout.cache_dir,
-        "restic": ["restic", "--quiet"] + ([] if is_s3(ctx.settings) else [
-            "-o", f"sftp.command=ssh -F {layout.conf_dir}/ssh_config {SSH_HOST} -s sftp"]),
-        "env_file": f"{layout.conf_dir}/s3.env" if is_s3(ctx.settings) else None,
-        "parts": list(parts(host)),
-        "vmail": layout.vmail,
-        "vmail_uid": H.VMAIL_UID,
-        "dump_dir": layout.dump_dir,
-        "redis_rdb": layout.redis_rdb,
-        "redis_conf": redis.CONF,
-        "status_file": layout.status_file,
-        "db": "mailstack",
-        # Dovecot's copy of each mailbox's usage is not data: an old copy restored could
-        # keep refusing a mailbox that has room (docs/mail-flow.md, "Quota").
-        "db_exclude_data": [database.QUOTA_TABLE],
-        "as_postgres": ["runuser", "-u", "postgres", "--"],
-        "services": ({"dovecot": "dovecot", "smtpd": "opensmtpd", "redis": "redis-server"}
-                     if layout.systemd else {}),
-        "keep": {"daily": b.keep.daily, "weekly": b.keep.weekly, "monthly": b.keep.monthly},
-        "check_every_days": b.check_every_days,
-    }, indent=2, sort_keys=True) + "\n"
+    return (
+        json.dumps(
+            {
+                "host": host.role,
+                "repository": repository(ctx, host),
+                "password_file": f"{layout.conf_dir}/password",
+                "cache_dir": layout.cache_dir,
+                "restic": ["restic", "--quiet"]
+                + (
+                    []
+                    if is_s3(ctx.settings)
+                    else ["-o", f"sftp.command=ssh -F {layout.conf_dir}/ssh_config {SSH_HOST} -s sftp"]
+                ),
+                "env_file": f"{layout.conf_dir}/s3.env" if is_s3(ctx.settings) else None,
+                "parts": list(parts(host)),
+                "vmail": layout.vmail,
+                "vmail_uid": H.VMAIL_UID,
+                "dump_dir": layout.dump_dir,
+                "redis_rdb": layout.redis_rdb,
+                "redis_conf": redis.CONF,
+                "status_file": layout.status_file,
+                "db": "mailstack",
+                # Dovecot's copy of each mailbox's usage is not data: an old copy restored could
+                # keep refusing a mailbox that has room (docs/mail-flow.md, "Quota").
+                "db_exclude_data": [postgresql.QUOTA_TABLE],
+                "as_postgres": ["runuser", "-u", "postgres", "--"],
+                "services": (
+                    {"dovecot": "dovecot", "smtpd": "opensmtpd", "redis": "redis-server"} if layout.systemd else {}
+                ),
+                "keep": {"daily": b.keep.daily, "weekly": b.keep.weekly, "monthly": b.keep.monthly},
+                "check_every_days": b.check_every_days,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
 
 
 def files(ctx: Context, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
@@ -154,15 +175,20 @@ def files(ctx: Context, host: H.Host, layout: Layout = Layout()) -> tuple[File, 
     )
     if is_s3(ctx.settings):
         return out + (File(f"{d}/s3.env", s3_environment(ctx.settings), 0o600, secret=True),)
-    return out + (
-        File(f"{d}/ssh_config", ssh_config(ctx, layout), 0o600),
-        File(f"{d}/id_ed25519", sec.backup_keys[host.role].rstrip("\n") + "\n", 0o600, secret=True),
-    ) + _known_hosts(ctx, layout)
+    return (
+        out
+        + (
+            File(f"{d}/ssh_config", ssh_config(ctx, layout), 0o600),
+            File(f"{d}/id_ed25519", sec.backup_keys[host.role].rstrip("\n") + "\n", 0o600, secret=True),
+        )
+        + _known_hosts(ctx, layout)
+    )
 
 
 def public_openssh(private_openssh: str, comment: str) -> str:
     """The authorized_keys line of an OpenSSH private key."""
     from cryptography.hazmat.primitives import serialization as ser
+
     key = ser.load_ssh_private_key(private_openssh.encode(), None)
     pub = key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
     return f"{pub} {comment}"
@@ -179,8 +205,7 @@ def authorized_keys(ctx: Context) -> str:
     log in again), then each data host's. The stack owns the file."""
     sec = ctx.secrets
     lines = [public_openssh(sec.backup_manager_key, MANAGER_COMMENT)]
-    lines += [public_openssh(sec.backup_keys[r], f"mailstack-backup-{r}")
-              for r in sorted(hosts(ctx.settings))]
+    lines += [public_openssh(sec.backup_keys[r], f"mailstack-backup-{r}") for r in sorted(hosts(ctx.settings))]
     return "".join(line + "\n" for line in lines)
 
 
@@ -191,16 +216,24 @@ def keys_bundle(ctx: Context, layout: Layout = Layout()) -> Bundle:
         raise ValueError("no key for the Storage Box (backup_manager_key)")
     d, conf = layout.conf_dir, f"{layout.conf_dir}/keys"
     fs = (
-        File(f"{conf}/id_ed25519", ctx.secrets.backup_manager_key.rstrip("\n") + "\n", 0o600,
-             secret=True),
+        File(f"{conf}/id_ed25519", ctx.secrets.backup_manager_key.rstrip("\n") + "\n", 0o600, secret=True),
         File(f"{conf}/authorized_keys", authorized_keys(ctx), 0o600),
-        File(f"{conf}/ssh_config", templates.render(
-            "backup/ssh_config.j2", host_alias=SSH_HOST, t=target(ctx), conf_dir=d,
-            identity="",          # the staged key, given with -i
-            strict="yes" if ctx.settings.backup.known_hosts else "accept-new"), 0o600),
+        File(
+            f"{conf}/ssh_config",
+            templates.render(
+                "backup/ssh_config.j2",
+                host_alias=SSH_HOST,
+                t=target(ctx),
+                conf_dir=d,
+                identity="",  # the staged key, given with -i
+                strict="yes" if ctx.settings.backup.known_hosts else "accept-new",
+            ),
+            0o600,
+        ),
     ) + _known_hosts(ctx, layout)
-    script = templates.render("backup/keys.sh.j2", L=layout, conf=conf, host_alias=SSH_HOST,
-                              known_hosts=bool(ctx.settings.backup.known_hosts))
+    script = templates.render(
+        "backup/keys.sh.j2", L=layout, conf=conf, host_alias=SSH_HOST, known_hosts=bool(ctx.settings.backup.known_hosts)
+    )
     return Bundle(fs, script)
 
 
@@ -217,13 +250,24 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     b = ctx.settings.backup
     fs = files(ctx, host) + (
         File(PROGRAM, program(), 0o755),
-        File(f"/etc/systemd/system/{UNIT}.service", templates.render(
-            "backup/mailstack-backup.service.j2", program=PROGRAM, parts=" ".join(parts(host)))),
-        File(f"/etc/systemd/system/{UNIT}.timer", templates.render(
-            "backup/mailstack-backup.timer.j2", schedule=b.schedule)),
+        File(
+            f"/etc/systemd/system/{UNIT}.service",
+            templates.render("backup/mailstack-backup.service.j2", program=PROGRAM, parts=" ".join(parts(host))),
+        ),
+        File(
+            f"/etc/systemd/system/{UNIT}.timer",
+            templates.render("backup/mailstack-backup.timer.j2", schedule=b.schedule),
+        ),
     )
     script = templates.render(
-        "backup/deploy.sh.j2", L=Layout(), program=PROGRAM, restore=RESTORE, unit=UNIT,
-        schedule=b.schedule, known_hosts=bool(b.known_hosts), ssh=not is_s3(ctx.settings),
-        restore_on_empty=b.restore_on_empty)
+        "backup/deploy.sh.j2",
+        L=Layout(),
+        program=PROGRAM,
+        restore=RESTORE,
+        unit=UNIT,
+        schedule=b.schedule,
+        known_hosts=bool(b.known_hosts),
+        ssh=not is_s3(ctx.settings),
+        restore_on_empty=b.restore_on_empty,
+    )
     return Bundle(fs, script)

@@ -6,6 +6,7 @@ Files are first written to a staging directory; the step's script validates them
 the real daemon and only then installs them (see cloud-init/deploy/prelude.sh), so a
 bad value never replaces a working config.
 """
+
 from __future__ import annotations
 
 import base64
@@ -17,7 +18,7 @@ from . import templates
 
 @dataclass(frozen=True)
 class File:
-    path: str                # absolute path on the server
+    path: str  # absolute path on the server
     content: str
     mode: int = 0o644
     owner: str = "root"
@@ -40,7 +41,7 @@ class Bundle:
                 return f
         raise KeyError(path)
 
-    def __add__(self, other: "Bundle") -> "Bundle":
+    def __add__(self, other: Bundle) -> Bundle:
         paths = {f.path for f in self.files}
         clash = [f.path for f in other.files if f.path in paths]
         if clash:
@@ -60,10 +61,8 @@ class Bundle:
         lines.append(templates.read("deploy/prelude.sh"))
         for f in self.files:
             data = base64.b64encode(f.content.encode()).decode()
-            lines.append(
-                f"stage_file {_quote(f.path)} {f.mode:o} {f.owner} {f.group} <<'MAILSTACK_EOF'"
-            )
-            lines.extend(data[i:i + 76] for i in range(0, len(data), 76))
+            lines.append(f"stage_file {_quote(f.path)} {f.mode:o} {f.owner} {f.group} <<'MAILSTACK_EOF'")
+            lines.extend(data[i : i + 76] for i in range(0, len(data), 76))
             lines.append("MAILSTACK_EOF")
         lines.append(self.script)
         return "\n".join(lines) + "\n"

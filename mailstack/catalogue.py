@@ -7,10 +7,11 @@ the provider's data sources at preview time and hands the answers over as the pl
 values below; this module only decides, so it is tested without Pulumi. Problems read
 like settings problems (key, value, fix) and stop the program before any resource.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from .hosts import Host
 from .settings import DEFAULT_SERVER_TYPE, NAMESPACE, Hetzner, Settings
@@ -27,6 +28,7 @@ SUGGESTIONS = 6
 @dataclass(frozen=True)
 class Missing:
     """A lookup the API answered with an error (unknown name, or no access)."""
+
     reason: str
 
 
@@ -34,6 +36,7 @@ class Missing:
 class Offer:
     """A server type in one location. Hetzner deprecates types per location (the type-wide
     deprecation fields are being phased out since 2025-09-24)."""
+
     location: str
     available: bool = True
     deprecated: bool = False
@@ -83,6 +86,7 @@ class Answers:
     architecture, and (only fetched when a type is refused) every type, for the fix.
     With backups on a Storage Box: its type, its location when the settings name one,
     and (only when the type is refused) every Storage Box type."""
+
     server_types: Mapping[str, ServerType | Missing]
     location: Location | Missing
     images: Mapping[str, Image | Missing]
@@ -102,9 +106,10 @@ def _date(value: str) -> str:
 
 
 def _suggest(location: str, architecture: str, all_types: Sequence[ServerType]) -> str:
-    usable = sorted((t for t in all_types if t.usable_in(location)
-                     and t.architecture == architecture),
-                    key=lambda t: (t.cores, t.memory_gb, t.name))
+    usable = sorted(
+        (t for t in all_types if t.usable_in(location) and t.architecture == architecture),
+        key=lambda t: (t.cores, t.memory_gb, t.name),
+    )
     if usable:
         names = ", ".join(t.name for t in usable[:SUGGESTIONS])
         return f"use a current type offered in {location!r}, e.g. {names}"
@@ -118,8 +123,10 @@ def problems(settings: Settings, hosts: Mapping[str, Host], answers: Answers) ->
     loc = answers.location
     if isinstance(loc, Missing):
         default = Hetzner.model_fields["location"].default
-        p.append(f"{HETZNER_KEY}.location: {hz.location!r} is not a Hetzner location "
-                 f"(the API says: {loc.reason}); use one from {LIST_LOCATIONS}, e.g. {default!r}")
+        p.append(
+            f"{HETZNER_KEY}.location: {hz.location!r} is not a Hetzner location "
+            f"(the API says: {loc.reason}); use one from {LIST_LOCATIONS}, e.g. {default!r}"
+        )
         # Offers can't be judged without a location; unknown types are still reported.
     for role, name in server_types_in_use(settings, hosts).items():
         key = f"{HETZNER_KEY}.serverTypes.{role}"
@@ -133,15 +140,17 @@ def problems(settings: Settings, hosts: Mapping[str, Host], answers: Answers) ->
         fix = _suggest(hz.location, st.architecture, answers.all_types)
         offer = st.offer(hz.location)
         if offer is not None and offer.deprecated:
-            p.append(f"{key}: {name!r} is deprecated by Hetzner in {hz.location!r} (announced "
-                     f"{_date(offer.deprecation_announced)}, unavailable after "
-                     f"{_date(offer.unavailable_after)}); {fix}")
+            p.append(
+                f"{key}: {name!r} is deprecated by Hetzner in {hz.location!r} (announced "
+                f"{_date(offer.deprecation_announced)}, unavailable after "
+                f"{_date(offer.unavailable_after)}); {fix}"
+            )
         elif offer is None:
-            p.append(f"{key}: {name!r} is not offered in {hz.location!r}; {fix}, "
-                     f"or choose another {HETZNER_KEY}.location")
+            p.append(
+                f"{key}: {name!r} is not offered in {hz.location!r}; {fix}, or choose another {HETZNER_KEY}.location"
+            )
         elif not offer.available:
-            p.append(f"{key}: {name!r} is temporarily unavailable in {hz.location!r}; {fix}, "
-                     "or try again later")
+            p.append(f"{key}: {name!r} is temporarily unavailable in {hz.location!r}; {fix}, or try again later")
     seen: set[str] = set()
     for name in server_types_in_use(settings, hosts).values():
         st = answers.server_types[name]
@@ -150,9 +159,11 @@ def problems(settings: Settings, hosts: Mapping[str, Host], answers: Answers) ->
         seen.add(st.architecture)
         image = answers.images.get(st.architecture)
         if isinstance(image, Missing):
-            p.append(f"{HETZNER_KEY}.image: {hz.image!r} is not available for {st.architecture} "
-                     f"servers such as {name!r} (the API says: {image.reason}); "
-                     "use 'debian-12' or a server type of another architecture")
+            p.append(
+                f"{HETZNER_KEY}.image: {hz.image!r} is not available for {st.architecture} "
+                f"servers such as {name!r} (the API says: {image.reason}); "
+                "use 'debian-12' or a server type of another architecture"
+            )
     return p + storage_box_problems(settings, answers)
 
 
@@ -173,17 +184,20 @@ def storage_box_problems(settings: Settings, answers: Answers) -> list[str]:
     bt = answers.storage_box_type
     fix = _box_fix(answers.all_storage_box_types)
     if isinstance(bt, Missing):
-        p.append(f"{BOX_KEY}.type: {sb.type!r} is not a Hetzner Storage Box type "
-                 f"(the API says: {bt.reason}); {fix}")
+        p.append(f"{BOX_KEY}.type: {sb.type!r} is not a Hetzner Storage Box type (the API says: {bt.reason}); {fix}")
     elif bt is not None and bt.deprecated:
-        p.append(f"{BOX_KEY}.type: {sb.type!r} is deprecated by Hetzner (announced "
-                 f"{_date(bt.deprecation_announced)}, unavailable after "
-                 f"{_date(bt.unavailable_after)}); {fix}")
+        p.append(
+            f"{BOX_KEY}.type: {sb.type!r} is deprecated by Hetzner (announced "
+            f"{_date(bt.deprecation_announced)}, unavailable after "
+            f"{_date(bt.unavailable_after)}); {fix}"
+        )
     loc = answers.storage_box_location
     if isinstance(loc, Missing):
-        p.append(f"{BOX_KEY}.location: {sb.location!r} is not a Hetzner location (the API "
-                 f"says: {loc.reason}); use one from {LIST_LOCATIONS} that offers Storage "
-                 "Boxes, e.g. 'fsn1', or leave it out (the servers' location where boxes exist)")
+        p.append(
+            f"{BOX_KEY}.location: {sb.location!r} is not a Hetzner location (the API "
+            f"says: {loc.reason}); use one from {LIST_LOCATIONS} that offers Storage "
+            "Boxes, e.g. 'fsn1', or leave it out (the servers' location where boxes exist)"
+        )
     return p
 
 

@@ -5,11 +5,11 @@ network: Hetzner serves it to any process on the server, and changing it replace
 server. So mail domains, users, admin addresses and secrets never reach it; the deploy
 steps bring those later, over SSH.
 """
+
 from __future__ import annotations
 
-from . import firewall
+from . import firewall, templates
 from . import hosts as H
-from . import templates
 from .bundle import Bundle
 from .context import Context
 from .settings import Settings
@@ -19,15 +19,29 @@ MARKER = "/var/lib/mailstack/base-installed"
 DONE_LINE = "mailstack: base install done for"
 
 COMMON_PACKAGES = (
-    "ca-certificates", "openssl", "postgresql-15", "certbot", "unbound", "nftables",
-    "unattended-upgrades", "nginx-light",
+    "ca-certificates",
+    "openssl",
+    "postgresql-15",
+    "certbot",
+    "unbound",
+    "nftables",
+    "unattended-upgrades",
+    "nginx-light",
 )
 MX_PACKAGES = (
-    "opensmtpd", "opensmtpd-extras", "opensmtpd-filter-rspamd",
-    "opensmtpd-filter-senderscore", "rspamd", "redis-server",
+    "opensmtpd",
+    "opensmtpd-extras",
+    "opensmtpd-filter-rspamd",
+    "opensmtpd-filter-senderscore",
+    "rspamd",
+    "redis-server",
 )
 IMAP_PACKAGES = (
-    "dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pgsql", "dovecot-sieve",
+    "dovecot-core",
+    "dovecot-imapd",
+    "dovecot-lmtpd",
+    "dovecot-pgsql",
+    "dovecot-sieve",
     "dovecot-managesieved",
 )
 

@@ -1,10 +1,11 @@
 """What every renderer of a deploy step gets: the settings, the hosts with their addresses,
 and the stack's secrets. Its own module, so the renderers and the step list (deploy.py)
 import it without importing each other."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from . import hosts as H
 from .settings import Settings
@@ -13,11 +14,12 @@ from .settings import Settings
 @dataclass(frozen=True)
 class Secrets:
     """Generated once per stack (pulumi-random / pulumi-tls), or by the lab."""
+
     replication_password: str
     lookup_password: str
     rspamd_controller_password: str
-    dkim_keys: Mapping[str, str]       # domain -> RSA private key, PEM (the signing generation)
-    user_hashes: Mapping[str, str]     # address -> crypt hash ($6$ or $2b$)
+    dkim_keys: Mapping[str, str]  # domain -> RSA private key, PEM (the signing generation)
+    user_hashes: Mapping[str, str]  # address -> crypt hash ($6$ or $2b$)
     # Per data host (role): restic repository password, and the OpenSSH private key it
     # reaches the backup target with. Empty when backups are off.
     backup_passwords: Mapping[str, str] = field(default_factory=dict)

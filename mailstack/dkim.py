@@ -17,6 +17,7 @@ After the grace the previous generation is gone everywhere: its record, its key 
 stack's state and its key file on mx1. A generation's key, record and key file exist
 together or not at all.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -38,7 +39,7 @@ class Generation:
 class Plan:
     phase: str
     signing: Generation
-    published: tuple[Generation, ...]     # oldest first; always includes `signing`
+    published: tuple[Generation, ...]  # oldest first; always includes `signing`
     # When the phase ends, and which phase follows (None without rotation).
     next_change: dt.datetime | None
 
@@ -65,8 +66,9 @@ def start(s: Settings) -> dt.datetime:
 def clock(s: Settings) -> dt.datetime:
     now = s.dkim.now
     if now is None:
-        raise ValueError("the DKIM schedule needs a clock: load_stack sets dkim.now; tests "
-                         "and the lab set it themselves")
+        raise ValueError(
+            "the DKIM schedule needs a clock: load_stack sets dkim.now; tests and the lab set it themselves"
+        )
     return now if now.tzinfo else now.replace(tzinfo=dt.UTC)
 
 
@@ -79,8 +81,8 @@ def plan(s: Settings) -> Plan:
     t0, now = start(s), clock(s)
     # Generation c signs during [t0 + (c-1)*period, t0 + c*period); 0 before t0.
     c = 0 if now < t0 else (now - t0) // period + 1
-    began = t0 + (c - 1) * period          # when c started signing (meaningless for 0)
-    ends = t0 + c * period                 # when c+1 takes over
+    began = t0 + (c - 1) * period  # when c started signing (meaningless for 0)
+    ends = t0 + c * period  # when c+1 takes over
     if c >= 1 and now < began + grace:
         return Plan(GRACE, generation(s, c), (generation(s, c - 1), generation(s, c)), began + grace)
     if now >= ends - lead:

@@ -4,13 +4,14 @@ The Pulumi component (hcloud zones/RRsets), the "don't manage the zone" stack ou
 the local lab's knot server all read the same `records()`, so what is tested here is what
 gets published. Values are in zone-file presentation format with absolute names.
 """
+
 from __future__ import annotations
 
 import base64
 import hashlib
 import ipaddress
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from . import dkim
 from . import hosts as H
@@ -28,10 +29,10 @@ ANYWHERE = "."  # SRV target meaning "service not offered" (RFC 2782, RFC 6186 s
 @dataclass(frozen=True)
 class Record:
     zone: str
-    name: str                 # relative to zone, "@" for the apex
+    name: str  # relative to zone, "@" for the apex
     type: str
     ttl: int
-    values: tuple[str, ...]   # presentation format; TXT already quoted and split
+    values: tuple[str, ...]  # presentation format; TXT already quoted and split
 
     @property
     def fqdn(self) -> str:
@@ -41,9 +42,9 @@ class Record:
 @dataclass(frozen=True)
 class Ptr:
     ip: str
-    name: str     # fqdn with trailing dot, equal to the host's A/AAAA name
+    name: str  # fqdn with trailing dot, equal to the host's A/AAAA name
     role: str
-    family: int   # 4 or 6
+    family: int  # 4 or 6
 
 
 # --------------------------------------------------------------------------- helpers
@@ -57,7 +58,7 @@ def txt(text: str) -> str:
     """One TXT value: character-strings of at most 255 bytes each (RFC 1035 3.3), quoted.
     Resolvers concatenate them back, so where the split falls doesn't matter."""
     raw = text.encode()
-    chunks = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
+    chunks = [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
     return " ".join('"' + _escape(c.decode()) + '"' for c in chunks)
 
 
@@ -91,9 +92,7 @@ def dkim_public_value(public_key_pem: str) -> str:
     from cryptography.hazmat.primitives import serialization
 
     key = serialization.load_pem_public_key(public_key_pem.encode())
-    der = key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(der).decode()
 
 
@@ -101,9 +100,7 @@ def dkim_public_from_private(private_pem: str) -> str:
     from cryptography.hazmat.primitives import serialization
 
     key = serialization.load_pem_private_key(private_pem.encode(), password=None)
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(der).decode()
 
 
@@ -220,8 +217,10 @@ def records(
         add(d, "TXT", txt(" ".join(spf)))
         for sel in keys.selectors:
             if d not in published.get(sel, {}):
-                raise ValueError(f"no DKIM public key for {d} (selector {sel}); every mail "
-                                 "domain is signed and every published generation has a key")
+                raise ValueError(
+                    f"no DKIM public key for {d} (selector {sel}); every mail "
+                    "domain is signed and every published generation has a key"
+                )
             add(f"{sel}._domainkey.{d}", "TXT", txt(dkim_text(published[sel][d])))
         dmarc = [
             "v=DMARC1",
@@ -251,10 +250,13 @@ def records(
         add(f"_autodiscover._tcp.{d}", "SRV", f"0 1 443 autodiscover.{d}.")
 
     for z in zone_list:
-        add(z, "CAA",
+        add(
+            z,
+            "CAA",
             f'0 issue "{settings.caa_issuer}"',
             '0 issuewild ";"',  # nothing here needs a wildcard certificate
-            f'0 iodef "mailto:{settings.acme.email}"')
+            f'0 iodef "mailto:{settings.acme.email}"',
+        )
 
     out = [Record(z, n, t, ttl, tuple(sorted(v))) for (z, n, t), v in rrsets.items()]
     return sorted(out, key=_sort_key)
@@ -265,10 +267,7 @@ def _sort_key(r: Record) -> tuple:
 
 
 def records_table(recs: Iterable[Record]) -> list[dict]:
-    return [
-        {"zone": r.zone, "name": r.name, "type": r.type, "ttl": r.ttl, "values": list(r.values)}
-        for r in recs
-    ]
+    return [{"zone": r.zone, "name": r.name, "type": r.type, "ttl": r.ttl, "values": list(r.values)} for r in recs]
 
 
 # --------------------------------------------------------------------------- reverse DNS
@@ -299,9 +298,7 @@ def _reverse_zone(ip: str, v4_prefix: int, v6_prefix: int) -> str:
     return ".".join(labels[host_labels:])
 
 
-def reverse_records(
-    ptrs: Iterable[Ptr], ttl: int = 3600, v4_prefix: int = 24, v6_prefix: int = 64
-) -> list[Record]:
+def reverse_records(ptrs: Iterable[Ptr], ttl: int = 3600, v4_prefix: int = 24, v6_prefix: int = 64) -> list[Record]:
     """PTRs grouped into reverse zones (/24 and /64 by default), for a local server."""
     grouped: dict[tuple[str, str], list[str]] = {}
     for p in ptrs:

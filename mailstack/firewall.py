@@ -13,13 +13,14 @@ applies it in place.
 front of a server (the lab's edge, where no Hetzner firewall exists), with Hetzner's
 semantics: stateful, inbound-only, everything no rule allows dropped.
 """
+
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
 
 from . import hosts as H
-from . import redis, spam
+from . import redis, rspamd
 from .bundle import Bundle, File
 from .settings import Settings
 from .templates import render
@@ -32,8 +33,7 @@ ACME_HTTP = ("tcp", 80, "HTTP for ACME HTTP-01 challenges")
 PUBLIC: dict[str, tuple[tuple[str, int, str], ...]] = {
     H.MX: (("tcp", 25, "SMTP inbound"),),
     H.BACKUP_MX: (("tcp", 25, "SMTP inbound (backup MX)"),),
-    H.SUBMISSION: (("tcp", 465, "SMTP submission, implicit TLS"),
-                   ("tcp", 587, "SMTP submission, STARTTLS")),
+    H.SUBMISSION: (("tcp", 465, "SMTP submission, implicit TLS"), ("tcp", 587, "SMTP submission, STARTTLS")),
     H.IMAP: (("tcp", 993, "IMAP, implicit TLS"), ("tcp", 4190, "ManageSieve")),
     H.WEB: (("tcp", 443, "HTTPS: MTA-STS policy, autoconfig"),),
 }
@@ -46,14 +46,14 @@ PRIVATE: tuple[tuple[str, str, int, tuple[str, ...], str], ...] = (
     # Spam learning (docs/mail-flow.md): mx2's Rspamd uses mx1's Bayes data (password),
     # imap's Junk moves teach it through mx1's Rspamd controller (password).
     (H.MX, "tcp", redis.PORT, (H.BACKUP_MX,), "Redis: Bayes data for mx2's Rspamd"),
-    (H.MX, "tcp", spam.CONTROLLER_PORT, (H.IMAP,), "Rspamd controller: spam/ham learning from imap"),
+    (H.MX, "tcp", rspamd.CONTROLLER_PORT, (H.IMAP,), "Rspamd controller: spam/ham learning from imap"),
 )
 
 
 # Flows to daemons that listen on the private network only once the services step has
 # configured them (after the host-<role> step put the full ruleset in place): left out of
 # the first boot's ruleset in user-data, so adding them replaced no server.
-AFTER_DEPLOY_PORTS = frozenset({redis.PORT, spam.CONTROLLER_PORT})
+AFTER_DEPLOY_PORTS = frozenset({redis.PORT, rspamd.CONTROLLER_PORT})
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class Rule:
 class PrivateFlow:
     protocol: str
     port: int
-    sources: tuple[str, ...]   # peers' private IPs
+    sources: tuple[str, ...]  # peers' private IPs
     description: str
 
 
@@ -93,8 +93,10 @@ def private_flows(settings: Settings, host: H.Host, *, first_boot: bool = False)
     for service, proto, port, clients, why in PRIVATE:
         if not host.runs(service) or (first_boot and port in AFTER_DEPLOY_PORTS):
             continue
-        sources = sorted({h.private_ip for h in peers if any(h.runs(c) for c in clients)},
-                         key=lambda ip: tuple(int(x) for x in ip.split(".")))
+        sources = sorted(
+            {h.private_ip for h in peers if any(h.runs(c) for c in clients)},
+            key=lambda ip: tuple(int(x) for x in ip.split(".")),
+        )
         if sources:
             flows.append(PrivateFlow(proto, port, tuple(sources), why))
     return flows
@@ -103,8 +105,7 @@ def private_flows(settings: Settings, host: H.Host, *, first_boot: bool = False)
 def hcloud_rules(settings: Settings, host: H.Host) -> list[Rule]:
     rules = []
     if settings.admin.ssh_cidrs:
-        rules.append(Rule("in", "tcp", str(SSH_PORT), tuple(settings.admin.ssh_cidrs),
-                          "SSH from the admin networks"))
+        rules.append(Rule("in", "tcp", str(SSH_PORT), tuple(settings.admin.ssh_cidrs), "SSH from the admin networks"))
     # "icmp" covers ICMPv6 too at Hetzner; path MTU discovery and ping need it.
     rules.append(Rule("in", "icmp", None, ANYWHERE, "ICMP and ICMPv6"))
     for (proto, port), why in _public(host).items():
@@ -127,8 +128,11 @@ def reachable_from(settings: Settings, host: H.Host, source_ip: str) -> set[tupl
     nft = set(_public(host))
     if _covers(settings.admin.ssh_cidrs, source_ip):
         nft.add(("tcp", SSH_PORT))
-    cloud = {(r.protocol, int(r.port)) for r in hcloud_rules(settings, host)
-             if r.port is not None and _covers(r.source_ips, source_ip)}
+    cloud = {
+        (r.protocol, int(r.port))
+        for r in hcloud_rules(settings, host)
+        if r.port is not None and _covers(r.source_ips, source_ip)
+    }
     return nft & cloud
 
 
@@ -155,13 +159,14 @@ def bundle(settings: Settings, host: H.Host) -> Bundle:
     (established connections, such as this step's own SSH session, survive the swap)."""
     return Bundle(
         (File(NFTABLES_CONF, nftables(settings, host, ssh_limit=True)),),
-        render("firewall/deploy.sh.j2", conf=NFTABLES_CONF))
+        render("firewall/deploy.sh.j2", conf=NFTABLES_CONF),
+    )
 
 
 # ------------------------------------------------------------- Hetzner's rules as nftables
 
-EDGE_CHAIN = "inbound"   # the chain the edge's rules live in (a fault may insert into it)
-L4 = {"tcp", "udp", "icmp", "esp", "gre"}   # Hetzner's protocols
+EDGE_CHAIN = "inbound"  # the chain the edge's rules live in (a fault may insert into it)
+L4 = {"tcp", "udp", "icmp", "esp", "gre"}  # Hetzner's protocols
 
 
 def edge_table(role: str) -> str:
@@ -178,19 +183,22 @@ def _rule_lines(rule: Rule) -> list[str]:
     if rule.protocol not in L4:
         raise ValueError(f"hcloud rule {rule.description!r}: unknown protocol {rule.protocol!r}")
     lines = []
-    why = rule.description.replace('"', "'")   # nft's comment is a quoted string
+    why = rule.description.replace('"', "'")  # nft's comment is a quoted string
     nets = [ipaddress.ip_network(c, strict=False) for c in rule.source_ips]
     for family, ip, nfproto, icmp in ((4, "ip", "ipv4", "icmp"), (6, "ip6", "ipv6", "ipv6-icmp")):
         mine = [n for n in nets if n.version == family]
         if not mine:
             continue
         # A /0 matches the whole family: say so rather than list it.
-        src = (f"meta nfproto {nfproto}" if any(n.prefixlen == 0 for n in mine)
-               else f"{ip} saddr {{ {', '.join(str(n) for n in mine)} }}")
-        if rule.protocol == "icmp":   # Hetzner's "icmp" covers ICMPv6 too
+        src = (
+            f"meta nfproto {nfproto}"
+            if any(n.prefixlen == 0 for n in mine)
+            else f"{ip} saddr {{ {', '.join(str(n) for n in mine)} }}"
+        )
+        if rule.protocol == "icmp":  # Hetzner's "icmp" covers ICMPv6 too
             l4 = f"meta l4proto {icmp}"
         elif rule.protocol in ("tcp", "udp") and rule.port not in (None, "", "any"):
-            l4 = f"{rule.protocol} dport {rule.port}"   # "80-85" is a range in both
+            l4 = f"{rule.protocol} dport {rule.port}"  # "80-85" is a range in both
         else:
             l4 = f"meta l4proto {rule.protocol}"
         lines.append(f'{src} {l4} accept comment "{why}"')
@@ -203,7 +211,10 @@ def hcloud_nftables(settings: Settings, host: H.Host, address: H.Address) -> str
     addresses. Loading it again replaces the table in one transaction."""
     return render(
         "firewall/edge.nft.j2",
-        role=host.role, table=edge_table(host.role), chain=EDGE_CHAIN,
-        ipv4=address.ipv4, ipv6=address.ipv6,
+        role=host.role,
+        table=edge_table(host.role),
+        chain=EDGE_CHAIN,
+        ipv4=address.ipv4,
+        ipv6=address.ipv6,
         rules=[line for r in hcloud_rules(settings, host) for line in _rule_lines(r)],
     )

@@ -4,6 +4,7 @@
 the code asks a Host what it runs instead of testing role names, so both topologies
 share one code path.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -12,13 +13,13 @@ from dataclasses import dataclass
 from .settings import Settings
 
 # Services a host can run.
-MX = "mx"                  # inbound port 25 for the stack's domains, rspamd
+MX = "mx"  # inbound port 25 for the stack's domains, rspamd
 SUBMISSION = "submission"  # 465/587 with AUTH, DKIM signing, outbound relay
-BACKUP_MX = "backup-mx"    # port 25, relays to mx1, holds mail while mx1 is down
+BACKUP_MX = "backup-mx"  # port 25, relays to mx1, holds mail while mx1 is down
 DB_PRIMARY = "db-primary"
 DB_REPLICA = "db-replica"
-IMAP = "imap"              # Dovecot IMAP, LMTP, Sieve
-WEB = "web"                # nginx for MTA-STS policy and autoconfig over HTTPS
+IMAP = "imap"  # Dovecot IMAP, LMTP, Sieve
+WEB = "web"  # nginx for MTA-STS policy and autoconfig over HTTPS
 
 ROLES = ("mx1", "imap", "mx2")
 VMAIL_UID = 5000  # fixed so the mail volume keeps working when imap is rebuilt
@@ -29,7 +30,7 @@ SUBADDRESS_DELIMITER = "+"
 
 @dataclass(frozen=True)
 class Host:
-    role: str           # mx1 | imap | mx2: the Pulumi name and the config key
+    role: str  # mx1 | imap | mx2: the Pulumi name and the config key
     fqdn: str
     private_ip: str
     services: frozenset[str]
@@ -45,6 +46,7 @@ class Host:
 @dataclass(frozen=True)
 class Address:
     """A host's public addresses. ipv6 is the exact address mail leaves from."""
+
     ipv4: str
     ipv6: str
 

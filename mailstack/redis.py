@@ -10,6 +10,7 @@ Debian's /etc/redis/redis.conf stays untouched (a changed conffile would hold ba
 upgrades); our file includes it and sets what differs, and a systemd drop-in starts
 redis-server with ours. Decisions: docs/mail-flow.md, "Spam learning".
 """
+
 from __future__ import annotations
 
 from . import hosts as H
@@ -62,15 +63,20 @@ def bind_addresses(ctx: Context, host: H.Host) -> list[str]:
 
 
 def conf(ctx: Context, host: H.Host, include: str = PACKAGED_CONF) -> str:
-    return render("redis/mailstack.conf.j2", include=include, bind=bind_addresses(ctx, host),
-                  password=check_password(ctx.secrets.redis_password))
+    return render(
+        "redis/mailstack.conf.j2",
+        include=include,
+        bind=bind_addresses(ctx, host),
+        password=check_password(ctx.secrets.redis_password),
+    )
 
 
 def check_password(value: str) -> str:
     # It goes into redis.conf and Rspamd's UCL as is: no quoting rules to get wrong.
     if len(value) < 16 or not all(c.isalnum() or c in "-_" for c in value):
-        raise ValueError("redis_password: must be at least 16 characters of [A-Za-z0-9_-] "
-                         "(generate it with special characters off)")
+        raise ValueError(
+            "redis_password: must be at least 16 characters of [A-Za-z0-9_-] (generate it with special characters off)"
+        )
     return value
 
 

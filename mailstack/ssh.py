@@ -8,6 +8,7 @@ so that what changes later reaches running servers without replacing them:
 
 The deploy steps pin the host key they connect to (components/deploy.py, HOST_KEY_COMMAND).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -16,7 +17,7 @@ from . import templates
 from .bundle import Bundle, File
 from .settings import Settings
 
-SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-mailstack.conf"   # the file user-data writes
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-mailstack.conf"  # the file user-data writes
 AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key.pub"
 # Run once per server by Pulumi (components/deploy.py) to learn the key it then pins:
@@ -48,7 +49,9 @@ def bundle(settings: Settings, deploy_key: str) -> Bundle:
     if deploy_key:
         files.append(File(AUTHORIZED_KEYS, authorized_keys(settings, deploy_key), mode=0o600))
     script = templates.render(
-        "ssh/deploy.sh.j2", dropin=SSHD_DROPIN,
+        "ssh/deploy.sh.j2",
+        dropin=SSHD_DROPIN,
         authorized_keys=AUTHORIZED_KEYS if deploy_key else "",
-        deploy_key=shlex.quote(deploy_key.strip()))
+        deploy_key=shlex.quote(deploy_key.strip()),
+    )
     return Bundle(tuple(files), script)

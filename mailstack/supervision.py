@@ -4,9 +4,10 @@ One systemd drop-in per unit, installed by the services step (not user-data, so 
 change never replaces a server). The units are derived from what the host runs; the
 status check reads their restart counts. Decisions: docs/mail-flow.md.
 """
+
 from __future__ import annotations
 
-from . import bans, database, imap, mx, spam
+from . import dovecot, fail2ban, postgresql, rspamd, smtpd
 from . import hosts as H
 from .bundle import Bundle, File
 from .templates import render
@@ -28,20 +29,20 @@ START_LIMIT_BURST = 30
 # they are doing and exit by themselves, as they do whenever the master is gone (they
 # close their listeners at once, so the new master can bind). A clean stop still goes
 # through the master, which stops its own children.
-KILL_MODE = {imap.UNIT: "process"}
+KILL_MODE = {dovecot.UNIT: "process"}
 
 
 def units(host: H.Host) -> list[str]:
     """The long-running daemons of a host, as systemd units."""
-    out = ["unbound.service", "nginx.service", database.PG_UNIT]
-    if spam.runs_rspamd(host):
+    out = ["unbound.service", "nginx.service", postgresql.PG_UNIT]
+    if rspamd.runs_rspamd(host):
         out += ["rspamd.service", "redis-server.service"]
-    if mx.runs_smtpd(host):
-        out.append(mx.UNIT)
+    if smtpd.runs_smtpd(host):
+        out.append(smtpd.UNIT)
     if host.runs(H.IMAP):
-        out.append(imap.UNIT)
-    if bans.runs_fail2ban(host):
-        out.append(bans.UNIT)
+        out.append(dovecot.UNIT)
+    if fail2ban.runs_fail2ban(host):
+        out.append(fail2ban.UNIT)
     return out
 
 
@@ -51,8 +52,17 @@ def dropin_path(unit: str) -> str:
 
 def bundle(host: H.Host) -> Bundle:
     files = tuple(
-        File(dropin_path(u), render("supervision/restart.conf.j2", unit=u, restart_sec=RESTART_SEC,
-                                    interval=START_LIMIT_INTERVAL, burst=START_LIMIT_BURST,
-                                    kill_mode=KILL_MODE.get(u)))
-        for u in units(host))
+        File(
+            dropin_path(u),
+            render(
+                "supervision/restart.conf.j2",
+                unit=u,
+                restart_sec=RESTART_SEC,
+                interval=START_LIMIT_INTERVAL,
+                burst=START_LIMIT_BURST,
+                kill_mode=KILL_MODE.get(u),
+            ),
+        )
+        for u in units(host)
+    )
     return Bundle(files, render("supervision/deploy.sh.j2", paths=[f.path for f in files]))

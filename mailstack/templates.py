@@ -1,4 +1,5 @@
 """Jinja2 environment over the templates in cloud-init/."""
+
 from __future__ import annotations
 
 from functools import lru_cache

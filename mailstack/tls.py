@@ -5,6 +5,7 @@ One certbot lineage per host, named `mailstack`, so adding a mail domain extends
 same certificate (`--expand`) and every daemon keeps reading the same two files in
 /etc/mailstack/tls. Until ACME has run, cloud-init's self-signed pair sits there.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -26,10 +27,15 @@ DEPLOY_HOOK = "/etc/letsencrypt/renewal-hooks/deploy/mailstack"
 # CBC, no SHA-1 MAC, no CAMELLIA or ARIA, no static RSA key exchange.
 TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
 INTERMEDIATE_CIPHERS = (
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256",
+    "DHE-RSA-AES256-GCM-SHA384",
+    "DHE-RSA-CHACHA20-POLY1305",
 )
 TLS_CURVES = ("X25519", "prime256v1", "secp384r1")
 # Port 25 is opportunistic STARTTLS: a sending MTA that finds no common suite delivers in
@@ -64,13 +70,24 @@ def certificate_names(settings: Settings, host: H.Host) -> list[str]:
 
 def certbot_command(settings: Settings, host: H.Host, webroot: str = WEBROOT) -> list[str]:
     cmd = [
-        "certbot", "certonly", "--non-interactive", "--agree-tos",
-        "--email", settings.acme.email,
-        "--server", settings.acme.directory,
-        "--webroot", "-w", webroot,
-        "--cert-name", CERT_NAME,
+        "certbot",
+        "certonly",
+        "--non-interactive",
+        "--agree-tos",
+        "--email",
+        settings.acme.email,
+        "--server",
+        settings.acme.directory,
+        "--webroot",
+        "-w",
+        webroot,
+        "--cert-name",
+        CERT_NAME,
         # Same key type as the bootstrap certificate, whatever certbot's default becomes.
-        "--key-type", "ecdsa", "--elliptic-curve", "secp256r1",
+        "--key-type",
+        "ecdsa",
+        "--elliptic-curve",
+        "secp256r1",
         "--expand",
     ]
     for name in certificate_names(settings, host):

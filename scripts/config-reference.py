@@ -2,6 +2,7 @@
 """Rewrite README.md's config reference (every key, its default and its description)
 from the settings model: run after adding or changing a settings field
 (`make config-reference`). tests/test_schema.py fails while the README is behind."""
+
 from __future__ import annotations
 
 import sys

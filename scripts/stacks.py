@@ -5,6 +5,7 @@ Previewed: every config/Pulumi.<stack>.yaml. Deployed: only the stacks listed un
 `deploy:` in config/deploy.yaml, each with a stack file, and never an example stack.
 A bad list stops the workflow with one line per problem naming the entry and the fix.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ EXAMPLES = frozenset({"dev"})
 
 
 def stacks(config_dir: Path) -> list[str]:
-    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in config_dir.glob("Pulumi.*.yaml"))
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in config_dir.glob("Pulumi.*.yaml"))
 
 
 def deploy_list(config_dir: Path) -> tuple[list[str], list[str]]:
@@ -36,11 +37,12 @@ def deploy_list(config_dir: Path) -> tuple[list[str], list[str]]:
         if not isinstance(name, str) or not name:
             problems.append(f"{key}: {name!r} is not a stack name; use e.g. 'prod'")
         elif name in EXAMPLES:
-            problems.append(f"{key}: {name!r} is the example stack (example.org) and is never deployed; "
-                            "copy config/Pulumi.dev.yaml to config/Pulumi.<yours>.yaml and list that")
+            problems.append(
+                f"{key}: {name!r} is the example stack (example.org) and is never deployed; "
+                "copy config/Pulumi.dev.yaml to config/Pulumi.<yours>.yaml and list that"
+            )
         elif name not in known:
-            problems.append(f"{key}: {name!r} has no config/Pulumi.{name}.yaml; add the stack file "
-                            "or fix the name")
+            problems.append(f"{key}: {name!r} has no config/Pulumi.{name}.yaml; add the stack file or fix the name")
         elif name in chosen:
             problems.append(f"{key}: {name!r} is listed twice; remove one")
         else:

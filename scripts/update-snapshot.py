@@ -4,6 +4,7 @@
 Review the diff before committing it: it is the change in the resource graph that a
 `pulumi preview` of the same config would show.
 """
+
 import sys
 from pathlib import Path
 

@@ -1,10 +1,11 @@
 """Shared fixtures: the example stack's settings, and a deploy Context with fixed fake
 addresses and freshly generated (test-only) secrets."""
+
 from __future__ import annotations
 
 import json
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def settings_from(**overrides):
     return load_settings(stack_config(**overrides))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rsa_key() -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -75,11 +76,10 @@ def make_context(settings, addresses=None) -> Context:
         backup_keys={r: ed25519_openssh(f"backup-{r}")[0] for r in hs},
         backup_manager_key=ed25519_openssh("backup-keys")[0],
     )
-    return Context(settings, hs, addrs, secrets,
-                   storage_box={"server": "u1.your-storagebox.de", "username": "u1"})
+    return Context(settings, hs, addrs, secrets, storage_box={"server": "u1.your-storagebox.de", "username": "u1"})
 
 
-@lru_cache(maxsize=None)
+@cache
 def ed25519_openssh(name: str) -> tuple[str, str]:
     """(private key, public key line) in OpenSSH format; test-only, fresh per run."""
     from cryptography.hazmat.primitives import serialization as ser

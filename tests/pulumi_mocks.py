@@ -7,6 +7,7 @@ nameservers, generated passwords and keys), and the Hetzner catalogue data sourc
 small fixed catalogue. Generated secrets carry recognisable markers
 so a test can look for them anywhere they must not be.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,7 @@ import random
 import runpy
 import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def _probably_prime(n: int, rng: random.Random) -> bool:
     return True
 
 
-@lru_cache(maxsize=None)
+@cache
 def _keypair(algorithm: str, name: str) -> dict[str, str]:
     """Keys derived from the resource name, so snapshots and DKIM records are stable."""
     from cryptography.hazmat.primitives import serialization as ser
@@ -99,17 +100,17 @@ def _keypair(algorithm: str, name: str) -> dict[str, str]:
         e = 65537
         d = pow(e, -1, (p - 1) * (q - 1))
         key = rsa.RSAPrivateNumbers(
-            p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p),
-            rsa.RSAPublicNumbers(e, p * q)).private_key()
+            p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), rsa.RSAPublicNumbers(e, p * q)
+        ).private_key()
         pem = key.private_bytes(ser.Encoding.PEM, ser.PrivateFormat.TraditionalOpenSSL, ser.NoEncryption())
     pub = key.public_key()
     return {
         "privateKeyPem": pem.decode(),
         "privateKeyOpenssh": key.private_bytes(
-            ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()).decode(),
+            ser.Encoding.PEM, ser.PrivateFormat.OpenSSH, ser.NoEncryption()
+        ).decode(),
         "publicKeyPem": pub.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode(),
-        "publicKeyOpenssh": pub.public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
-        + "\n",
+        "publicKeyOpenssh": pub.public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode() + "\n",
     }
 
 
@@ -126,44 +127,77 @@ def _bcrypt_like(name: str) -> str:
 # program relies on.
 EU = ("fsn1", "nbg1", "hel1")
 RETIRED = {"deprecationAnnounced": "2025-10-16T09:00:00Z", "unavailableAfter": "2026-01-01T00:00:00Z"}
-MOCK_LOCATIONS = {"fsn1": "eu-central", "nbg1": "eu-central", "hel1": "eu-central",
-                  "ash": "us-east", "hil": "us-west", "sin": "ap-southeast"}
+MOCK_LOCATIONS = {
+    "fsn1": "eu-central",
+    "nbg1": "eu-central",
+    "hel1": "eu-central",
+    "ash": "us-east",
+    "hil": "us-west",
+    "sin": "ap-southeast",
+}
 
 
 def _server_type(name: str, arch: str, cores: int, memory: float, locations, retired=False):
     dates = RETIRED if retired else {"deprecationAnnounced": "", "unavailableAfter": ""}
     return {
-        "id": zlib.crc32(name.encode()) % 1000, "name": name, "architecture": arch,
-        "cores": cores, "memory": memory, "disk": 40, "cpuType": "shared", "category": "x",
-        "storageType": "local", "description": name.upper(), "includedTraffic": 0,
-        "isDeprecated": retired, **dates,
-        "locations": [{"id": i, "name": loc, "available": True, "recommended": not retired,
-                       "isDeprecated": retired, **dates} for i, loc in enumerate(locations)],
+        "id": zlib.crc32(name.encode()) % 1000,
+        "name": name,
+        "architecture": arch,
+        "cores": cores,
+        "memory": memory,
+        "disk": 40,
+        "cpuType": "shared",
+        "category": "x",
+        "storageType": "local",
+        "description": name.upper(),
+        "includedTraffic": 0,
+        "isDeprecated": retired,
+        **dates,
+        "locations": [
+            {"id": i, "name": loc, "available": True, "recommended": not retired, "isDeprecated": retired, **dates}
+            for i, loc in enumerate(locations)
+        ],
     }
 
 
-MOCK_SERVER_TYPES = {t["name"]: t for t in (
-    _server_type("cx23", "x86", 2, 4, EU),
-    _server_type("cx33", "x86", 4, 8, EU),
-    _server_type("cpx22", "x86", 2, 4, tuple(MOCK_LOCATIONS)),
-    _server_type("cax11", "arm", 2, 4, EU),
-    _server_type("cx22", "x86", 2, 4, EU, retired=True),
-)}
+MOCK_SERVER_TYPES = {
+    t["name"]: t
+    for t in (
+        _server_type("cx23", "x86", 2, 4, EU),
+        _server_type("cx33", "x86", 4, 8, EU),
+        _server_type("cpx22", "x86", 2, 4, tuple(MOCK_LOCATIONS)),
+        _server_type("cax11", "arm", 2, 4, EU),
+        _server_type("cx22", "x86", 2, 4, EU, retired=True),
+    )
+}
 MOCK_IMAGES = {("debian-12", "x86"), ("debian-12", "arm")}
 
 
 def _box_type(name: str, size_tb: int, retired=False):
     dates = RETIRED if retired else {"deprecationAnnounced": "", "unavailableAfter": ""}
-    return {"id": zlib.crc32(name.encode()) % 1000, "name": name, "description": name.upper(),
-            "size": size_tb << 40, "snapshotLimit": 10, "automaticSnapshotLimit": 10,
-            "subaccountsLimit": 100, "isDeprecated": retired, **dates}
+    return {
+        "id": zlib.crc32(name.encode()) % 1000,
+        "name": name,
+        "description": name.upper(),
+        "size": size_tb << 40,
+        "snapshotLimit": 10,
+        "automaticSnapshotLimit": 10,
+        "subaccountsLimit": 100,
+        "isDeprecated": retired,
+        **dates,
+    }
 
 
 # Storage Box types: current ones and a retired one (made up for the test).
-MOCK_STORAGE_BOX_TYPES = {t["name"]: t for t in (
-    _box_type("bx11", 1), _box_type("bx21", 5), _box_type("bx31", 10),
-    _box_type("bx10", 1, retired=True),
-)}
+MOCK_STORAGE_BOX_TYPES = {
+    t["name"]: t
+    for t in (
+        _box_type("bx11", 1),
+        _box_type("bx21", 5),
+        _box_type("bx31", 10),
+        _box_type("bx10", 1, retired=True),
+    )
+}
 
 
 class CatalogueMiss(grpc.RpcError):
@@ -200,8 +234,16 @@ class StackMocks(pulumi.runtime.Mocks):
             name = given.get("name")
             if name not in MOCK_LOCATIONS:
                 raise CatalogueMiss(f"no Location found with name {name}")
-            return {"id": 1, "name": name, "networkZone": MOCK_LOCATIONS[name], "city": "x",
-                    "country": "x", "description": name, "latitude": 0, "longitude": 0}
+            return {
+                "id": 1,
+                "name": name,
+                "networkZone": MOCK_LOCATIONS[name],
+                "city": "x",
+                "country": "x",
+                "description": name,
+                "latitude": 0,
+                "longitude": 0,
+            }
         if token == "hcloud:index/getStorageBoxType:getStorageBoxType":
             if given.get("name") not in MOCK_STORAGE_BOX_TYPES:
                 raise CatalogueMiss(f"no Storage Box Type found with name {given.get('name')}")
@@ -212,8 +254,15 @@ class StackMocks(pulumi.runtime.Mocks):
             key = (given.get("name"), given.get("withArchitecture", "x86"))
             if key not in MOCK_IMAGES:
                 raise CatalogueMiss(f"no Image found matching the selection {key}")
-            return {"id": 114690387, "name": key[0], "architecture": key[1], "type": "system",
-                    "osFlavor": "debian", "osVersion": "12", "deprecated": ""}
+            return {
+                "id": 114690387,
+                "name": key[0],
+                "architecture": key[1],
+                "type": "system",
+                "osFlavor": "debian",
+                "osVersion": "12",
+                "deprecated": "",
+            }
         raise AssertionError(f"the program invoked {token}, which the mocks don't answer")
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -246,7 +295,11 @@ class StackMocks(pulumi.runtime.Mocks):
             out.update(server="u123456.your-storagebox.de", username="u123456")
         elif typ == "command:remote:Command":
             # host-key-<role> reads the server's host key (mailstack/ssh.py).
-            stdout = f"ssh-ed25519 {MOCK_HOST_KEY}{name.rsplit('-', 1)[1]} root@{name}\n" if name.startswith("host-key-") else ""
+            stdout = (
+                f"ssh-ed25519 {MOCK_HOST_KEY}{name.rsplit('-', 1)[1]} root@{name}\n"
+                if name.startswith("host-key-")
+                else ""
+            )
             out.update(stdout=stdout, stderr="")
         return mock_id(typ, name), out
 
@@ -291,24 +344,25 @@ class RecordingMonitor(MockMonitor):
         if request.type != "pulumi:pulumi:Stack":
             raw = rpc.deserialize_properties(request.object)
             inputs, _ = unwrap(raw)
-            self.registered.append(Registered(
-                type=request.type,
-                name=request.name,
-                urn=response.urn,
-                id=response.id,
-                parent=request.parent,
-                inputs=inputs,
-                secret_inputs={k for k, v in raw.items() if unwrap(v)[1]},
-                dependencies=sorted(set(request.dependencies)),
-                property_dependencies={
-                    k: sorted(set(v.urns)) for k, v in request.propertyDependencies.items()},
-                protect=bool(request.protect),
-                retain_on_delete=bool(request.retainOnDelete),
-                delete_before_replace=bool(request.deleteBeforeReplace),
-                ignore_changes=list(request.ignoreChanges),
-                additional_secret_outputs=list(request.additionalSecretOutputs),
-                custom=bool(request.custom),
-            ))
+            self.registered.append(
+                Registered(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    id=response.id,
+                    parent=request.parent,
+                    inputs=inputs,
+                    secret_inputs={k for k, v in raw.items() if unwrap(v)[1]},
+                    dependencies=sorted(set(request.dependencies)),
+                    property_dependencies={k: sorted(set(v.urns)) for k, v in request.propertyDependencies.items()},
+                    protect=bool(request.protect),
+                    retain_on_delete=bool(request.retainOnDelete),
+                    delete_before_replace=bool(request.deleteBeforeReplace),
+                    ignore_changes=list(request.ignoreChanges),
+                    additional_secret_outputs=list(request.additionalSecretOutputs),
+                    custom=bool(request.custom),
+                )
+            )
         return response
 
 
@@ -332,8 +386,13 @@ class Run:
         return found[0]
 
 
-def run_program(config: dict[str, str], secret_keys: tuple[str, ...] = (), stack: str = "dev",
-                monitors: list | None = None, preview: bool = False) -> Run:
+def run_program(
+    config: dict[str, str],
+    secret_keys: tuple[str, ...] = (),
+    stack: str = "dev",
+    monitors: list | None = None,
+    preview: bool = False,
+) -> Run:
     """Run __main__.py under mocks with `config` as the stack config (as `pulumi preview`
     with `preview=True`). `monitors`, if given, receives the recording monitor even when
     the program raises."""
@@ -359,8 +418,7 @@ def run_program(config: dict[str, str], secret_keys: tuple[str, ...] = (), stack
         collected = []
         for key, value in outs.items():
             o = pulumi.Output.from_input(value)
-            collected.append(pulumi.Output.all(o, o.is_secret()).apply(
-                lambda v, key=key: record(key, v[0], v[1])))
+            collected.append(pulumi.Output.all(o, o.is_secret()).apply(lambda v, key=key: record(key, v[0], v[1])))
         return pulumi.Output.all(*collected)
 
     program()
@@ -401,15 +459,17 @@ def snapshot(run: Run) -> dict:
             if key in r.secret_inputs:
                 inputs[key] = "[secret]"
             elif key == "userData":
-                inputs[key] = {"sha256": hashlib.sha256(value.encode()).hexdigest(),
-                               "bytes": len(value.encode())}
+                inputs[key] = {"sha256": hashlib.sha256(value.encode()).hexdigest(), "bytes": len(value.encode())}
             else:
                 inputs[key] = _normalise(value, refs)
         entry: dict[str, Any] = {"inputs": inputs}
         if r.parent:
             entry["parent"] = _short(r.parent)
-        deps = sorted({_short(u) for u in r.dependencies} - {_short(r.parent)} if r.parent
-                      else {_short(u) for u in r.dependencies})
+        deps = sorted(
+            {_short(u) for u in r.dependencies} - {_short(r.parent)}
+            if r.parent
+            else {_short(u) for u in r.dependencies}
+        )
         if deps:
             entry["dependsOn"] = deps
         options = {
@@ -423,8 +483,7 @@ def snapshot(run: Run) -> dict:
         if options:
             entry["options"] = options
         resources[_short(r.urn)] = entry
-    outputs = {k: "[secret]" if k in run.secret_outputs else _normalise(v, refs)
-               for k, v in run.outputs.items()}
+    outputs = {k: "[secret]" if k in run.secret_outputs else _normalise(v, refs) for k, v in run.outputs.items()}
     return {"resources": dict(sorted(resources.items())), "outputs": dict(sorted(outputs.items()))}
 
 

@@ -11,6 +11,7 @@ What smtpd did with a message is read from its own queue (`smtpctl show message`
 nothing can be delivered in this harness (no Dovecot at the LMTP address, no MX for
 the outside), so accepted mail stays there.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,19 +25,19 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import spam
+from mailstack import rspamd
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
 from tests.daemons.netns import Netns, start_resolver_and_database
 from tests.daemons.rspamd import start as start_rspamd
 from tests.daemons.smtpd import SMTPD, stage
 from tests.daemons.unbound import OUTSIDE_NO_PTR, OUTSIDE_OK
 from tests.test_hostile import MX1_PORTS
-from tests.test_mx import EXAMPLE_ALIASES
-from tests.test_spam import start_redis
+from tests.test_rspamd import start_redis
+from tests.test_smtpd import EXAMPLE_ALIASES
 
 pytestmark = pytest.mark.timeout(600)
 
-LIMIT = 10   # the smallest the settings allow
+LIMIT = 10  # the smallest the settings allow
 SHARED = {"address": "shared@example.org", "to": ["alice@example.org", "bob@example.org"]}
 # Outside mail has somewhere to go that never answers, so it waits in the queue.
 SINK_DNS = f"""
@@ -78,18 +79,29 @@ print(json.dumps(results))
 
 @pytest.fixture(scope="module")
 def mx1_limits():
-    ctx = make_context(settings_from(
-        aliases=[*EXAMPLE_ALIASES, SHARED],
-        limits={"sendPerUserPerHour": LIMIT, "sendPerAddressPerHour": LIMIT}))
+    ctx = make_context(
+        settings_from(
+            aliases=[*EXAMPLE_ALIASES, SHARED], limits={"sendPerUserPerHour": LIMIT, "sendPerAddressPerHour": LIMIT}
+        )
+    )
     mx1 = ctx.hosts["mx1"]
     root = Path(tempfile.mkdtemp(prefix=f"mailstack-abuse-{uuid.uuid4().hex[:8]}-"))
     root.chmod(0o755)
     ns = None
     try:
         conf = stage(ctx, mx1, root, rspamd=True)
-        ns = Netns(root, mx1.private_ip,
-                   [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
-                    OUTSIDE_OK, OUTSIDE_NO_PTR, "10.99.0.20", "10.99.0.21"])
+        ns = Netns(
+            root,
+            mx1.private_ip,
+            [
+                ctx.hosts["mx2"].private_ip,
+                ctx.hosts["imap"].private_ip,
+                OUTSIDE_OK,
+                OUTSIDE_NO_PTR,
+                "10.99.0.20",
+                "10.99.0.21",
+            ],
+        )
         start_resolver_and_database(ns, ctx, root, SINK_DNS)
         # mx1's own Redis file (it wants the password Rspamd's rendered files give it).
         start_redis(ns, ctx, mx1, root)
@@ -105,22 +117,44 @@ def mx1_limits():
 
 
 def message(frm: str, to: str, subject: str, extra: str = "") -> str:
-    return (f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{uuid.uuid4().hex}@client.test>\r\n{extra}\r\nHello.\r\n")
+    return (
+        f"From: {frm}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{uuid.uuid4().hex}@client.test>\r\n{extra}\r\nHello.\r\n"
+    )
 
 
 def send(env, messages: list[dict]) -> list[list]:
-    r = env["ns"].run(sys.executable, "-c", SEND_CLIENT, client=True, timeout=300,
-                      input=json.dumps(dict(server=env["ctx"].hosts["mx1"].private_ip,
-                                            messages=messages)))
+    r = env["ns"].run(
+        sys.executable,
+        "-c",
+        SEND_CLIENT,
+        client=True,
+        timeout=300,
+        input=json.dumps(dict(server=env["ctx"].hosts["mx1"].private_ip, messages=messages)),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 
 
-def submit(user: str, frm: str, to: str, subject: str, env_from: str | None = None,
-           src: str = OUTSIDE_NO_PTR, port: int = 587, extra: str = "") -> dict:
-    return {"port": port, "src": src, "user": user, "password": TEST_PASSWORD,
-            "from": env_from or frm, "to": [to], "data": message(frm, to, subject, extra)}
+def submit(
+    user: str,
+    frm: str,
+    to: str,
+    subject: str,
+    env_from: str | None = None,
+    src: str = OUTSIDE_NO_PTR,
+    port: int = 587,
+    extra: str = "",
+) -> dict:
+    return {
+        "port": port,
+        "src": src,
+        "user": user,
+        "password": TEST_PASSWORD,
+        "from": env_from or frm,
+        "to": [to],
+        "data": message(frm, to, subject, extra),
+    }
 
 
 def queued(env, subject: str, wait: float = 0) -> list[str]:
@@ -142,10 +176,12 @@ def queued(env, subject: str, wait: float = 0) -> list[str]:
 
 def headers(msg: str) -> list[tuple[str, str]]:
     import email
+
     return list(email.message_from_string(msg.replace("\r\n", "\n")).items())
 
 
 # ------------------------------------------------------------------ 3: header From
+
 
 def test_header_from_must_be_the_users_own(mx1_limits):
     tag = uuid.uuid4().hex[:8]
@@ -161,9 +197,10 @@ def test_header_from_must_be_the_users_own(mx1_limits):
         (c, f"Carol <{c}>, bob@example.org", c, False),
         (c, "team@example.net", c, False),
     ]
-    msgs = [submit(u, frm, f"x-{tag}-{i}@elsewhere.test", f"from-{tag}-{i}", env_from=ef,
-                   src=f"10.99.0.{20 + i % 2}")
-            for i, (u, frm, ef, _) in enumerate(cases)]
+    msgs = [
+        submit(u, frm, f"x-{tag}-{i}@elsewhere.test", f"from-{tag}-{i}", env_from=ef, src=f"10.99.0.{20 + i % 2}")
+        for i, (u, frm, ef, _) in enumerate(cases)
+    ]
     results = send(mx1_limits, msgs)
     for i, ((user, frm, _, ok), (code, text)) in enumerate(zip(cases, results)):
         if ok:
@@ -179,17 +216,24 @@ def test_header_from_must_be_the_users_own(mx1_limits):
 
 # ------------------------------------------------------------------ 7: forged verdicts
 
+
 def test_forged_verdict_headers_are_stripped(mx1_limits):
     tag = uuid.uuid4().hex[:8]
-    forged = ("Authentication-Results: mx1.example.org; dkim=pass header.d=example.org\r\n"
-              "authentication-results:\r\n  example.org; spf=pass\r\n"
-              "X-Spam-Status: No, score=-100\r\n"
-              "x-spam: no\r\n"
-              "X-Spam-Flag: NO\r\n"
-              "Authentication-Results: relay.elsewhere.test; spf=pass\r\n")
-    m = {"port": 25, "src": OUTSIDE_OK, "from": "someone@good.test",
-         "to": [f"alice+{tag}@example.org"],
-         "data": message("someone@good.test", "alice@example.org", f"verdict-{tag}", forged)}
+    forged = (
+        "Authentication-Results: mx1.example.org; dkim=pass header.d=example.org\r\n"
+        "authentication-results:\r\n  example.org; spf=pass\r\n"
+        "X-Spam-Status: No, score=-100\r\n"
+        "x-spam: no\r\n"
+        "X-Spam-Flag: NO\r\n"
+        "Authentication-Results: relay.elsewhere.test; spf=pass\r\n"
+    )
+    m = {
+        "port": 25,
+        "src": OUTSIDE_OK,
+        "from": "someone@good.test",
+        "to": [f"alice+{tag}@example.org"],
+        "data": message("someone@good.test", "alice@example.org", f"verdict-{tag}", forged),
+    }
     assert send(mx1_limits, [m]) == [[250, ""]]
     held = queued(mx1_limits, f"verdict-{tag}", wait=10)
     assert len(held) == 1
@@ -209,31 +253,54 @@ def test_forged_verdict_headers_are_stripped(mx1_limits):
 
 # ------------------------------------------------------------------ 2: outbound limits
 
+
 def test_outbound_limits_per_login_and_per_address(mx1_limits):
     tag = uuid.uuid4().hex[:8]
     # alice sends LIMIT messages as the shared alias: her login's and the address's
     # buckets are both full then.
-    first = send(mx1_limits, [
-        submit("alice@example.org", SHARED["address"], f"r{i}-{tag}@elsewhere.test", f"rl-{tag}-{i}",
-               port=(587, 465)[i % 2]) for i in range(LIMIT)])
+    first = send(
+        mx1_limits,
+        [
+            submit(
+                "alice@example.org",
+                SHARED["address"],
+                f"r{i}-{tag}@elsewhere.test",
+                f"rl-{tag}-{i}",
+                port=(587, 465)[i % 2],
+            )
+            for i in range(LIMIT)
+        ],
+    )
     assert first == [[250, ""]] * LIMIT, first
-    over = send(mx1_limits, [
-        # alice, as herself: her login is over its limit
-        submit("alice@example.org", "alice@example.org", f"a-{tag}@elsewhere.test", f"rl-{tag}-alice"),
-        # bob, as the shared alias: that address is over its limit
-        submit("bob@example.org", SHARED["address"], f"b-{tag}@elsewhere.test", f"rl-{tag}-bob-shared"),
-        # bob as himself: neither limit is his
-        submit("bob@example.org", "bob@example.org", f"c-{tag}@elsewhere.test", f"rl-{tag}-bob"),
-    ])
+    over = send(
+        mx1_limits,
+        [
+            # alice, as herself: her login is over its limit
+            submit("alice@example.org", "alice@example.org", f"a-{tag}@elsewhere.test", f"rl-{tag}-alice"),
+            # bob, as the shared alias: that address is over its limit
+            submit("bob@example.org", SHARED["address"], f"b-{tag}@elsewhere.test", f"rl-{tag}-bob-shared"),
+            # bob as himself: neither limit is his
+            submit("bob@example.org", "bob@example.org", f"c-{tag}@elsewhere.test", f"rl-{tag}-bob"),
+        ],
+    )
     assert over[0][0] == 451 and "this login" in over[0][1], over
     assert over[1][0] == 451 and "sender address" in over[1][1], over
     assert over[2] == [250, ""], over
     # Inbound mail from outside is never counted.
-    inbound = send(mx1_limits, [{
-        "port": 25, "src": OUTSIDE_OK, "from": SHARED["address"], "to": [f"alice+{tag}@example.org"],
-        "data": message("x@good.test", "alice@example.org", f"rl-{tag}-in")}])
+    inbound = send(
+        mx1_limits,
+        [
+            {
+                "port": 25,
+                "src": OUTSIDE_OK,
+                "from": SHARED["address"],
+                "to": [f"alice+{tag}@example.org"],
+                "data": message("x@good.test", "alice@example.org", f"rl-{tag}-in"),
+            }
+        ],
+    )
     assert inbound == [[250, ""]]
     # The postmaster (postmaster@ -> alice@) hears of it, once for alice's login.
     notes = queued(mx1_limits, "Sending limit reached by alice@example.org", wait=30)
     assert len(notes) == 1, (mx1_limits["root"] / "smtpd.log").read_text()[-3000:]
-    assert "Client IP: " + OUTSIDE_NO_PTR in notes[0] and spam.postmaster(mx1_limits["ctx"]) in notes[0]
+    assert "Client IP: " + OUTSIDE_NO_PTR in notes[0] and rspamd.postmaster(mx1_limits["ctx"]) in notes[0]

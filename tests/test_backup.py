@@ -1,6 +1,7 @@
 """Backups: settings, the deploy step's rendering, and a real restic backup and restore
 of a Maildir tree through a real sshd (SFTP only, chrooted, key login) on loopback, with
 the very program and config the servers get."""
+
 from __future__ import annotations
 
 import json
@@ -31,14 +32,17 @@ def test_backup_defaults_to_a_storage_box_with_restore_on_empty():
     assert (b.keep.daily, b.keep.weekly, b.keep.monthly) == (7, 5, 12)
 
 
-@pytest.mark.parametrize("bad, key, fix", [
-    ({"target": "s4://bucket"}, "mailstack:backup.target", "sftp://user@host"),
-    ({"target": "sftp://u@h:23/"}, "mailstack:backup.target", "names no directory"),
-    ({"schedule": "daily; rm -rf /"}, "mailstack:backup.schedule", "man systemd.time"),
-    ({"keep": {"daily": 0, "weekly": 0, "monthly": 0}}, "mailstack:backup.keep", "daily: 7"),
-    ({"knownHosts": ["not a key"]}, "mailstack:backup.knownHosts[0]", "ssh-keyscan"),
-    ({"keep": {"daily": -1}}, "mailstack:backup.keep.daily", "greater than or equal"),
-])
+@pytest.mark.parametrize(
+    "bad, key, fix",
+    [
+        ({"target": "s4://bucket"}, "mailstack:backup.target", "sftp://user@host"),
+        ({"target": "sftp://u@h:23/"}, "mailstack:backup.target", "names no directory"),
+        ({"schedule": "daily; rm -rf /"}, "mailstack:backup.schedule", "man systemd.time"),
+        ({"keep": {"daily": 0, "weekly": 0, "monthly": 0}}, "mailstack:backup.keep", "daily: 7"),
+        ({"knownHosts": ["not a key"]}, "mailstack:backup.knownHosts[0]", "ssh-keyscan"),
+        ({"keep": {"daily": -1}}, "mailstack:backup.keep.daily", "greater than or equal"),
+    ],
+)
 def test_bad_backup_settings_name_key_value_and_fix(bad, key, fix):
     with pytest.raises(SettingsError) as e:
         settings_from(backup=bad)
@@ -46,24 +50,29 @@ def test_bad_backup_settings_name_key_value_and_fix(bad, key, fix):
     assert fix in line
 
 
-S3 = {"target": "s3:https://fsn1.your-objectstorage.com/mail-backups/mailstack",
-      "s3": {"accessKeyId": "AKIDEXAMPLE", "secretAccessKey": "wJalrXUtnFEMI-secret"}}
+S3 = {
+    "target": "s3:https://fsn1.your-objectstorage.com/mail-backups/mailstack",
+    "s3": {"accessKeyId": "AKIDEXAMPLE", "secretAccessKey": "wJalrXUtnFEMI-secret"},
+}
 
 
 def _s3_settings(backup: dict, secret: bool = True):
     from mailstack.settings import load_settings
     from tests.conftest import stack_config
-    return load_settings(stack_config(backup=backup),
-                         ["mailstack:users", *(["mailstack:backup"] if secret else [])])
+
+    return load_settings(stack_config(backup=backup), ["mailstack:users", *(["mailstack:backup"] if secret else [])])
 
 
-@pytest.mark.parametrize("bad, secret, fix", [
-    ({"target": "s3:https://host/Bad_Bucket!"}, True, "not an S3 target"),
-    ({"target": "s3:https://host/bucket/../x", "s3": S3["s3"]}, True, "climbs out"),
-    ({"target": S3["target"]}, True, "needs accessKeyId and secretAccessKey"),
-    (S3, False, "stored in clear text"),
-    ({"target": "storagebox", "s3": S3["s3"]}, True, "not an s3: target"),
-])
+@pytest.mark.parametrize(
+    "bad, secret, fix",
+    [
+        ({"target": "s3:https://host/Bad_Bucket!"}, True, "not an S3 target"),
+        ({"target": "s3:https://host/bucket/../x", "s3": S3["s3"]}, True, "climbs out"),
+        ({"target": S3["target"]}, True, "needs accessKeyId and secretAccessKey"),
+        (S3, False, "stored in clear text"),
+        ({"target": "storagebox", "s3": S3["s3"]}, True, "not an s3: target"),
+    ],
+)
 def test_bad_s3_backup_settings_name_key_value_and_fix(bad, secret, fix):
     with pytest.raises(SettingsError) as e:
         _s3_settings(bad, secret)
@@ -100,15 +109,14 @@ def test_data_hosts_restore_before_their_services_and_the_primary_before_the_syn
     steps = {s.name: s for s in deploy.plan(settings_from())}
     assert B.parts(H.hosts(settings_from())["imap"]) == ("mail",)
     assert B.parts(H.hosts(settings_from())["mx1"]) == ("db", "rspamd")
-    assert "backup-mx2" not in steps      # a replica and a queue: nothing of its own
+    assert "backup-mx2" not in steps  # a replica and a queue: nothing of its own
     assert "backup-imap" in steps["services-imap"].depends_on
     assert "backup-mx1" in steps["mail-sync"].depends_on
     assert "backup-mx1" in steps["services-mx1"].depends_on
     single = {s.name for s in deploy.plan(settings_from(topology="single"))}
     assert "backup-mx1" in single
     assert B.parts(H.hosts(settings_from(topology="single"))["mx1"]) == ("mail", "db", "rspamd")
-    assert not [s for s in deploy.plan(settings_from(backup={"target": "none"}))
-                if s.name.startswith("backup-")]
+    assert not [s for s in deploy.plan(settings_from(backup={"target": "none"})) if s.name.startswith("backup-")]
 
 
 def test_secrets_travel_only_as_secret_0600_files():
@@ -156,8 +164,9 @@ def sftp_target():
     st = LS.Storage(base, "127.0.0.1", free_port())
     priv, pub = ed25519_openssh("backup-imap")
     LS.prepare(st, [pub])
-    proc = subprocess.Popen(LS.command(st), stdin=subprocess.DEVNULL,
-                            stdout=open(base / "sshd.log", "ab"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        LS.command(st), stdin=subprocess.DEVNULL, stdout=open(base / "sshd.log", "ab"), stderr=subprocess.STDOUT
+    )
     try:
         LS.wait_listening(st)
         yield st
@@ -234,21 +243,25 @@ def _run(env, tmp: Path, *args, name="mailstack-backup"):
 
 
 def test_restic_backup_and_restore_of_a_mail_store_over_sftp(sftp_target, tmp_path):
-    s = settings_from(backup={"target": sftp_target.target(),
-                              "knownHosts": [sftp_target.known_hosts_line()]})
+    s = settings_from(backup={"target": sftp_target.target(), "knownHosts": [sftp_target.known_hosts_line()]})
     ctx = make_context(s)
     priv, _ = ed25519_openssh("backup-imap")
     ctx = replace(ctx, secrets=replace(ctx.secrets, backup_keys={"imap": priv}))
-    layout = B.Layout(conf_dir=str(tmp_path / "etc"), vmail=str(tmp_path / "vmail"),
-                      dump_dir=str(tmp_path / "dump"), status_file=str(tmp_path / "status.json"),
-                      cache_dir=str(tmp_path / "cache"), systemd=False)
+    layout = B.Layout(
+        conf_dir=str(tmp_path / "etc"),
+        vmail=str(tmp_path / "vmail"),
+        dump_dir=str(tmp_path / "dump"),
+        status_file=str(tmp_path / "status.json"),
+        cache_dir=str(tmp_path / "cache"),
+        systemd=False,
+    )
     env = _install(ctx, ctx.hosts["imap"], layout, tmp_path)
     vmail = Path(layout.vmail)
     _mail_store(vmail)
     before = _tree(vmail)
 
     _run(env, tmp_path, "init")
-    _run(env, tmp_path, "init")                    # idempotent: the repository stays
+    _run(env, tmp_path, "init")  # idempotent: the repository stays
     _run(env, tmp_path)
     status = json.loads(Path(layout.status_file).read_text())
     assert status["last_run"]["result"] == "ok" and status["last_check"]["result"] == "ok"
@@ -279,9 +292,14 @@ def test_restic_backup_and_restore_of_a_mail_store_over_sftp(sftp_target, tmp_pa
     (vmail / "example.org" / "bob" / "Maildir" / "cur" / "1700000005.M5P1.imap,S=20,W=21:2,RS").unlink()
     _run(env, tmp_path, "--only", "alice@example.org", name="mailstack-restore")
     names = sorted(p.name for p in m.rglob("*") if p.parent.name in ("cur", "new"))
-    assert names == sorted([
-        "1700000001.M1P1.imap,S=20,W=21:2,S", "1700000002.M2P1.imap,S=20,W=21:2,RSa",
-        "1700000003.M3P1.imap,S=20,W=21", "1700000004.M4P1.imap,S=20,W=21:2,S"])
+    assert names == sorted(
+        [
+            "1700000001.M1P1.imap,S=20,W=21:2,S",
+            "1700000002.M2P1.imap,S=20,W=21:2,RSa",
+            "1700000003.M3P1.imap,S=20,W=21",
+            "1700000004.M4P1.imap,S=20,W=21:2,S",
+        ]
+    )
     assert (m / ".Archive" / "cur" / "1700000004.M4P1.imap,S=20,W=21:2,S").exists()
     assert not list((vmail / "example.org" / "bob" / "Maildir" / "cur").iterdir())  # bob untouched
     assert all(p.lstat().st_uid == H.VMAIL_UID for p in m.rglob("*"))
@@ -297,26 +315,32 @@ def test_backup_keys_step_writes_the_boxs_authorized_keys_with_the_boxs_own_key(
     manager, manager_pub = ed25519_openssh("backup-keys")
     sftp_target.authorized_keys.write_text(manager_pub + "\n")
     keys = {r: ed25519_openssh(f"backup-{r}")[0] for r in ("imap", "mx1")}
-    s = settings_from(backup={"target": "storagebox",
-                              "knownHosts": [sftp_target.known_hosts_line()]})
+    s = settings_from(backup={"target": "storagebox", "knownHosts": [sftp_target.known_hosts_line()]})
     ctx = make_context(s)
-    ctx = replace(ctx, storage_box={"server": "127.0.0.1", "username": LS.USER,
-                                    "port": str(sftp_target.port)},
-                  secrets=replace(ctx.secrets, backup_keys=keys, backup_manager_key=manager))
-    layout = B.Layout(conf_dir=str(tmp_path / "etc"), vmail=str(tmp_path / "vmail"),
-                      dump_dir=str(tmp_path / "dump"), status_file=str(tmp_path / "status.json"),
-                      cache_dir=str(tmp_path / "cache"), systemd=False)
+    ctx = replace(
+        ctx,
+        storage_box={"server": "127.0.0.1", "username": LS.USER, "port": str(sftp_target.port)},
+        secrets=replace(ctx.secrets, backup_keys=keys, backup_manager_key=manager),
+    )
+    layout = B.Layout(
+        conf_dir=str(tmp_path / "etc"),
+        vmail=str(tmp_path / "vmail"),
+        dump_dir=str(tmp_path / "dump"),
+        status_file=str(tmp_path / "status.json"),
+        cache_dir=str(tmp_path / "cache"),
+        systemd=False,
+    )
     (tmp_path / "vmail").mkdir()
     env = _install(ctx, ctx.hosts["imap"], layout, tmp_path)
-    r = subprocess.run([str(tmp_path / "mailstack-backup"), "init"], env=env,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0            # imap's key isn't on the box yet
+    r = subprocess.run(
+        [str(tmp_path / "mailstack-backup"), "init"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode != 0  # imap's key isn't on the box yet
 
     def step(c):
         b = B.keys_bundle(c, layout)
         assert {f.path for f in b.files if f.secret} == {f"{layout.conf_dir}/keys/id_ed25519"}
-        r = subprocess.run(["bash", "-s"], input=b.shell("backup-keys"), capture_output=True,
-                           text=True, timeout=120)
+        r = subprocess.run(["bash", "-s"], input=b.shell("backup-keys"), capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         return r.stderr
 
@@ -325,9 +349,9 @@ def test_backup_keys_step_writes_the_boxs_authorized_keys_with_the_boxs_own_key(
     lines = sftp_target.authorized_keys.read_text().splitlines()
     assert lines[0] == B.public_openssh(manager, B.MANAGER_COMMENT)
     assert [ln.split()[2] for ln in lines[1:]] == ["mailstack-backup-imap", "mailstack-backup-mx1"]
-    assert not (tmp_path / "etc" / "keys").exists()   # the box's key was only staged
-    _run(env, tmp_path, "init")                        # imap reaches its repository now
-    assert "writing" not in step(ctx)                  # unchanged: nothing written
+    assert not (tmp_path / "etc" / "keys").exists()  # the box's key was only staged
+    _run(env, tmp_path, "init")  # imap reaches its repository now
+    assert "writing" not in step(ctx)  # unchanged: nothing written
 
     rotated = replace(ctx, secrets=replace(ctx.secrets, backup_keys={**keys, "imap": ed25519_openssh("new")[0]}))
     assert "writing" in step(rotated)
@@ -351,6 +375,7 @@ def s3_service():
     if not shutil.which("restic"):
         pytest.skip("needs restic (scripts/setup-host.sh)")
     from moto.server import ThreadedMotoServer
+
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
@@ -361,16 +386,23 @@ def s3_service():
 
 
 def test_restic_backup_and_restore_of_a_mail_store_over_s3(s3_service, tmp_path):
-    s = _s3_settings({"target": f"s3:{s3_service}/mail-backups/mailstack",
-                      "s3": {"accessKeyId": "AKIDTEST", "secretAccessKey": "test-secret-key",
-                             "region": "us-east-1"}})
+    s = _s3_settings(
+        {
+            "target": f"s3:{s3_service}/mail-backups/mailstack",
+            "s3": {"accessKeyId": "AKIDTEST", "secretAccessKey": "test-secret-key", "region": "us-east-1"},
+        }
+    )
     ctx = make_context(s)
-    layout = B.Layout(conf_dir=str(tmp_path / "etc"), vmail=str(tmp_path / "vmail"),
-                      dump_dir=str(tmp_path / "dump"), status_file=str(tmp_path / "status.json"),
-                      cache_dir=str(tmp_path / "cache"), systemd=False)
+    layout = B.Layout(
+        conf_dir=str(tmp_path / "etc"),
+        vmail=str(tmp_path / "vmail"),
+        dump_dir=str(tmp_path / "dump"),
+        status_file=str(tmp_path / "status.json"),
+        cache_dir=str(tmp_path / "cache"),
+        systemd=False,
+    )
     # The credentials come only from the 0600 file (moto puts fake ones in our environment).
-    env = {k: v for k, v in _install(ctx, ctx.hosts["imap"], layout, tmp_path).items()
-           if not k.startswith("AWS_")}
+    env = {k: v for k, v in _install(ctx, ctx.hosts["imap"], layout, tmp_path).items() if not k.startswith("AWS_")}
     vmail = Path(layout.vmail)
     _mail_store(vmail)
     before = _tree(vmail)
@@ -387,20 +419,24 @@ def test_restic_backup_and_restore_of_a_mail_store_over_s3(s3_service, tmp_path)
 def test_database_dump_and_restore_through_the_repository(sftp_target, tmp_path):
     """mx1's part: pg_dump into the snapshot; a dropped database comes back with
     `--only db`, an emptied one (a fresh primary) with `--if-empty`."""
-    from . import test_database as TD
+    from . import test_postgresql as TD
 
-    s = settings_from(backup={"target": sftp_target.target(),
-                              "knownHosts": [sftp_target.known_hosts_line()]})
-    priv, _ = ed25519_openssh("backup-imap")   # the key the storage host accepts
+    s = settings_from(backup={"target": sftp_target.target(), "knownHosts": [sftp_target.known_hosts_line()]})
+    priv, _ = ed25519_openssh("backup-imap")  # the key the storage host accepts
     ctx = make_context(s)
     ctx = replace(ctx, secrets=replace(ctx.secrets, backup_keys={"mx1": priv}))
-    layout = B.Layout(conf_dir=str(tmp_path / "etc"), vmail=str(tmp_path / "vmail"),
-                      dump_dir=str(tmp_path / "dump"), status_file=str(tmp_path / "status.json"),
-                      cache_dir=str(tmp_path / "cache"), systemd=False)
+    layout = B.Layout(
+        conf_dir=str(tmp_path / "etc"),
+        vmail=str(tmp_path / "vmail"),
+        dump_dir=str(tmp_path / "dump"),
+        status_file=str(tmp_path / "status.json"),
+        cache_dir=str(tmp_path / "cache"),
+        systemd=False,
+    )
     env = _install(ctx, ctx.hosts["mx1"], layout, tmp_path)
     conf = json.loads(Path(layout.config).read_text())
     assert conf["parts"] == ["db", "rspamd"]
-    conf["parts"] = ["db"]                      # no Redis here; its dump is one command
+    conf["parts"] = ["db"]  # no Redis here; its dump is one command
     Path(layout.config).write_text(json.dumps(conf))
 
     base = Path(tempfile.mkdtemp(prefix="mailstack-pg-"))
@@ -412,8 +448,7 @@ def test_database_dump_and_restore_through_the_repository(sftp_target, tmp_path)
         primary.sql(TD.D.sync_sql(s, dict(dbctx.secrets.user_hashes)), TD.D.DB_NAME)
         # Dovecot's usage copy: its table comes back, its rows don't (an old copy could
         # refuse a mailbox that has room).
-        primary.sql(f"INSERT INTO {TD.D.QUOTA_TABLE} (address, bytes) VALUES ('alice@example.org', 42)",
-                    TD.D.DB_NAME)
+        primary.sql(f"INSERT INTO {TD.D.QUOTA_TABLE} (address, bytes) VALUES ('alice@example.org', 42)", TD.D.DB_NAME)
         before = TD.snapshot(primary)
         env = dict(env, PGHOST=str(primary.dir), PGPORT=str(primary.port))
         _run(env, tmp_path, "init")

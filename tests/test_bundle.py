@@ -1,6 +1,7 @@
 """The deploy-step program itself (bundle.py + cloud-init/deploy/prelude.sh), run for real
 by bash against a temporary directory: staging, installing with modes and owners,
 change detection and idempotency."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,7 @@ from mailstack.bundle import Bundle, File
 
 
 def run(bundle: Bundle, name: str = "test") -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-s"], input=bundle.shell(name), capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(["bash", "-s"], input=bundle.shell(name), capture_output=True, text=True, timeout=60)
 
 
 def bundle_for(root, content="hello\n", script=None) -> Bundle:
@@ -58,8 +58,7 @@ def test_validation_failure_leaves_the_old_file(tmp_path):
     assert run(bundle_for(tmp_path)).returncode == 0
     conf = f"{tmp_path}/etc/new/dir/app.conf"
     check_then_install = (
-        f'grep -q "^valid" "$(staged {conf})" || {{ log "rejected"; exit 1; }}\n'
-        f"install_all {tmp_path}/ || true\n"
+        f'grep -q "^valid" "$(staged {conf})" || {{ log "rejected"; exit 1; }}\ninstall_all {tmp_path}/ || true\n'
     )
     r = run(bundle_for(tmp_path, "broken\n", check_then_install))
     assert r.returncode == 1 and "rejected" in r.stderr
@@ -87,6 +86,7 @@ def test_digest_follows_content_and_modes(tmp_path):
 def _service_dir(tmp_path, name="svc"):
     """A directory a service account (nobody) owns, as postgres owns /etc/postgresql/15/main."""
     import pwd
+
     d = tmp_path / name
     d.mkdir()
     pw = pwd.getpwnam("nobody")

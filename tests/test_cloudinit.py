@@ -1,5 +1,6 @@
 """cloud-init user-data: valid for the real cloud-init, small enough for Hetzner, free
 of secrets and mail settings, and its scripts work when run for real."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mailstack import cloudinit, firewall, templates
+from mailstack import hosts as H
 from tests.conftest import ROOT, TEST_HASH, make_context, settings_from
-from mailstack import cloudinit, firewall, hosts as H, templates
 
 ROLES_HA = ("mx1", "imap", "mx2")
 
@@ -32,8 +34,7 @@ def test_real_cloud_init_accepts_the_schema(tmp_path, topology, role):
     s = settings_from(topology=topology)
     path = tmp_path / "user-data"
     path.write_text(cloudinit.user_data(s, H.hosts(s)[role]))
-    out = subprocess.run(["cloud-init", "schema", "--config-file", str(path)],
-                         capture_output=True, text=True)
+    out = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Valid cloud-config" in out.stdout
 
@@ -87,12 +88,25 @@ def test_host_names_do_change_user_data():
 def test_packages_per_role():
     s = settings_from()
     hs = H.hosts(s)
-    common = {"postgresql-15", "certbot", "unbound", "nftables", "unattended-upgrades",
-              "nginx-light", "ca-certificates", "openssl"}
-    mx = {"opensmtpd", "opensmtpd-extras", "opensmtpd-filter-rspamd",
-          "opensmtpd-filter-senderscore", "rspamd", "redis-server"}
-    imap = {"dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pgsql",
-            "dovecot-sieve", "dovecot-managesieved"}
+    common = {
+        "postgresql-15",
+        "certbot",
+        "unbound",
+        "nftables",
+        "unattended-upgrades",
+        "nginx-light",
+        "ca-certificates",
+        "openssl",
+    }
+    mx = {
+        "opensmtpd",
+        "opensmtpd-extras",
+        "opensmtpd-filter-rspamd",
+        "opensmtpd-filter-senderscore",
+        "rspamd",
+        "redis-server",
+    }
+    imap = {"dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pgsql", "dovecot-sieve", "dovecot-managesieved"}
     pkgs = {r: set(yaml.safe_load(cloudinit.user_data(s, h))["packages"]) for r, h in hs.items()}
     assert pkgs["mx1"] == common | mx
     assert pkgs["mx2"] == common | mx
@@ -110,8 +124,13 @@ def test_host_identity_and_files_written_before_packages():
         assert doc["disable_root"] is False and doc["ssh_pwauth"] is False
         files = _files(doc)
         # write_files without defer runs in the init stage, before package installs.
-        for path in ("/etc/mailname", "/etc/aliases", "/etc/apt/preferences.d/mailstack-opensmtpd",
-                     "/etc/apt/sources.list.d/mailstack-backports.list", "/etc/nftables.conf"):
+        for path in (
+            "/etc/mailname",
+            "/etc/aliases",
+            "/etc/apt/preferences.d/mailstack-opensmtpd",
+            "/etc/apt/sources.list.d/mailstack-backports.list",
+            "/etc/nftables.conf",
+        ):
             assert not files[path].get("defer"), path
         assert files["/etc/mailname"]["content"] == f"{h.fqdn}\n"
         assert "root: postmaster@example.org\n" in files["/etc/aliases"]["content"]
@@ -139,10 +158,21 @@ def test_backports_pin_makes_apt_choose_opensmtpd_7_4(tmp_path):
 
     def candidate(prefs_dir: Path) -> str:
         out = subprocess.run(
-            ["apt-cache", "-o", f"Dir::State::status={status}",
-             "-o", f"Dir::Etc::PreferencesParts={prefs_dir}", "-o",
-             f"Dir::Etc::Preferences={tmp_path}/none", "policy", "opensmtpd"],
-            capture_output=True, text=True, check=True).stdout
+            [
+                "apt-cache",
+                "-o",
+                f"Dir::State::status={status}",
+                "-o",
+                f"Dir::Etc::PreferencesParts={prefs_dir}",
+                "-o",
+                f"Dir::Etc::Preferences={tmp_path}/none",
+                "policy",
+                "opensmtpd",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         return next(line.split()[1] for line in out.splitlines() if "Candidate:" in line)
 
     unpinned = candidate(tmp_path / "empty")
@@ -185,7 +215,9 @@ def test_tls_bootstrap_creates_a_self_signed_pair_once(tmp_path):
     s = settings_from()
     h = H.hosts(s)["mx1"]
     script = tmp_path / "bootstrap"
-    script.write_text(_files(yaml.safe_load(cloudinit.user_data(s, h)))["/usr/local/sbin/mailstack-tls-bootstrap"]["content"])
+    script.write_text(
+        _files(yaml.safe_load(cloudinit.user_data(s, h)))["/usr/local/sbin/mailstack-tls-bootstrap"]["content"]
+    )
     d = tmp_path / "tls"
     subprocess.run(["bash", str(script), str(d)], check=True, capture_output=True)
     cert = x509.load_pem_x509_certificate((d / "fullchain.pem").read_bytes())
@@ -194,6 +226,7 @@ def test_tls_bootstrap_creates_a_self_signed_pair_once(tmp_path):
     assert oct((d / "privkey.pem").stat().st_mode & 0o777) == "0o600"
     assert oct((d / "fullchain.pem").stat().st_mode & 0o777) == "0o644"
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     key = load_pem_private_key((d / "privkey.pem").read_bytes(), None)
     assert key.public_key().public_numbers() == cert.public_key().public_numbers()
     before = (d / "fullchain.pem").read_bytes()
@@ -244,8 +277,9 @@ print(get("/"))
 print(get("/index.html"))
 PY
 """
-    out = subprocess.run(["unshare", "--mount", "--net", "bash", "-c", script],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["unshare", "--mount", "--net", "bash", "-c", script], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:4] == ["(200, 'tok3n.thumb')", "(404, '')", "(404, '')", "(404, '')"]
 
@@ -261,8 +295,7 @@ def test_hash_password_output_verifies_with_crypt():
     from mailstack.settings import _SHA512_CRYPT_RE
 
     password = "  correct horse battery staple ü "
-    out = subprocess.run([str(HASH_PASSWORD), "3"], input=password + "\n", capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run([str(HASH_PASSWORD), "3"], input=password + "\n", capture_output=True, text=True, check=True)
     h = out.stdout.strip()
     assert out.stdout.count("\n") == 1  # stdout is the hash alone
     assert _SHA512_CRYPT_RE.match(h)
@@ -288,13 +321,15 @@ def test_vmail_volume_script_mounts_the_hetzner_volume_by_uuid(tmp_path):
     with open(img, "wb") as f:
         f.truncate(16 * 1024 * 1024)
     subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
-    uuid = subprocess.run(["blkid", "-s", "UUID", "-o", "value", str(img)], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    uuid = subprocess.run(
+        ["blkid", "-s", "UUID", "-o", "value", str(img)], capture_output=True, text=True, check=True
+    ).stdout.strip()
     for d in ("etc-up", "etc-w", "var-up", "var-w", "dev-up", "dev-w"):
         (tmp_path / d).mkdir()
     try:
-        loop = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        loop = subprocess.run(
+            ["losetup", "--find", "--show", str(img)], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except subprocess.CalledProcessError:
         pytest.skip("no loop device available")
     try:
@@ -315,8 +350,7 @@ bash {script}
 grep -c /var/vmail /etc/fstab | sed 's/^/COUNT /'
 umount /var/vmail
 """
-        out = subprocess.run(["unshare", "--mount", "bash", "-c", inner], capture_output=True,
-                             text=True, timeout=60)
+        out = subprocess.run(["unshare", "--mount", "bash", "-c", inner], capture_output=True, text=True, timeout=60)
     finally:
         subprocess.run(["losetup", "-d", loop], check=False)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -324,6 +358,7 @@ umount /var/vmail
     assert f"MOUNT {loop} ext4" in lines
     assert "OWNER 5000:5000 750" in lines
     assert [line for line in lines if line.startswith("FSTAB ")] == [
-        f"FSTAB UUID={uuid} /var/vmail ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2"]
+        f"FSTAB UUID={uuid} /var/vmail ext4 defaults,nofail,x-systemd.device-timeout=30s 0 2"
+    ]
     assert "COUNT 1" in lines  # the rerun left fstab alone
     assert "mounted /dev/disk/by-id/scsi-0HC_Volume_4242" in out.stdout

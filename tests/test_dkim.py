@@ -1,5 +1,6 @@
 """DKIM key rotation: the schedule (mailstack/dkim.py) and the settings that refuse a
 schedule which could not keep its promises."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,8 +11,7 @@ from mailstack import dkim
 from mailstack.settings import SettingsError, load_settings, with_clock
 from tests.conftest import settings_from, stack_config
 
-ROTATION = {"selector": "mail", "rotationDays": 90, "publishDays": 7, "graceDays": 7,
-            "start": "2027-01-01"}
+ROTATION = {"selector": "mail", "rotationDays": 90, "publishDays": 7, "graceDays": 7, "start": "2027-01-01"}
 
 
 _BASE = settings_from(dkim=ROTATION)
@@ -25,11 +25,11 @@ def rotating(now: str):
 # (clock, phase, signing selector, published selectors): every phase of two rotations.
 TIMELINE = [
     ("2026-12-01T00:00:00Z", dkim.STEADY, "mail", ("mail",)),
-    ("2026-12-25T00:00:00Z", dkim.PUBLISH, "mail", ("mail", "mail-g1")),   # start - 7 days
+    ("2026-12-25T00:00:00Z", dkim.PUBLISH, "mail", ("mail", "mail-g1")),  # start - 7 days
     ("2026-12-31T23:59:59Z", dkim.PUBLISH, "mail", ("mail", "mail-g1")),
     ("2027-01-01T00:00:00Z", dkim.GRACE, "mail-g1", ("mail", "mail-g1")),
     ("2027-01-07T23:59:59Z", dkim.GRACE, "mail-g1", ("mail", "mail-g1")),
-    ("2027-01-08T00:00:00Z", dkim.STEADY, "mail-g1", ("mail-g1",)),         # grace over
+    ("2027-01-08T00:00:00Z", dkim.STEADY, "mail-g1", ("mail-g1",)),  # grace over
     ("2027-03-25T00:00:00Z", dkim.PUBLISH, "mail-g1", ("mail-g1", "mail-g2")),
     ("2027-04-01T00:00:00Z", dkim.GRACE, "mail-g2", ("mail-g1", "mail-g2")),
     ("2027-04-08T00:00:00Z", dkim.STEADY, "mail-g2", ("mail-g2",)),
@@ -107,18 +107,17 @@ def test_next_key_is_out_for_at_least_a_ttl_before_it_signs():
     """publishDays counts whole days and the longest TTL allowed is one: the bounds of
     the two fields keep this promise (raising dns.ttl's limit must revisit it)."""
     from mailstack.settings import Dkim, Dns
+
     min_publish = Dkim.model_fields["publish_days"].metadata
     max_ttl = Dns.model_fields["ttl"].metadata
-    assert min(m.ge for m in min_publish if hasattr(m, "ge")) * 86400 >= \
-        max(m.le for m in max_ttl if hasattr(m, "le"))
+    assert min(m.ge for m in min_publish if hasattr(m, "ge")) * 86400 >= max(m.le for m in max_ttl if hasattr(m, "le"))
     (p,) = _problems(**{**ROTATION, "publishDays": 0})
     assert p.startswith("mailstack:dkim.publishDays: 0 is invalid")
 
 
 def test_publish_and_grace_must_fit_in_the_period():
     (p,) = _problems(**{**ROTATION, "rotationDays": 10})
-    assert p.startswith("mailstack:dkim.rotationDays: 10 is shorter than dkim.publishDays (7) "
-                        "+ dkim.graceDays (7)")
+    assert p.startswith("mailstack:dkim.rotationDays: 10 is shorter than dkim.publishDays (7) + dkim.graceDays (7)")
     assert "raise rotationDays" in p
 
 

@@ -1,4 +1,5 @@
 """DNS model: every record's value, and the zone files served by a real knotd."""
+
 from __future__ import annotations
 
 import re
@@ -9,10 +10,10 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.query
+import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rcode
 import dns.reversename
 import pytest
 
@@ -63,9 +64,7 @@ def test_spf_lists_exactly_the_sending_hosts(settings, single_settings):
         assert _txt(_records(settings), f"{d}.") == {
             "v=spf1 ip4:198.51.100.11 ip6:2001:db8:11::1 ip4:198.51.100.13 ip6:2001:db8:13::1 -all"
         }
-        assert _txt(_records(single_settings), f"{d}.") == {
-            "v=spf1 ip4:198.51.100.11 ip6:2001:db8:11::1 -all"
-        }
+        assert _txt(_records(single_settings), f"{d}.") == {"v=spf1 ip4:198.51.100.11 ip6:2001:db8:11::1 -all"}
 
 
 def test_host_names_and_helo_spf(settings, single_settings):
@@ -133,8 +132,9 @@ MESSAGE = (
 
 
 def test_dkim_record_verifies_a_real_signature(settings):
-    sig = dkim.sign(MESSAGE, b"mail", b"example.org", _rsa_key().encode(),
-                    include_headers=[b"from", b"to", b"subject", b"date"])
+    sig = dkim.sign(
+        MESSAGE, b"mail", b"example.org", _rsa_key().encode(), include_headers=[b"from", b"to", b"subject", b"date"]
+    )
     assert _dkim_verify(sig + MESSAGE, _records(settings))
     # The same check fails against a record for a different key: it tests the record.
     other = settings_from()
@@ -142,8 +142,11 @@ def test_dkim_record_verifies_a_real_signature(settings):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     k2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem2 = k2.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem2 = (
+        k2.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     wrong = D.records(other, FAKE_ADDRESSES, {d: D.dkim_public_value(pem2) for d in DOMAINS})
     assert not _dkim_verify(sig + MESSAGE, wrong)
 
@@ -152,8 +155,11 @@ def test_dkim_public_value_matches_private():
     from cryptography.hazmat.primitives import serialization
 
     priv = serialization.load_pem_private_key(_rsa_key().encode(), None)
-    pem = priv.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    pem = (
+        priv.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     assert pem.startswith("-----BEGIN PUBLIC KEY-----")
     assert D.dkim_public_value(pem) == D.dkim_public_from_private(_rsa_key())
 
@@ -179,8 +185,7 @@ def test_dmarc_and_report_authorisation(settings):
 
 def test_mta_sts_policy_and_tls_rpt(settings, single_settings):
     assert D.mta_sts_policy(settings) == (
-        "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.org\r\nmx: mx2.example.org\r\n"
-        "max_age: 604800\r\n"
+        "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.org\r\nmx: mx2.example.org\r\nmax_age: 604800\r\n"
     )
     assert "mx2" not in D.mta_sts_policy(single_settings)
     recs = _records(settings)
@@ -222,7 +227,9 @@ def test_caa_in_every_zone(settings):
     recs = _records(settings)
     for z in D.zones(settings):
         assert _get(recs, f"{z}.", "CAA") == {
-            '0 issue "letsencrypt.org"', '0 issuewild ";"', '0 iodef "mailto:hostmaster@example.org"'
+            '0 issue "letsencrypt.org"',
+            '0 issuewild ";"',
+            '0 iodef "mailto:hostmaster@example.org"',
         }
 
 
@@ -281,10 +288,13 @@ def knot():
 
 def test_zone_check_rejects_a_broken_zone():
     # Negative control for `knotc zone-check`: a CNAME next to other data must fail.
-    bad = D.zone_file("example.org", [
-        D.Record("example.org", "www", "CNAME", 300, ("example.org.",)),
-        D.Record("example.org", "www", "TXT", 300, ('"x"',)),
-    ])
+    bad = D.zone_file(
+        "example.org",
+        [
+            D.Record("example.org", "www", "CNAME", 300, ("example.org.",)),
+            D.Record("example.org", "www", "TXT", 300, ('"x"',)),
+        ],
+    )
     server = Knot({"example.org": bad})
     try:
         assert server.check().returncode != 0
@@ -296,9 +306,12 @@ def test_knot_serves_every_record_as_modelled(knot):
     server, settings, recs = knot
     for r in recs:
         got = server.answer(r.fqdn, r.type)
-        want = {dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(r.type), v,
-                                    origin=dns.name.root, relativize=False).to_text()
-                for v in r.values}
+        want = {
+            dns.rdata.from_text(
+                dns.rdataclass.IN, dns.rdatatype.from_text(r.type), v, origin=dns.name.root, relativize=False
+            ).to_text()
+            for v in r.values
+        }
         assert got == want, r
 
 
@@ -311,8 +324,7 @@ def test_dkim_verifies_through_knot(knot):
             return b"".join(rrset[0].strings)
         return None
 
-    sig = dkim.sign(MESSAGE, b"mail", b"example.net", _rsa_key().encode(),
-                    include_headers=[b"from", b"to", b"subject"])
+    sig = dkim.sign(MESSAGE, b"mail", b"example.net", _rsa_key().encode(), include_headers=[b"from", b"to", b"subject"])
     assert dkim.verify(sig + MESSAGE, dnsfunc=dnsfunc)
     tampered = sig + MESSAGE.replace(b"hello", b"hullo")
     assert not dkim.verify(tampered, dnsfunc=dnsfunc)
@@ -327,8 +339,10 @@ def test_knot_ptr_and_forward_agree(knot):
 
 # --------------------------------------------------------------------------- DKIM rotation
 
+
 def _rotating(now: str):
     from tests.test_dkim import rotating
+
     return rotating(now)
 
 
@@ -336,27 +350,33 @@ def _dkim_rrsets(recs) -> dict[str, str]:
     return {r.fqdn: D.txt_text(r.values[0]) for r in recs if "._domainkey." in r.fqdn}
 
 
-@pytest.mark.parametrize("now,published", [
-    ("2026-12-01T00:00:00Z", ("mail",)),                 # steady, generation 0
-    ("2026-12-26T00:00:00Z", ("mail", "mail-g1")),       # the next key published
-    ("2027-01-02T00:00:00Z", ("mail", "mail-g1")),       # g1 signs, mail in its grace
-    ("2027-01-09T00:00:00Z", ("mail-g1",)),              # mail's record gone
-])
+@pytest.mark.parametrize(
+    "now,published",
+    [
+        ("2026-12-01T00:00:00Z", ("mail",)),  # steady, generation 0
+        ("2026-12-26T00:00:00Z", ("mail", "mail-g1")),  # the next key published
+        ("2027-01-02T00:00:00Z", ("mail", "mail-g1")),  # g1 signs, mail in its grace
+        ("2027-01-09T00:00:00Z", ("mail-g1",)),  # mail's record gone
+    ],
+)
 def test_dkim_records_follow_the_rotation_phase(now, published):
     s = _rotating(now)
-    keys = {sel: {d: D.dkim_public_from_private(_other_key(sel)) for d in DOMAINS}
-            for sel in ("mail", "mail-g1")}
+    keys = {sel: {d: D.dkim_public_from_private(_other_key(sel)) for d in DOMAINS} for sel in ("mail", "mail-g1")}
     from mailstack import dkim as K
+
     signing = K.plan(s).signing.selector
-    recs = D.records(s, FAKE_ADDRESSES, keys[signing],
-                     {sel: keys[sel] for sel in published if sel != signing})
+    recs = D.records(s, FAKE_ADDRESSES, keys[signing], {sel: keys[sel] for sel in published if sel != signing})
     got = _dkim_rrsets(recs)
-    assert got == {f"{sel}._domainkey.{d}.": D.dkim_text(keys[sel][d])
-                   for sel in published for d in DOMAINS}
+    assert got == {f"{sel}._domainkey.{d}.": D.dkim_text(keys[sel][d]) for sel in published for d in DOMAINS}
     # Mail signed with any published generation verifies against these records.
     for sel in published:
-        sig = dkim.sign(MESSAGE, sel.encode(), b"example.org", _other_key(sel).encode(),
-                        include_headers=[b"from", b"to", b"subject", b"date"])
+        sig = dkim.sign(
+            MESSAGE,
+            sel.encode(),
+            b"example.org",
+            _other_key(sel).encode(),
+            include_headers=[b"from", b"to", b"subject", b"date"],
+        )
         assert _dkim_verify(sig + MESSAGE, recs)
 
 
@@ -374,8 +394,9 @@ def _other_key(name: str) -> str:
     if name not in _KEYS:
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
+
         k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        _KEYS[name] = k.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.TraditionalOpenSSL,
-                                      serialization.NoEncryption()).decode()
+        _KEYS[name] = k.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        ).decode()
     return _KEYS[name]

@@ -1,5 +1,6 @@
 """The fault scenarios' verdict (lab/scenarios/load.py `judge`): every way a message can
 go wrong under a fault is seen. The lab runs it on real mailboxes; here on made-up ones."""
+
 from __future__ import annotations
 
 from lab.scenarios.load import judge, scanned
@@ -13,14 +14,17 @@ def test_exactly_once_and_scanned_is_clean():
 
 
 def test_each_fault_is_seen():
-    v = judge(SENT, {
-        "alice@example.org": [("a@outside", True), ("a@outside", True), ("b@outside", True)],
-        "bob@example.org": [("x@outside", False)],
-    })
+    v = judge(
+        SENT,
+        {
+            "alice@example.org": [("a@outside", True), ("a@outside", True), ("b@outside", True)],
+            "bob@example.org": [("x@outside", False)],
+        },
+    )
     assert v.twice == ["a@outside"]
-    assert v.lost == ["b@outside"]          # bob's copy went to alice
+    assert v.lost == ["b@outside"]  # bob's copy went to alice
     assert v.wrong == ["b@outside"]
-    assert v.unscanned == ["x@outside"]     # a copy that never met Rspamd
+    assert v.unscanned == ["x@outside"]  # a copy that never met Rspamd
 
 
 def test_only_our_verdict_counts_as_scanned():

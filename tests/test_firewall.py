@@ -1,5 +1,6 @@
 """Firewall model: exact Hetzner rules, and the nftables ruleset checked by the real `nft`
 and exercised with real TCP connects inside throwaway network namespaces."""
+
 from __future__ import annotations
 
 import json
@@ -22,13 +23,11 @@ FORBIDDEN = {24, 5432, 10025, 11332, 11333, 11334, 6379}
 
 
 def _rules(settings, role):
-    return [(r.direction, r.protocol, r.port, r.source_ips) for r in
-            F.hcloud_rules(settings, H.hosts(settings)[role])]
+    return [(r.direction, r.protocol, r.port, r.source_ips) for r in F.hcloud_rules(settings, H.hosts(settings)[role])]
 
 
 def _base(ports):
-    return [("in", "tcp", "22", ADMIN), ("in", "icmp", None, ANY)] + [
-        ("in", "tcp", str(p), ANY) for p in ports]
+    return [("in", "tcp", "22", ADMIN), ("in", "icmp", None, ANY)] + [("in", "tcp", str(p), ANY) for p in ports]
 
 
 def test_hcloud_rules_ha(settings):
@@ -71,9 +70,13 @@ def test_private_flows(settings, single_settings):
     hs = H.hosts(settings)
     flows = {r: [(f.port, f.sources) for f in F.private_flows(settings, h)] for r, h in hs.items()}
     assert flows == {
-        "mx1": [(5432, ("10.77.1.12", "10.77.1.13")), (10025, ("10.77.1.12", "10.77.1.13")),
-                # Spam learning: mx2's Rspamd to mx1's Redis, imap to mx1's controller.
-                (6379, ("10.77.1.13",)), (11334, ("10.77.1.12",))],
+        "mx1": [
+            (5432, ("10.77.1.12", "10.77.1.13")),
+            (10025, ("10.77.1.12", "10.77.1.13")),
+            # Spam learning: mx2's Rspamd to mx1's Redis, imap to mx1's controller.
+            (6379, ("10.77.1.13",)),
+            (11334, ("10.77.1.12",)),
+        ],
         "imap": [(24, ("10.77.1.11",))],
         "mx2": [],
     }
@@ -90,10 +93,14 @@ def test_private_flows(settings, single_settings):
 
 def test_nftables_is_independent_of_mail_settings_and_admin(settings):
     other = settings_from(
-        domains=["example.com"], users=[{"address": "zed@example.com"}], aliases=[],
+        domains=["example.com"],
+        users=[{"address": "zed@example.com"}],
+        aliases=[],
         hostnames={"domain": "example.com", "mx1": "a", "mx2": "b", "imap": "c", "smtp": "d"},
         admin={"sshCidrs": ["192.0.2.7/32"], "sshKeys": []},
-        dmarc={"policy": "reject"}, mtaSts={"mode": "testing"}, dns={"ttl": 600},
+        dmarc={"policy": "reject"},
+        mtaSts={"mode": "testing"},
+        dns={"ttl": 600},
     )
     for role in H.ROLES:
         assert F.nftables(settings, H.hosts(settings)[role]) == F.nftables(other, H.hosts(other)[role])
@@ -111,8 +118,7 @@ def _nft_check(text: str) -> subprocess.CompletedProcess:
         f.write(text)
         f.flush()
         # A private network namespace: checking must never touch the host's ruleset.
-        return subprocess.run(["unshare", "-n", "nft", "-c", "-f", f.name],
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(["unshare", "-n", "nft", "-c", "-f", f.name], capture_output=True, text=True, timeout=30)
 
 
 @needs_root
@@ -166,7 +172,7 @@ with cf.ThreadPoolExecutor(len(probes)) as ex:
 """
 
 SRV4, SRV6 = "10.77.1.250", "fd77::250"
-OUT4, OUT6 = "10.77.1.99", "fd77::99"   # an address no rule names: "the internet"
+OUT4, OUT6 = "10.77.1.99", "fd77::99"  # an address no rule names: "the internet"
 MX1, IMAP, MX2 = "10.77.1.11", "10.77.1.12", "10.77.1.13"
 PORTS = [22, 24, 25, 80, 443, 465, 587, 993, 4190, 5432, 6379, 10025, 11334]
 TIMEOUT = 0.7  # a SYN to a listener on a veth is answered in well under a millisecond
@@ -189,8 +195,21 @@ class Lab:
         tag = self.tag
         _run("ip", "netns", "add", self.srv)
         _run("ip", "netns", "add", self.cli)
-        _run("ip", "link", "add", f"msa{tag}", "netns", self.srv, "type", "veth",
-             "peer", "name", f"msb{tag}", "netns", self.cli)
+        _run(
+            "ip",
+            "link",
+            "add",
+            f"msa{tag}",
+            "netns",
+            self.srv,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            f"msb{tag}",
+            "netns",
+            self.cli,
+        )
         for ns, dev, addrs in (
             (self.srv, f"msa{tag}", [SRV4, SRV6]),
             (self.cli, f"msb{tag}", [MX1, IMAP, MX2, OUT4, OUT6]),
@@ -208,7 +227,10 @@ class Lab:
     def listen(self, ports):
         self.server = subprocess.Popen(
             ["ip", "netns", "exec", self.srv, sys.executable, "-c", SERVER, *map(str, ports)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.server.stdout.readline().strip() == "ready"
 
     def load(self, ruleset: str):
@@ -256,34 +278,81 @@ def test_rulesets_filter_real_connections(lab):
     # Control: without a ruleset every listener answers, so "dropped" below is the firewall.
     _expect(lab, None, {(OUT4, 24): "open", (OUT4, 5432): "open", (OUT6, 6379): "open"})
 
-    _expect(lab, F.nftables(ha, hs["imap"]), {
-        (MX1, 24): "open", (MX2, 24): "dropped", (OUT4, 24): "dropped", (OUT6, 24): "dropped",
-        (OUT4, 993): "open", (OUT6, 993): "open", (OUT4, 4190): "open", (OUT4, 80): "open",
-        (OUT4, 22): "open", (OUT4, 25): "dropped", (MX1, 5432): "dropped", (MX1, 6379): "dropped",
-    })
-    _expect(lab, F.nftables(ha, hs["mx1"]), {
-        (IMAP, 5432): "open", (MX2, 5432): "open", (OUT4, 5432): "dropped", (OUT6, 5432): "dropped",
-        (OUT4, 25): "open", (OUT6, 25): "open", (OUT4, 465): "open", (OUT4, 587): "open",
-        (OUT4, 443): "open", (OUT4, 80): "open", (IMAP, 24): "dropped", (OUT4, 993): "dropped",
-        (OUT4, 11334): "dropped", (OUT4, 6379): "dropped",
-        (MX2, 10025): "open", (IMAP, 10025): "open", (OUT4, 10025): "dropped", (OUT6, 10025): "dropped",
-    })
-    _expect(lab, F.nftables(ha, hs["mx2"]), {
-        (OUT4, 25): "open", (OUT6, 25): "open", (OUT4, 465): "dropped", (IMAP, 5432): "dropped",
-        (MX1, 24): "dropped", (OUT4, 443): "dropped",
-    })
+    _expect(
+        lab,
+        F.nftables(ha, hs["imap"]),
+        {
+            (MX1, 24): "open",
+            (MX2, 24): "dropped",
+            (OUT4, 24): "dropped",
+            (OUT6, 24): "dropped",
+            (OUT4, 993): "open",
+            (OUT6, 993): "open",
+            (OUT4, 4190): "open",
+            (OUT4, 80): "open",
+            (OUT4, 22): "open",
+            (OUT4, 25): "dropped",
+            (MX1, 5432): "dropped",
+            (MX1, 6379): "dropped",
+        },
+    )
+    _expect(
+        lab,
+        F.nftables(ha, hs["mx1"]),
+        {
+            (IMAP, 5432): "open",
+            (MX2, 5432): "open",
+            (OUT4, 5432): "dropped",
+            (OUT6, 5432): "dropped",
+            (OUT4, 25): "open",
+            (OUT6, 25): "open",
+            (OUT4, 465): "open",
+            (OUT4, 587): "open",
+            (OUT4, 443): "open",
+            (OUT4, 80): "open",
+            (IMAP, 24): "dropped",
+            (OUT4, 993): "dropped",
+            (OUT4, 11334): "dropped",
+            (OUT4, 6379): "dropped",
+            (MX2, 10025): "open",
+            (IMAP, 10025): "open",
+            (OUT4, 10025): "dropped",
+            (OUT6, 10025): "dropped",
+        },
+    )
+    _expect(
+        lab,
+        F.nftables(ha, hs["mx2"]),
+        {
+            (OUT4, 25): "open",
+            (OUT6, 25): "open",
+            (OUT4, 465): "dropped",
+            (IMAP, 5432): "dropped",
+            (MX1, 24): "dropped",
+            (OUT4, 443): "dropped",
+        },
+    )
     single = settings_from(topology="single")
-    _expect(lab, F.nftables(single, H.hosts(single)["mx1"]), {
-        (OUT4, 993): "open", (OUT4, 25): "open", (OUT4, 587): "open", (IMAP, 5432): "dropped",
-        (MX1, 24): "dropped", (OUT4, 11334): "dropped",
-    })
+    _expect(
+        lab,
+        F.nftables(single, H.hosts(single)["mx1"]),
+        {
+            (OUT4, 993): "open",
+            (OUT4, 25): "open",
+            (OUT4, 587): "open",
+            (IMAP, 5432): "dropped",
+            (MX1, 24): "dropped",
+            (OUT4, 11334): "dropped",
+        },
+    )
 
 
 # --------------------------------------------------------------------------- the edge
 
 EDGE_LINE = re.compile(
-    r'^\s*(?:(?P<ip>ip6?) saddr \{ (?P<cidrs>[^}]*) \}|meta nfproto (?P<fam>ipv4|ipv6)) '
-    r'(?:(?P<proto>tcp|udp) dport (?P<port>\S+)|meta l4proto (?P<l4>\S+)) accept comment "(?P<why>[^"]*)"$')
+    r"^\s*(?:(?P<ip>ip6?) saddr \{ (?P<cidrs>[^}]*) \}|meta nfproto (?P<fam>ipv4|ipv6)) "
+    r'(?:(?P<proto>tcp|udp) dport (?P<port>\S+)|meta l4proto (?P<l4>\S+)) accept comment "(?P<why>[^"]*)"$'
+)
 ADDR = H.Address("198.51.100.11", "2001:db8:100::11")
 
 
@@ -327,12 +396,14 @@ def test_edge_is_the_hcloud_rules_exactly(topology):
 def test_edge_renders_one_family_and_ranges():
     s = settings_from(admin={"sshCidrs": ["192.0.2.7/32"], "sshKeys": []})
     text = F.hcloud_nftables(s, H.hosts(s)["mx1"], ADDR)
-    assert 'ip saddr { 192.0.2.7/32 } tcp dport 22 accept' in text
-    assert "ip6 saddr" not in text   # no IPv6 admin network: no IPv6 SSH rule at all
+    assert "ip saddr { 192.0.2.7/32 } tcp dport 22 accept" in text
+    assert "ip6 saddr" not in text  # no IPv6 admin network: no IPv6 SSH rule at all
     assert F._rule_lines(F.Rule("in", "udp", "60000-61000", ("::/0",), "mosh")) == [
-        'meta nfproto ipv6 udp dport 60000-61000 accept comment "mosh"']
+        'meta nfproto ipv6 udp dport 60000-61000 accept comment "mosh"'
+    ]
     assert F._rule_lines(F.Rule("in", "esp", None, ("10.0.0.0/8",), 'say "hi"')) == [
-        "ip saddr { 10.0.0.0/8 } meta l4proto esp accept comment \"say 'hi'\""]
+        "ip saddr { 10.0.0.0/8 } meta l4proto esp accept comment \"say 'hi'\""
+    ]
     with pytest.raises(ValueError, match="only inbound"):
         F._rule_lines(F.Rule("out", "tcp", "25", ANY, "smtp out"))
     with pytest.raises(ValueError, match="unknown protocol 'sctp'"):

@@ -8,6 +8,7 @@ base64, odd AUTH sequences and ESMTP parameters). After each batch every listene
 still answer, a real login must still work, and no daemon may have exited. No timing
 assertions: every session is bounded by socket timeouts only.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,17 +21,18 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import firewall, mx
-from mailstack import hosts as H
 from lab import hostile_cases as cases
+from mailstack import firewall
+from mailstack import hosts as H
+from mailstack import smtpd as mx
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
 from tests.daemons.netns import Netns, start_resolver_and_database
 from tests.daemons.rspamd import CONTROLLER_PASSWORD
 from tests.daemons.rspamd import start as start_rspamd
 from tests.daemons.smtpd import SMTPD, stage
 from tests.daemons.unbound import OUTSIDE_NO_PTR, OUTSIDE_OK
-from tests.test_imap import imap_login
-from tests.test_mx import EXAMPLE_ALIASES
+from tests.test_dovecot import imap_login
+from tests.test_smtpd import EXAMPLE_ALIASES
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -59,9 +61,11 @@ def mx1_full():
     ns = None
     try:
         conf = stage(ctx, mx1, root, rspamd=True)
-        ns = Netns(root, mx1.private_ip,
-                   [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
-                    OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_PIPE_PTR])
+        ns = Netns(
+            root,
+            mx1.private_ip,
+            [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip, OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_PIPE_PTR],
+        )
         procs = start_resolver_and_database(ns, ctx, root, HOSTILE_DNS)
         rspamd = start_rspamd(ns, ctx, root)
         smtpd = ns.start(SMTPD, "-d", "-f", conf, log=root / "smtpd.log")
@@ -86,9 +90,11 @@ def _assert_smtpd_alive(env, what: str) -> None:
     dead = [n for n, p in env["procs"].items() if p.poll() is not None]
     log = (root / "smtpd.log").read_text(errors="replace")
     assert not dead, f"after {what}: {dead} exited\n{log[-3000:]}"
-    health = _client(ns, cases.HEALTH_CLIENT, dict(
-        server=ip, ports=MX1_PORTS, src=OUTSIDE_OK,
-        user="alice@example.org", password=TEST_PASSWORD))
+    health = _client(
+        ns,
+        cases.HEALTH_CLIENT,
+        dict(server=ip, ports=MX1_PORTS, src=OUTSIDE_OK, user="alice@example.org", password=TEST_PASSWORD),
+    )
     assert health["closed"] == [], f"after {what}: ports not answering {health}\n{log[-3000:]}"
     assert health["auth"] == 235, f"after {what}: a real login no longer works {health}"
     assert health["delivered"] == 250, f"after {what}: mail no longer flows {health}"
@@ -99,9 +105,18 @@ def test_smtpd_survives_hostile_input(mx1_full, batch):
     ctx, ns = mx1_full["ctx"], mx1_full["ns"]
     ip = ctx.hosts["mx1"].private_ip
     sessions = cases.SMTP_BATCHES[batch]
-    out = _client(ns, cases.SMTP_CLIENT, dict(
-        server=ip, sessions=sessions, src=OUTSIDE_OK, pipe_src=OUTSIDE_PIPE_PTR,
-        user="alice@example.org", password=TEST_PASSWORD))
+    out = _client(
+        ns,
+        cases.SMTP_CLIENT,
+        dict(
+            server=ip,
+            sessions=sessions,
+            src=OUTSIDE_OK,
+            pipe_src=OUTSIDE_PIPE_PTR,
+            user="alice@example.org",
+            password=TEST_PASSWORD,
+        ),
+    )
     assert out["ran"] == len(sessions)
     _assert_smtpd_alive(mx1_full, f"batch {batch} ({len(sessions)} sessions)")
 
@@ -112,8 +127,18 @@ def test_rspamd_controller_wants_its_password_from_localhost_too(mx1_full):
     ns = mx1_full["ns"]
 
     def stat(*headers: str) -> str:
-        r = ns.run("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10",
-                   *[a for h in headers for a in ("-H", h)], "http://127.0.0.1:11334/stat")
+        r = ns.run(
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            *[a for h in headers for a in ("-H", h)],
+            "http://127.0.0.1:11334/stat",
+        )
         return r.stdout.strip()
 
     assert stat() in ("401", "403")
@@ -122,6 +147,7 @@ def test_rspamd_controller_wants_its_password_from_localhost_too(mx1_full):
 
 
 # ---------------------------------------------------------------- Dovecot: IMAPS, ManageSieve
+
 
 def _sieve_login(port: int, user: str, password: str, source: str) -> str:
     """A real ManageSieve login (STARTTLS, AUTHENTICATE PLAIN); returns the reply line."""
@@ -159,10 +185,22 @@ _good_source = iter(range(1, 250))
 def test_dovecot_survives_hostile_input(dovecot, batch):
     layout = dovecot["layout"]
     sessions = cases.IMAP_BATCHES[batch]
-    r = subprocess.run([sys.executable, "-c", cases.IMAP_CLIENT], capture_output=True, text=True, timeout=600,
-                       input=json.dumps(dict(host="127.0.0.1", imaps_port=layout.imaps_port,
-                                             sieve_port=layout.sieve_port, sessions=sessions,
-                                             user="alice@example.org", password=TEST_PASSWORD)))
+    r = subprocess.run(
+        [sys.executable, "-c", cases.IMAP_CLIENT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        input=json.dumps(
+            dict(
+                host="127.0.0.1",
+                imaps_port=layout.imaps_port,
+                sieve_port=layout.sieve_port,
+                sessions=sessions,
+                user="alice@example.org",
+                password=TEST_PASSWORD,
+            )
+        ),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["ran"] == len(sessions)
     pid_file = dovecot["base"] / "run" / "master.pid"

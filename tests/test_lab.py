@@ -4,6 +4,7 @@ Slow (minutes) and root-only, so they run only when asked: `make test-lab` (pyte
 pytest.ini deselects the marker by default). One module-scoped lab is brought up, shared by every scenario, and
 taken down at the end even when a test fails or the run is interrupted.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,8 @@ def _check(name: str) -> None:
 # In the lab's own order: backup-mx, redeploy and reboot come after the basic flow.
 # The slow set (lab.scenarios.SLOW) carries the marker `lab_slow` too: `make test`
 # leaves it out, `make test-slow` runs it alone.
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.lab_slow) if n in SLOW else n
-                                  for n, _ in SCENARIOS])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.lab_slow) if n in SLOW else n for n, _ in SCENARIOS]
+)
 def test_scenario(lab, name):
     _check(name)

@@ -1,4 +1,5 @@
 """The lab's network namespace, without booting any host (fast; needs root)."""
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,7 @@ def test_internet_addresses_on_the_public_bridge(labns):
 # ------------------------------------------------------------------ the edge firewall
 
 LISTEN = [22, 24, 25, 80, 443, 465, 587, 993, 4190, 5432, 8080]
-TIMEOUT = 0.7   # an answer on a veth takes well under a millisecond
+TIMEOUT = 0.7  # an answer on a veth takes well under a millisecond
 
 
 class FakeHost:
@@ -70,13 +71,19 @@ class FakeHost:
         subprocess.run(["ip", "netns", "add", self.ns], check=True)
         inner, _ = net.add_host_links(role)
         net.ip("link", "set", inner, "netns", self.ns)
-        for cmd in (["link", "set", "lo", "up"], ["link", "set", inner, "up"],
-                    ["addr", "add", f"{net.public_v4(role)}/24", "dev", inner],
-                    ["addr", "add", f"{net.public_v6(role)}/64", "dev", inner, "nodad"]):
+        for cmd in (
+            ["link", "set", "lo", "up"],
+            ["link", "set", inner, "up"],
+            ["addr", "add", f"{net.public_v4(role)}/24", "dev", inner],
+            ["addr", "add", f"{net.public_v6(role)}/64", "dev", inner, "nodad"],
+        ):
             subprocess.run(["ip", "-n", self.ns, *cmd], check=True)
-        self.server = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-c", SERVER,
-                                        *map(str, LISTEN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       text=True)
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, sys.executable, "-c", SERVER, *map(str, LISTEN)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.server.stdout.readline().strip() == "ready"
 
     def close(self):
@@ -99,14 +106,19 @@ def hosts(labns):
 
 
 def _probe(ns: str, probes: list[tuple[str, str, int]]) -> dict[tuple[str, str, int], str]:
-    r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", PROBE, str(TIMEOUT)],
-                       input=json.dumps(probes), capture_output=True, text=True, timeout=60, check=True)
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", PROBE, str(TIMEOUT)],
+        input=json.dumps(probes),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return dict(zip(map(tuple, probes), json.loads(r.stdout)))
 
 
 def _matrix(sources, dests):
-    return [(src, dst, p) for src in sources for dst in dests for p in LISTEN
-            if (":" in src) == (":" in dst)]
+    return [(src, dst, p) for src in sources for dst in dests for p in LISTEN if (":" in src) == (":" in dst)]
 
 
 def test_edge_filters_like_hetzner(labns, hosts):
@@ -119,8 +131,10 @@ def test_edge_filters_like_hetzner(labns, hosts):
     assert set(_probe(labns, _matrix(admin + stranger, mx1)).values()) == {"open"}
 
     net.edge_up(s, config.addresses(s))
-    want = {pr: "open" if pr[2] in public | ({22} if pr[0] in admin else set()) else "dropped"
-            for pr in _matrix(admin + stranger, mx1)}
+    want = {
+        pr: "open" if pr[2] in public | ({22} if pr[0] in admin else set()) else "dropped"
+        for pr in _matrix(admin + stranger, mx1)
+    }
     assert _probe(labns, list(want)) == want
     assert net.edge_dropped("mx1") >= sum(v == "dropped" for v in want.values())
 
@@ -147,8 +161,15 @@ def test_tap_sees_only_what_passed_the_edge(labns, hosts):
     net.tap_start()
     try:
         mx1 = net.public_v4("mx1")
-        _probe(labns, [(net.ATTACK_V4, mx1, 25), (net.ATTACK_V4, mx1, 22), (net.OUTSIDE_V4, mx1, 22),
-                       (net.OUTSIDE_V6, net.public_v6("mx1"), 5432)])
+        _probe(
+            labns,
+            [
+                (net.ATTACK_V4, mx1, 25),
+                (net.ATTACK_V4, mx1, 22),
+                (net.OUTSIDE_V4, mx1, 22),
+                (net.OUTSIDE_V6, net.public_v6("mx1"), 5432),
+            ],
+        )
         assert net.tap_seen() == {(net.ATTACK_V4, mx1, 25), (net.OUTSIDE_V4, mx1, 22)}
     finally:
         net.tap_stop()

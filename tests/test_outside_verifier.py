@@ -1,6 +1,7 @@
 """The lab's outside verifier (lab/outside_verifier.py): how its verdict is read back from
 a stored copy, and that its configs are what the real OpenDKIM and OpenDMARC take. The
 daemons themselves run in the lab (scenarios `submission` and `forwarding`)."""
+
 from __future__ import annotations
 
 from lab import outside_verifier as V
@@ -14,8 +15,8 @@ STORED = (
     b"Authentication-Results: mx.outside.example.com; dmarc=pass (p=quarantine dis=none) header.from=example.org\r\n"
     b"Authentication-Results: mx.outside.example.com; spf=pass smtp.mailfrom=example.org\r\n"
     b"Authentication-Results: mx.outside.example.com;\r\n"
-    b"\tdkim=fail reason=\"signature verification failed\" (2048-bit key; unprotected)\r\n"
-    b"\theader.d=example.org header.i=@example.org header.b=\"ab+cd\";\r\n"
+    b'\tdkim=fail reason="signature verification failed" (2048-bit key; unprotected)\r\n'
+    b'\theader.d=example.org header.i=@example.org header.b="ab+cd";\r\n'
     b"\tdkim-atps=neutral\r\n"
     b"Received: from mx1.example.org by mx.outside.example.com (Postfix)\r\n"
     b"Authentication-Results: mx1.example.org; dkim=pass header.d=example.org\r\n"

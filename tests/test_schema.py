@@ -1,6 +1,7 @@
 """The config schema has three homes that must agree: the settings model (the truth: types,
 defaults, validation), `Pulumi.yaml` (project-level `config:`, which the Pulumi CLI
 checks before the program runs) and the README's config table (what people read)."""
+
 from __future__ import annotations
 
 import json
@@ -99,10 +100,18 @@ def _shown(value) -> str:
 
 def test_pulumi_yaml_defaults_change_nothing():
     """What the CLI fills in for a key the stack leaves out must mean the model's default."""
-    minimal = {k: v for k, v in stack_config().items()
-               if k in {f"{NAMESPACE}:domains", f"{NAMESPACE}:acme", f"{NAMESPACE}:admin",
-                        # at least one user: the role addresses need a mailbox
-                        f"{NAMESPACE}:users"}}
+    minimal = {
+        k: v
+        for k, v in stack_config().items()
+        if k
+        in {
+            f"{NAMESPACE}:domains",
+            f"{NAMESPACE}:acme",
+            f"{NAMESPACE}:admin",
+            # at least one user: the role addresses need a mailbox
+            f"{NAMESPACE}:users",
+        }
+    }
     filled = dict(minimal)
     for key, declared in project_config().items():
         if key not in filled and "default" in declared:
@@ -131,7 +140,8 @@ def test_readme_config_reference_is_the_models():
     readme = (ROOT / "README.md").read_text()
     block = readme.split(reference.REFERENCE_BEGIN, 1)[1].split(reference.REFERENCE_END, 1)[0]
     assert reference.REFERENCE_BEGIN + block + reference.REFERENCE_END == reference.table(), (
-        "README.md's config reference is behind the settings model: run `make config-reference`")
+        "README.md's config reference is behind the settings model: run `make config-reference`"
+    )
     # Every key of the model has its row (the table is not merely equal to itself).
     keys = {re.sub(r"\[\]", "", k) for k, _, _ in reference.rows()}
     assert keys == {f"{NAMESPACE}:{key}" for key, _ in _models()}

@@ -1,5 +1,6 @@
 """The services-<role> bundle: which parts each host gets, in which order, and that
 every part validates before it installs and keeps secrets out of the script."""
+
 from __future__ import annotations
 
 import re
@@ -7,14 +8,14 @@ import subprocess
 
 import pytest
 
-from mailstack import deploy, mx, resolver, services, spam, web
+from mailstack import deploy, nginx, rspamd, services, smtpd, unbound
 from tests.conftest import make_context, settings_from
 
 VALIDATORS = {
     "unbound": ("unbound-checkconf", "install_all /etc/unbound"),
     "rspamd": ("configtest", "install_all /etc/rspamd/local.d"),
     "smtpd": ("smtpd -n", "install_all /etc/smtpd"),
-    "nginx": ("nginx -q -t", f"install_file {web.SITE}"),
+    "nginx": ("nginx -q -t", f"install_file {nginx.SITE}"),
 }
 
 
@@ -40,8 +41,7 @@ def test_bundle_is_valid_bash_and_validates_before_installing(ctx_, role):
 def test_no_secret_outside_secret_files(ctx_, role):
     b = services.bundle(ctx_, ctx_.hosts[role])
     s = ctx_.secrets
-    secrets = [s.lookup_password, s.rspamd_controller_password, s.replication_password,
-               *s.dkim_keys.values()]
+    secrets = [s.lookup_password, s.rspamd_controller_password, s.replication_password, *s.dkim_keys.values()]
     for secret in secrets:
         assert secret not in b.script
         for f in b.files:
@@ -52,15 +52,15 @@ def test_no_secret_outside_secret_files(ctx_, role):
 def test_parts_per_host(ctx, single_ctx):
     paths = {r: {f.path for f in services.bundle(ctx, h).files} for r, h in ctx.hosts.items()}
     for role in ("mx1", "imap", "mx2"):
-        assert resolver.CONF in paths[role]
-    assert mx.SMTPD_CONF in paths["mx1"] and mx.SMTPD_CONF in paths["mx2"]
-    assert mx.SMTPD_CONF not in paths["imap"]
-    assert web.SITE in paths["mx1"] and web.SITE not in paths["mx2"] | paths["imap"]
-    assert f"{spam.LOCAL_D}/dkim_signing.conf" in paths["mx1"]
-    assert f"{spam.LOCAL_D}/dkim_signing.conf" not in paths["mx2"]
+        assert unbound.CONF in paths[role]
+    assert smtpd.SMTPD_CONF in paths["mx1"] and smtpd.SMTPD_CONF in paths["mx2"]
+    assert smtpd.SMTPD_CONF not in paths["imap"]
+    assert nginx.SITE in paths["mx1"] and nginx.SITE not in paths["mx2"] | paths["imap"]
+    assert f"{rspamd.LOCAL_D}/dkim_signing.conf" in paths["mx1"]
+    assert f"{rspamd.LOCAL_D}/dkim_signing.conf" not in paths["mx2"]
     single = {f.path for f in services.bundle(single_ctx, single_ctx.hosts["mx1"]).files}
-    assert {mx.SMTPD_CONF, web.SITE, resolver.CONF, f"{spam.LOCAL_D}/redis.conf"} <= single
-    assert mx.FLUSH_TIMER not in single
+    assert {smtpd.SMTPD_CONF, nginx.SITE, unbound.CONF, f"{rspamd.LOCAL_D}/redis.conf"} <= single
+    assert smtpd.FLUSH_TIMER not in single
 
 
 def test_resolver_then_rspamd_then_smtpd(ctx):
@@ -80,9 +80,12 @@ def test_plan_uses_services_bundle(settings):
 def test_mail_changes_do_not_touch_daemon_configs_except_lists_of_domains():
     """Users and aliases live in PostgreSQL only: no file of the services step changes."""
     a = make_context(settings_from())
-    b = make_context(settings_from(users=[{"address": "alice@example.org"}],
-                                   aliases=[{"address": "postmaster@example.org",
-                                             "to": ["alice@example.org"]}]))
+    b = make_context(
+        settings_from(
+            users=[{"address": "alice@example.org"}],
+            aliases=[{"address": "postmaster@example.org", "to": ["alice@example.org"]}],
+        )
+    )
     for role in a.hosts:
         fa = {f.path: f.content for f in services.bundle(a, a.hosts[role]).files}
         fb = {f.path: f.content for f in services.bundle(b, b.hosts[role]).files}

@@ -1,5 +1,6 @@
 """Validation of stack config: every bad input gets an error naming the key, the value and
 the fix, and all problems are reported together."""
+
 from __future__ import annotations
 
 import copy
@@ -54,38 +55,55 @@ def test_example_stack_is_valid():
 
 
 def test_values_are_normalised_to_lower_case():
-    s = load_settings(stack_config(domains=["Example.ORG", "example.net"],
-                                   users=[{"address": "Alice@Example.org"}],
-                                   aliases=[{"address": "Postmaster@example.org", "to": "ALICE@example.org"}]))
+    s = load_settings(
+        stack_config(
+            domains=["Example.ORG", "example.net"],
+            users=[{"address": "Alice@Example.org"}],
+            aliases=[{"address": "Postmaster@example.org", "to": "ALICE@example.org"}],
+        )
+    )
     assert s.domains[0] == "example.org"
     assert s.users[0].address == "alice@example.org"
     assert s.aliases[0].to == ("alice@example.org",)
 
 
 def test_malformed_domain():
-    msg = one_problem(lambda r: r["mailstack:domains"].append("exa_mple..org"),
-                      "mailstack:domains[2]", "'exa_mple..org'", "example.org")
+    msg = one_problem(
+        lambda r: r["mailstack:domains"].append("exa_mple..org"),
+        "mailstack:domains[2]",
+        "'exa_mple..org'",
+        "example.org",
+    )
     assert "not a valid domain" in msg
 
 
 def test_duplicate_domain():
-    one_problem(lambda r: r["mailstack:domains"].append("example.net"),
-                "mailstack:domains[2]", "listed twice")
+    one_problem(lambda r: r["mailstack:domains"].append("example.net"), "mailstack:domains[2]", "listed twice")
 
 
 def test_user_outside_every_domain():
-    one_problem(lambda r: r["mailstack:users"].append({"address": "eve@elsewhere.com"}),
-                "mailstack:users[3].address", "'eve@elsewhere.com'", "add 'elsewhere.com' to mailstack:domains")
+    one_problem(
+        lambda r: r["mailstack:users"].append({"address": "eve@elsewhere.com"}),
+        "mailstack:users[3].address",
+        "'eve@elsewhere.com'",
+        "add 'elsewhere.com' to mailstack:domains",
+    )
 
 
 def test_duplicate_user():
-    one_problem(lambda r: r["mailstack:users"].append({"address": "bob@example.org"}),
-                "mailstack:users[3].address", "duplicates mailstack:users[1]")
+    one_problem(
+        lambda r: r["mailstack:users"].append({"address": "bob@example.org"}),
+        "mailstack:users[3].address",
+        "duplicates mailstack:users[1]",
+    )
 
 
 def test_malformed_address():
-    one_problem(lambda r: r["mailstack:users"].append({"address": "no-at-sign.example.org"}),
-                "mailstack:users[3].address", "not a valid e-mail address")
+    one_problem(
+        lambda r: r["mailstack:users"].append({"address": "no-at-sign.example.org"}),
+        "mailstack:users[3].address",
+        "not a valid e-mail address",
+    )
 
 
 def test_alias_loop():
@@ -95,23 +113,36 @@ def test_alias_loop():
             {"address": "b@example.org", "to": ["c@example.org"]},
             {"address": "c@example.org", "to": ["a@example.org"]},
         ]
-    msg = one_problem(mutate, "mailstack:aliases[6]", "alias loop", "a@example.org -> b@example.org -> c@example.org -> a@example.org")
+
+    msg = one_problem(
+        mutate, "mailstack:aliases[6]", "alias loop", "a@example.org -> b@example.org -> c@example.org -> a@example.org"
+    )
     assert "point one of these aliases at a mailbox" in msg
 
 
 def test_alias_to_itself():
-    one_problem(lambda r: r["mailstack:aliases"].append({"address": "x@example.org", "to": ["x@example.org"]}),
-                "mailstack:aliases[6].to[0]", "points at the alias itself")
+    one_problem(
+        lambda r: r["mailstack:aliases"].append({"address": "x@example.org", "to": ["x@example.org"]}),
+        "mailstack:aliases[6].to[0]",
+        "points at the alias itself",
+    )
 
 
 def test_alias_to_unknown_local_address():
-    one_problem(lambda r: r["mailstack:aliases"].append({"address": "x@example.org", "to": ["nobody@example.org"]}),
-                "mailstack:aliases[6].to[0]", "'nobody@example.org'", "neither a user nor an alias")
+    one_problem(
+        lambda r: r["mailstack:aliases"].append({"address": "x@example.org", "to": ["nobody@example.org"]}),
+        "mailstack:aliases[6].to[0]",
+        "'nobody@example.org'",
+        "neither a user nor an alias",
+    )
 
 
 def test_alias_that_is_also_a_user():
-    one_problem(lambda r: r["mailstack:aliases"].append({"address": "bob@example.org", "to": ["alice@example.org"]}),
-                "mailstack:aliases[6].address", "is also a user")
+    one_problem(
+        lambda r: r["mailstack:aliases"].append({"address": "bob@example.org", "to": ["alice@example.org"]}),
+        "mailstack:aliases[6].address",
+        "is also a user",
+    )
 
 
 def test_alias_may_point_outside():
@@ -121,13 +152,20 @@ def test_alias_may_point_outside():
 
 
 def test_bad_cidr():
-    one_problem(lambda r: r["mailstack:admin"]["sshCidrs"].append("10.0.0.1/33"),
-                "mailstack:admin.sshCidrs[2]", "'10.0.0.1/33'", "203.0.113.7/32")
+    one_problem(
+        lambda r: r["mailstack:admin"]["sshCidrs"].append("10.0.0.1/33"),
+        "mailstack:admin.sshCidrs[2]",
+        "'10.0.0.1/33'",
+        "203.0.113.7/32",
+    )
 
 
 def test_cidr_with_host_bits():
-    one_problem(lambda r: r["mailstack:admin"]["sshCidrs"].append("203.0.113.7/24"),
-                "mailstack:admin.sshCidrs[2]", "'203.0.113.7/24'")
+    one_problem(
+        lambda r: r["mailstack:admin"]["sshCidrs"].append("203.0.113.7/24"),
+        "mailstack:admin.sshCidrs[2]",
+        "'203.0.113.7/24'",
+    )
 
 
 def test_empty_ssh_cidrs():
@@ -135,8 +173,11 @@ def test_empty_ssh_cidrs():
 
 
 def test_bad_ssh_key():
-    one_problem(lambda r: r["mailstack:admin"]["sshKeys"].append("not a key"),
-                "mailstack:admin.sshKeys[1]", "not an OpenSSH public key")
+    one_problem(
+        lambda r: r["mailstack:admin"]["sshKeys"].append("not a key"),
+        "mailstack:admin.sshKeys[1]",
+        "not an OpenSSH public key",
+    )
 
 
 # The issue's example: the old example key had the right shape, but its ed25519 key is 29
@@ -146,17 +187,23 @@ SHAPED_BUT_BROKEN = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0Zm9yZXhhbXBsZW9ubHl
 
 def _public_line(key) -> str:
     from cryptography.hazmat.primitives import serialization as ser
+
     return key.public_key().public_bytes(ser.Encoding.OpenSSH, ser.PublicFormat.OpenSSH).decode()
 
 
 def test_shaped_but_broken_key_is_refused_with_its_index():
-    msg = one_problem(lambda r: r["mailstack:admin"]["sshKeys"].insert(0, SHAPED_BUT_BROKEN),
-                      "mailstack:admin.sshKeys[0]", "not an OpenSSH public key", "ssh-keygen -t ed25519")
+    msg = one_problem(
+        lambda r: r["mailstack:admin"]["sshKeys"].insert(0, SHAPED_BUT_BROKEN),
+        "mailstack:admin.sshKeys[0]",
+        "not an OpenSSH public key",
+        "ssh-keygen -t ed25519",
+    )
     assert "AAAAC3NzaC1lZDI1NTE5AAAAIGx0" in msg  # the value, shortened
 
 
 def test_example_stack_keys_are_real_and_public():
     from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
     keys = raw_example()["mailstack:admin"]["sshKeys"]
     assert keys
     for line in keys:
@@ -164,44 +211,68 @@ def test_example_stack_keys_are_real_and_public():
     assert "PRIVATE KEY" not in EXAMPLE_STACK.read_text()
 
 
-@pytest.mark.parametrize("make, fragment", [
-    (lambda: __import__("cryptography.hazmat.primitives.asymmetric.rsa", fromlist=["rsa"])
-     .generate_private_key(65537, 1024), "1024-bit RSA key"),
-    (lambda: __import__("cryptography.hazmat.primitives.asymmetric.dsa", fromlist=["dsa"])
-     .generate_private_key(1024), "DSA key"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        (
+            lambda: __import__("cryptography.hazmat.primitives.asymmetric.rsa", fromlist=["rsa"]).generate_private_key(
+                65537, 1024
+            ),
+            "1024-bit RSA key",
+        ),
+        (
+            lambda: __import__("cryptography.hazmat.primitives.asymmetric.dsa", fromlist=["dsa"]).generate_private_key(
+                1024
+            ),
+            "DSA key",
+        ),
+    ],
+)
 def test_weak_key_types_are_refused(make, fragment):
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # cryptography warns about DSA itself
         line = _public_line(make())
-        one_problem(lambda r: r["mailstack:admin"]["sshKeys"].append(line),
-                    "mailstack:admin.sshKeys[1]", fragment)
+        one_problem(lambda r: r["mailstack:admin"]["sshKeys"].append(line), "mailstack:admin.sshKeys[1]", fragment)
 
 
 def test_good_key_types_are_accepted_and_duplicates_refused():
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-    lines = [_public_line(ed25519.Ed25519PrivateKey.generate()),
-             _public_line(ec.generate_private_key(ec.SECP256R1())),
-             _public_line(rsa.generate_private_key(65537, 3072)) + " ops@example.org"]
+
+    lines = [
+        _public_line(ed25519.Ed25519PrivateKey.generate()),
+        _public_line(ec.generate_private_key(ec.SECP256R1())),
+        _public_line(rsa.generate_private_key(65537, 3072)) + " ops@example.org",
+    ]
     raw = raw_example()
     raw["mailstack:admin"]["sshKeys"] = lines
     assert load(raw).admin.ssh_keys == tuple(lines)
-    one_problem(lambda r: r["mailstack:admin"].update(sshKeys=[lines[0], lines[1], lines[0] + " again"]),
-                "mailstack:admin.sshKeys[2]", "same key as mailstack:admin.sshKeys[0]")
+    one_problem(
+        lambda r: r["mailstack:admin"].update(sshKeys=[lines[0], lines[1], lines[0] + " again"]),
+        "mailstack:admin.sshKeys[2]",
+        "same key as mailstack:admin.sshKeys[0]",
+    )
 
 
 def test_clear_text_password_is_refused_and_not_echoed():
     def mutate(r):
         r["mailstack:users"][0]["passwordHash"] = "hunter2"
-    msg = one_problem(mutate, "mailstack:users[0].passwordHash", "clear-text password is never accepted",
-                      "make hash-password", secret_keys={"mailstack:users"})
+
+    msg = one_problem(
+        mutate,
+        "mailstack:users[0].passwordHash",
+        "clear-text password is never accepted",
+        "make hash-password",
+        secret_keys={"mailstack:users"},
+    )
     assert "hunter2" not in msg
 
 
 def test_hash_must_be_stored_as_secret():
     def mutate(r):
         r["mailstack:users"][0]["passwordHash"] = TEST_HASH
+
     one_problem(mutate, "mailstack:users[0].passwordHash", "clear text in the stack file", "--secret")
 
 
@@ -223,18 +294,27 @@ def test_server_types_and_location_are_not_judged_offline():
 
 def test_default_server_type_is_defined_once_and_current():
     from mailstack.settings import DEFAULT_SERVER_TYPE, Hetzner
+
     assert Hetzner().server_types.model_dump() == dict.fromkeys(H.ROLES, DEFAULT_SERVER_TYPE)
     assert DEFAULT_SERVER_TYPE not in {f"cx{n}2" for n in range(2, 6)} | {f"cpx{n}1" for n in range(1, 6)}
 
 
 def test_unsupported_image():
-    one_problem(lambda r: r["mailstack:hetzner"].update(image="debian-13"),
-                "mailstack:hetzner.image", "'debian-13'", "debian-12")
+    one_problem(
+        lambda r: r["mailstack:hetzner"].update(image="debian-13"),
+        "mailstack:hetzner.image",
+        "'debian-13'",
+        "debian-12",
+    )
 
 
 def test_bad_private_cidr():
-    one_problem(lambda r: r["mailstack:hetzner"].update(privateCidr="8.8.0.0/16"),
-                "mailstack:hetzner.privateCidr", "'8.8.0.0/16'", "10.77.0.0/16")
+    one_problem(
+        lambda r: r["mailstack:hetzner"].update(privateCidr="8.8.0.0/16"),
+        "mailstack:hetzner.privateCidr",
+        "'8.8.0.0/16'",
+        "10.77.0.0/16",
+    )
 
 
 def test_missing_required_key():
@@ -250,8 +330,9 @@ def test_unknown_key_is_named():
 
 
 def test_nested_unknown_key():
-    one_problem(lambda r: r["mailstack:hetzner"].update(serverType="cx22"),
-                "mailstack:hetzner.serverType", "unknown key")
+    one_problem(
+        lambda r: r["mailstack:hetzner"].update(serverType="cx22"), "mailstack:hetzner.serverType", "unknown key"
+    )
 
 
 def test_bad_topology():
@@ -263,23 +344,33 @@ def test_bad_dmarc_policy():
 
 
 def test_custom_acme_directory_needs_caa_issuer():
-    one_problem(lambda r: r["mailstack:acme"].update(directory="https://acme.example.com/dir"),
-                "mailstack:acme.caaIssuer", "is required")
+    one_problem(
+        lambda r: r["mailstack:acme"].update(directory="https://acme.example.com/dir"),
+        "mailstack:acme.caaIssuer",
+        "is required",
+    )
 
 
 def test_acme_directory_must_be_https():
-    one_problem(lambda r: r["mailstack:acme"].update(directory="http://acme.example.com/dir"),
-                "mailstack:acme.directory", "not an https URL")
+    one_problem(
+        lambda r: r["mailstack:acme"].update(directory="http://acme.example.com/dir"),
+        "mailstack:acme.directory",
+        "not an https URL",
+    )
 
 
 def test_bad_resolver_forwarder():
-    one_problem(lambda r: r.update({"mailstack:resolver": {"forwardTo": ["dns.example"]}}),
-                "mailstack:resolver.forwardTo[0]", "not an IP address")
+    one_problem(
+        lambda r: r.update({"mailstack:resolver": {"forwardTo": ["dns.example"]}}),
+        "mailstack:resolver.forwardTo[0]",
+        "not an IP address",
+    )
 
 
 def test_duplicate_host_names():
-    one_problem(lambda r: r["mailstack:hostnames"].update(imap="mx1"),
-                "mailstack:hostnames.imap", "already the name of mx1")
+    one_problem(
+        lambda r: r["mailstack:hostnames"].update(imap="mx1"), "mailstack:hostnames.imap", "already the name of mx1"
+    )
 
 
 def test_all_problems_reported_together():
@@ -287,6 +378,7 @@ def test_all_problems_reported_together():
         r["mailstack:domains"].append("bad_domain")
         r["mailstack:hetzner"].update(privateCidr="8.8.0.0/16")
         r["mailstack:admin"]["sshCidrs"].append("1.2.3.4/99")
+
     problems = problems_for(mutate)
     keys = {p.split(":", 2)[0] + ":" + p.split(":", 2)[1] for p in problems}
     assert {"mailstack:domains[2]", "mailstack:hetzner.privateCidr", "mailstack:admin.sshCidrs[2]"} <= keys
@@ -311,12 +403,15 @@ def test_hosts_ha_and_single():
     assert H.find(single, H.IMAP).role == "mx1"
 
 
-@pytest.mark.parametrize("given,expected", [
-    ("2a01:4f8:c0c:1234::/64", "2a01:4f8:c0c:1234::1"),
-    ("2a01:4f8:c0c:1234::", "2a01:4f8:c0c:1234::1"),
-    ("2a01:4f8:c0c:1234::1", "2a01:4f8:c0c:1234::1"),
-    ("2a01:4f8:c0c:1234::25", "2a01:4f8:c0c:1234::25"),
-])
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        ("2a01:4f8:c0c:1234::/64", "2a01:4f8:c0c:1234::1"),
+        ("2a01:4f8:c0c:1234::", "2a01:4f8:c0c:1234::1"),
+        ("2a01:4f8:c0c:1234::1", "2a01:4f8:c0c:1234::1"),
+        ("2a01:4f8:c0c:1234::25", "2a01:4f8:c0c:1234::25"),
+    ],
+)
 def test_ipv6_host_address(given, expected):
     assert H.ipv6_host_address(given) == expected
 
@@ -371,6 +466,7 @@ def test_token_problem_is_reported_with_the_others():
 
 # --------------------------------------------------------------------------- role addresses
 
+
 def _roles_only(raw: dict, keep=("team@example.net",)) -> None:
     raw["mailstack:aliases"] = [a for a in raw["mailstack:aliases"] if a["address"] in keep]
 
@@ -380,9 +476,16 @@ def test_missing_role_addresses_become_aliases_of_the_first_user():
     _roles_only(raw)
     s = load(raw)
     assert {a.address: a.to for a in s.role_aliases} == {
-        r: ("alice@example.org",) for r in (
-            "postmaster@example.org", "abuse@example.org", "postmaster@example.net",
-            "abuse@example.net", "dmarc-reports@example.org", "tls-reports@example.org")}
+        r: ("alice@example.org",)
+        for r in (
+            "postmaster@example.org",
+            "abuse@example.org",
+            "postmaster@example.net",
+            "abuse@example.net",
+            "dmarc-reports@example.org",
+            "tls-reports@example.org",
+        )
+    }
     assert s.all_aliases == s.aliases + s.role_aliases
     # Configured ones are kept as they are; only the missing ones are added.
     full = load(raw_example())
@@ -408,12 +511,15 @@ def test_report_addresses_outside_our_domains_need_no_alias():
 def test_admin_mailbox_must_be_an_active_user():
     def not_user(r):
         r["mailstack:admin"]["mailbox"] = "team@example.net"
-    one_problem(not_user, "mailstack:admin.mailbox", "'team@example.net'", "not one of mailstack:users",
-                "name an active user")
+
+    one_problem(
+        not_user, "mailstack:admin.mailbox", "'team@example.net'", "not one of mailstack:users", "name an active user"
+    )
 
     def inactive(r):
         r["mailstack:admin"]["mailbox"] = "bob@example.org"
         r["mailstack:users"][1]["active"] = False
+
     one_problem(inactive, "mailstack:admin.mailbox", "'bob@example.org'", "inactive")
 
 
@@ -421,23 +527,34 @@ def test_role_addresses_without_any_user_are_refused():
     def mutate(r):
         r["mailstack:users"] = []
         _roles_only(r, keep=())
-    msg = one_problem(mutate, "mailstack:admin.mailbox", "no active user", "postmaster@example.net",
-                      "add a user to mailstack:users")
+
+    msg = one_problem(
+        mutate, "mailstack:admin.mailbox", "no active user", "postmaster@example.net", "add a user to mailstack:users"
+    )
     assert "abuse@example.org" in msg
 
 
 def test_role_alias_must_reach_a_mailbox_of_the_stack():
     def outside(r):
         r["mailstack:aliases"][0]["to"] = ["someone@gmail.com"]  # postmaster@example.org
-    one_problem(outside, "mailstack:aliases[0]", "'postmaster@example.org'", "role address",
-                "active mailbox", "mailstack:admin.mailbox")
+
+    one_problem(
+        outside,
+        "mailstack:aliases[0]",
+        "'postmaster@example.org'",
+        "role address",
+        "active mailbox",
+        "mailstack:admin.mailbox",
+    )
 
     def inactive(r):
         r["mailstack:aliases"][1]["active"] = False  # abuse@example.org
+
     one_problem(inactive, "mailstack:aliases[1]", "'abuse@example.org'", "active mailbox")
 
 
 # --------------------------------------------------------------------------- quota
+
 
 def test_quota_default_and_per_user_override():
     raw = raw_example()
@@ -451,21 +568,34 @@ def test_quota_default_and_per_user_override():
 
 
 def test_quota_larger_than_the_mail_volume():
-    one_problem(lambda r: r["mailstack:users"][0].update(quotaMb=30000),
-                "mailstack:users[0].quotaMb", "30000", "mail volume", "20480 MB", "hetzner.mailVolumeGb")
-    one_problem(lambda r: r.update({"mailstack:quota": {"defaultMb": 20481}}),
-                "mailstack:quota.defaultMb", "20481", "0 is unlimited")
+    one_problem(
+        lambda r: r["mailstack:users"][0].update(quotaMb=30000),
+        "mailstack:users[0].quotaMb",
+        "30000",
+        "mail volume",
+        "20480 MB",
+        "hetzner.mailVolumeGb",
+    )
+    one_problem(
+        lambda r: r.update({"mailstack:quota": {"defaultMb": 20481}}),
+        "mailstack:quota.defaultMb",
+        "20481",
+        "0 is unlimited",
+    )
 
 
 @pytest.mark.parametrize("warn", [[80, 100], [0], [95, 95]])
 def test_quota_warnings_are_distinct_percentages(warn):
-    one_problem(lambda r: r.update({"mailstack:quota": {"warnAt": warn}}),
-                "mailstack:quota.warnAt", "between 1 and 99", "[80, 95]")
+    one_problem(
+        lambda r: r.update({"mailstack:quota": {"warnAt": warn}}),
+        "mailstack:quota.warnAt",
+        "between 1 and 99",
+        "[80, 95]",
+    )
 
 
 def test_negative_quota_is_refused():
-    one_problem(lambda r: r["mailstack:users"][0].update(quotaMb=-1),
-                "mailstack:users[0].quotaMb", "-1")
+    one_problem(lambda r: r["mailstack:users"][0].update(quotaMb=-1), "mailstack:users[0].quotaMb", "-1")
 
 
 def test_limits_are_checked_and_named():

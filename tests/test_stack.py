@@ -1,11 +1,12 @@
 """The Pulumi program under mocks: which resources it declares, with which inputs,
 options and dependencies, for the example stack and its variants."""
+
 from __future__ import annotations
 
 import difflib
 import json
 from collections import Counter
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
@@ -17,8 +18,14 @@ from tests import pulumi_mocks
 from tests.conftest import TEST_HASH
 from tests.pulumi_mocks import (
     MOCK_HOST_KEY,
-    MOCK_LOCATIONS, MOCK_SERVER_TYPES, SNAPSHOT_DIR, Run, _keypair, example_config,
-    run_program, snapshot_text,
+    MOCK_LOCATIONS,
+    MOCK_SERVER_TYPES,
+    SNAPSHOT_DIR,
+    Run,
+    _keypair,
+    example_config,
+    run_program,
+    snapshot_text,
 )
 
 SERVER = "hcloud:index/server:Server"
@@ -39,7 +46,7 @@ def _freeze(overrides: dict) -> str:
     return json.dumps(overrides, sort_keys=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _run(frozen: str, extra_secret: tuple[str, ...] = ()) -> tuple[Run, object]:
     overrides = json.loads(frozen)
     config, secret_keys = example_config(**overrides)
@@ -83,11 +90,11 @@ def test_ha_declares_every_resource_once():
         ATTACH: 1,
         ZONE: len(zones),
         RRSET: len(dns.records(s, _addresses(run), _dkim(s))),
-        COMMAND: len(deploy.plan(s)) + 3,   # + host-key-<role> per server
+        COMMAND: len(deploy.plan(s)) + 3,  # + host-key-<role> per server
         # replication, lookup, quota, rspamd, redis, the SRS key; the users' initial
         # passwords; a restic password per data host (mx1, imap) and the Storage Box's own
         PASSWORD: 6 + sum(1 for u in s.users if u.password_hash is None) + 2 + 1,
-        KEY: 1 + len(s.domains) + 2 + 1,   # + a backup SSH key per data host, and the box's own
+        KEY: 1 + len(s.domains) + 2 + 1,  # + a backup SSH key per data host, and the box's own
         STORAGE_BOX: 1,
     }
 
@@ -99,8 +106,7 @@ def test_storage_box_is_protected_and_keeps_its_keys():
     # Hetzner can't update a box's keys: a changed list must not replace it.
     assert box.ignore_changes == ["sshKeys"]
     # Created with its own key (for the backup-keys step) and the hosts' keys.
-    assert box.inputs["sshKeys"][1:] == [
-        k.strip() for _, k in sorted(run.outputs["backupPublicKeys"].items())]
+    assert box.inputs["sshKeys"][1:] == [k.strip() for _, k in sorted(run.outputs["backupPublicKeys"].items())]
     assert len(box.inputs["sshKeys"]) == 3
     assert box.inputs["accessSettings"]["sshEnabled"] is True
     assert "password" in box.secret_inputs
@@ -224,8 +230,9 @@ def test_ptrs_name_the_forward_records_and_the_exact_ipv6_address():
     run = stack()
     ips = by_id(run, PRIMARY_IP)
     forward = {
-        (f"{r.inputs['name']}.{r.inputs['zone']}".replace("@.", ""), r.inputs["type"]):
-            [x["value"] for x in r.inputs["records"]]
+        (f"{r.inputs['name']}.{r.inputs['zone']}".replace("@.", ""), r.inputs["type"]): [
+            x["value"] for x in r.inputs["records"]
+        ]
         for r in run.of_type(RRSET)
     }
     for ptr in run.of_type(RDNS):
@@ -242,11 +249,14 @@ def test_ptrs_name_the_forward_records_and_the_exact_ipv6_address():
 
 def test_rrsets_are_exactly_the_dns_module_records():
     run, s = stack(), settings_of()
-    want = {(r.zone, r.name, r.type): (r.ttl, sorted(r.values))
-            for r in dns.records(s, _addresses(run), _dkim(s))}
-    got = {(r.inputs["zone"], r.inputs["name"], r.inputs["type"]):
-           (r.inputs["ttl"], sorted(x["value"] for x in r.inputs["records"]))
-           for r in run.of_type(RRSET)}
+    want = {(r.zone, r.name, r.type): (r.ttl, sorted(r.values)) for r in dns.records(s, _addresses(run), _dkim(s))}
+    got = {
+        (r.inputs["zone"], r.inputs["name"], r.inputs["type"]): (
+            r.inputs["ttl"],
+            sorted(x["value"] for x in r.inputs["records"]),
+        )
+        for r in run.of_type(RRSET)
+    }
     assert got == want
     for d in s.domains:
         assert got[(d, "@", "MX")][1] == ["10 mx1.example.org.", "20 mx2.example.org."]
@@ -274,7 +284,11 @@ def test_unmanaged_zone_declares_no_dns_resources_and_outputs_zone_files():
     assert "IN MX 10 mx1.example.org." in files["example.org"]
     assert "IN MX 10 mx1.example.org." in files["example.net"]
     # The other DNS host keeps its own SOA and NS; Hetzner's must not leak in.
-    assert "IN SOA" not in files["example.org"] and "IN NS" not in files["example.org"] and "hetzner" not in files["example.org"].lower()
+    assert (
+        "IN SOA" not in files["example.org"]
+        and "IN NS" not in files["example.org"]
+        and "hetzner" not in files["example.org"].lower()
+    )
     assert "zoneFile" in run.outputs["nextSteps"] and "delegate" not in run.outputs["nextSteps"]
     assert run.outputs["nameservers"] == {}
     # PTRs are still the stack's: they live on its IPs, not in the zone.
@@ -291,8 +305,7 @@ def test_firewall_rules_follow_the_firewall_module_per_role():
         want = firewall.hcloud_rules(s, host)
         assert len(rules) == len(want)
         for got, rule in zip(rules, want):
-            assert (got["direction"], got["protocol"], got.get("port")) == (
-                rule.direction, rule.protocol, rule.port)
+            assert (got["direction"], got["protocol"], got.get("port")) == (rule.direction, rule.protocol, rule.port)
             assert got.get("sourceIps", []) == list(rule.source_ips)
         inbound = {(r["protocol"], r.get("port")): r.get("sourceIps") for r in rules if r["direction"] == "in"}
         assert inbound[("tcp", "22")] == list(s.admin.ssh_cidrs)
@@ -336,7 +349,7 @@ def test_deploy_steps_pin_the_host_key_learned_once_per_server():
         learn = run.one(COMMAND, f"host-key-{role}")
         assert learn.inputs["create"] == ssh.HOST_KEY_COMMAND
         assert learn.inputs["triggers"] == [run.one(SERVER, role).id]
-        assert "stdin" not in learn.inputs      # the unpinned first connection carries no secret
+        assert "stdin" not in learn.inputs  # the unpinned first connection carries no secret
     for step in deploy.plan(s):
         conn = run.one(COMMAND, step.name).inputs["connection"]
         assert conn["hostKey"] == f"ssh-ed25519 {MOCK_HOST_KEY}{step.host}", step.name
@@ -366,7 +379,11 @@ def test_single_topology_is_one_server_with_everything():
     assert as_id(run.one(ATTACH, "mail-store").inputs["serverId"]) == run.one(SERVER, "mx1").id
     assert {c.name for c in run.of_type(COMMAND)} == {p.name for p in deploy.plan(s)} | {"host-key-mx1"}
     assert not [c for c in run.of_type(COMMAND) if c.name.startswith("postgres-replica")]
-    mx = [r for r in run.of_type(RRSET) if (r.inputs["zone"], r.inputs["name"], r.inputs["type"]) == ("example.org", "@", "MX")]
+    mx = [
+        r
+        for r in run.of_type(RRSET)
+        if (r.inputs["zone"], r.inputs["name"], r.inputs["type"]) == ("example.org", "@", "MX")
+    ]
     assert [x["value"] for x in mx[0].inputs["records"]] == ["10 mx1.example.org."]
     assert set(run.outputs["addresses"]) == {"mx1"}
 
@@ -386,7 +403,8 @@ def test_outputs_are_complete_and_only_secrets_are_secret():
 
 def test_invalid_config_stops_before_any_resource():
     config, secret_keys = example_config(
-        topology="single", admin={"sshKeys": ["ssh-ed25519 AAAAnotakey"], "sshCidrs": []})
+        topology="single", admin={"sshKeys": ["ssh-ed25519 AAAAnotakey"], "sshCidrs": []}
+    )
     monitors = []
     with pytest.raises(SettingsError) as err:
         run_program(config, secret_keys, monitors=monitors)
@@ -417,16 +435,20 @@ def test_resource_graph_matches_snapshot():
     current = snapshot_text(stack())
     stored = path.read_text() if path.exists() else ""
     if current != stored:
-        diff = "".join(list(difflib.unified_diff(
-            stored.splitlines(True), current.splitlines(True), str(path), "program"))[:60])
+        diff = "".join(
+            list(difflib.unified_diff(stored.splitlines(True), current.splitlines(True), str(path), "program"))[:60]
+        )
         pytest.fail(
             f"the resource graph changed and {path.relative_to(SNAPSHOT_DIR.parent.parent)} is out of date.\n"
-            "If the change is intended, run `make snapshot` and commit the reviewed diff.\n" + diff)
+            "If the change is intended, run `make snapshot` and commit the reviewed diff.\n" + diff
+        )
 
 
 def test_stack_without_generated_passwords_outputs_an_empty_secret_mapping():
-    run, _ = _run(_freeze({"users": [{"address": "ops@example.org", "passwordHash": TEST_HASH}],
-                           "aliases": []}), ("mailstack:users",))
+    run, _ = _run(
+        _freeze({"users": [{"address": "ops@example.org", "passwordHash": TEST_HASH}], "aliases": []}),
+        ("mailstack:users",),
+    )
     assert run.outputs["initialPasswords"] == {}
     assert "initialPasswords" in run.secret_outputs
     assert not [r for r in run.of_type(PASSWORD) if r.name.startswith("user-")]
@@ -498,7 +520,9 @@ def test_server_type_must_be_offered_in_the_location():
 def test_unknown_location_is_refused_before_any_resource():
     problems, registered = _refused(hetzner=_hetzner(location="mars"))
     assert registered == []
-    assert problems == [p for p in problems if p.startswith("mailstack:hetzner.location: 'mars' is not a Hetzner location")]
+    assert problems == [
+        p for p in problems if p.startswith("mailstack:hetzner.location: 'mars' is not a Hetzner location")
+    ]
     assert "no Location found with name mars" in problems[0] and "'fsn1'" in problems[0]
 
 
@@ -508,7 +532,9 @@ def test_arm_server_type_needs_an_arm_image(monkeypatch):
     assert ("hcloud:index/getImage:getImage", {"name": "debian-12", "withArchitecture": "arm"}) in run.mocks.invokes
     monkeypatch.setattr(pulumi_mocks, "MOCK_IMAGES", {("debian-12", "x86")})
     problems, _ = _refused(hetzner=_hetzner(mx2="cax11"))
-    assert problems[0].startswith("mailstack:hetzner.image: 'debian-12' is not available for arm servers such as 'cax11'")
+    assert problems[0].startswith(
+        "mailstack:hetzner.image: 'debian-12' is not available for arm servers such as 'cax11'"
+    )
 
 
 GET_BOX_TYPE = "hcloud:index/getStorageBoxType:getStorageBoxType"
@@ -543,11 +569,13 @@ def test_storage_box_location_named_in_the_settings_is_looked_up():
     assert run.one(STORAGE_BOX, "mailstack-dev-backup").inputs["location"] == "hel1"
     problems, registered = _refused(backup=_backup(location="mars"))
     assert registered == []
-    assert problems == ["mailstack:backup.storageBox.location: 'mars' is not a Hetzner location "
-                        "(the API says: invoke of hcloud:index/getLocation:getLocation failed: no Location "
-                        "found with name mars); use one from "
-                        "`hcloud location list` that offers Storage Boxes, e.g. 'fsn1', or leave "
-                        "it out (the servers' location where boxes exist)"]
+    assert problems == [
+        "mailstack:backup.storageBox.location: 'mars' is not a Hetzner location "
+        "(the API says: invoke of hcloud:index/getLocation:getLocation failed: no Location "
+        "found with name mars); use one from "
+        "`hcloud location list` that offers Storage Boxes, e.g. 'fsn1', or leave "
+        "it out (the servers' location where boxes exist)"
+    ]
 
 
 def test_single_topology_looks_up_only_the_server_it_runs():
@@ -597,38 +625,48 @@ def test_server_type_out_of_capacity_in_the_location_is_refused(monkeypatch):
     monkeypatch.setattr(pulumi_mocks, "MOCK_SERVER_TYPES", types)
     problems, _ = _refused(hetzner=_hetzner(imap="cx33"))
     assert [p.split(":", 2)[1].split(" ")[0] for p in problems] == [
-        "hetzner.serverTypes.mx1", "hetzner.serverTypes.mx2"]
+        "hetzner.serverTypes.mx1",
+        "hetzner.serverTypes.mx2",
+    ]
     assert "'cx23' is temporarily unavailable in 'fsn1'" in problems[0]
     assert "e.g. cpx22, cx33" in problems[0]  # not cx23 itself
 
 
 # --------------------------------------------------------------------------- DKIM rotation
 
-_ROTATION = {"selector": "mail", "rotationDays": 90, "publishDays": 7, "graceDays": 7,
-             "start": "2027-01-01"}
+_ROTATION = {"selector": "mail", "rotationDays": 90, "publishDays": 7, "graceDays": 7, "start": "2027-01-01"}
 
 
-@pytest.mark.parametrize("now,keys", [
-    # publish: generation 1's key and record appear beside the key that signs
-    ("2026-12-26T00:00:00Z", {"mail": "dkim-{d}", "mail-g1": "dkim-{d}-g1"}),
-    # grace: g1 signs, generation 0 (the pre-rotation key, same resource) still published
-    ("2027-01-02T00:00:00Z", {"mail": "dkim-{d}", "mail-g1": "dkim-{d}-g1"}),
-    # after the grace: generation 0's key leaves the state with its record
-    ("2027-01-09T00:00:00Z", {"mail-g1": "dkim-{d}-g1"}),
-])
+@pytest.mark.parametrize(
+    "now,keys",
+    [
+        # publish: generation 1's key and record appear beside the key that signs
+        ("2026-12-26T00:00:00Z", {"mail": "dkim-{d}", "mail-g1": "dkim-{d}-g1"}),
+        # grace: g1 signs, generation 0 (the pre-rotation key, same resource) still published
+        ("2027-01-02T00:00:00Z", {"mail": "dkim-{d}", "mail-g1": "dkim-{d}-g1"}),
+        # after the grace: generation 0's key leaves the state with its record
+        ("2027-01-09T00:00:00Z", {"mail-g1": "dkim-{d}-g1"}),
+    ],
+)
 def test_dkim_keys_and_records_follow_the_rotation(now, keys):
-    assert "dkimSchedule" not in stack().outputs   # only with rotation
+    assert "dkimSchedule" not in stack().outputs  # only with rotation
     run, s = stack(dkim={**_ROTATION, "now": now}), settings_of(dkim={**_ROTATION, "now": now})
     domains = s.domains
     names = {r.name for r in run.of_type(KEY) if r.name.startswith("dkim-")}
     assert names == {n.format(d=d) for n in keys.values() for d in domains}
     rrsets = {r.name for r in run.of_type(RRSET) if "_domainkey" in r.name}
     assert rrsets == {f"{d}/{sel}._domainkey/TXT" for sel in keys for d in domains}
-    table = {(r["zone"], r["name"]): dns.txt_text(r["values"][0])
-             for r in run.outputs["dnsRecords"] if "_domainkey" in r["name"]}
+    table = {
+        (r["zone"], r["name"]): dns.txt_text(r["values"][0])
+        for r in run.outputs["dnsRecords"]
+        if "_domainkey" in r["name"]
+    }
     assert table == {
-        (d, f"{sel}._domainkey"): dns.dkim_text(dns.dkim_public_value(
-            _keypair("RSA", name.format(d=d))["publicKeyPem"]))
-        for sel, name in keys.items() for d in domains}
+        (d, f"{sel}._domainkey"): dns.dkim_text(
+            dns.dkim_public_value(_keypair("RSA", name.format(d=d))["publicKeyPem"])
+        )
+        for sel, name in keys.items()
+        for d in domains
+    }
     sched = run.outputs["dkimSchedule"]
     assert (sched["now"], sched["published"]) == (now.replace("Z", "+00:00"), sorted(keys))

@@ -1,5 +1,6 @@
 """mailstack status: every decision (ok / warn / error) on plain data, the expectations
 derived from the rendering, the output and exit codes, and the change report."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import pytest
 
 from mailstack import backup, dns, firewall
 from mailstack import hosts as H
-from mailstack.status import decide, expect, inside, model
 from mailstack.status import __main__ as status_main
+from mailstack.status import decide, expect, inside, model
 from mailstack.status.model import ERROR, OK, WARN, Check
 from mailstack.status.outside import parse_values
 
@@ -28,10 +29,12 @@ def env(settings):
 
 def _key():
     from .conftest import _rsa_key
+
     return _rsa_key()
 
 
 # ------------------------------------------------------------------ DNS
+
 
 def test_rrset_equal_missing_unexpected_error():
     assert st(decide.rrset({"a", "b"}, {"b", "a"})) == OK
@@ -39,7 +42,7 @@ def test_rrset_equal_missing_unexpected_error():
     assert v[0] == ERROR and "missing b" in v[2]
     v = decide.rrset({"a"}, {"a", "c"})
     assert v[0] == ERROR and "unexpected c" in v[2]
-    assert st(decide.rrset({"a"}, set())) == ERROR          # record removed
+    assert st(decide.rrset({"a"}, set())) == ERROR  # record removed
     assert st(decide.rrset({"a"}, None, "Timeout")) == ERROR
 
 
@@ -80,6 +83,7 @@ def test_dkim_key_match_and_p_tag():
 
 
 # ------------------------------------------------------------------ ports, TLS, SMTP
+
 
 def test_ports_must_equal_rules_exactly():
     assert st(decide.ports({22, 25, 80}, {80, 25, 22})) == OK
@@ -138,12 +142,13 @@ def test_relay_refused_is_ok():
 def test_dnsbl_listed_unknown_refused():
     assert st(decide.dnsbl([])) == OK
     assert st(decide.dnsbl(["127.0.0.2"])) == ERROR
-    assert st(decide.dnsbl(["127.255.255.254"])) == WARN   # Spamhaus: query refused
+    assert st(decide.dnsbl(["127.255.255.254"])) == WARN  # Spamhaus: query refused
     assert st(decide.dnsbl(["127.255.255.252", "127.255.255.255"])) == WARN
     assert st(decide.dnsbl(None, "SERVFAIL")) == WARN
 
 
 # ------------------------------------------------------------------ inside
+
 
 def test_service_active_and_restarts():
     assert st(decide.service("active", 0)) == OK
@@ -190,17 +195,27 @@ def test_disk():
 
 def test_backup_age_and_result():
     import datetime
-    now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc).timestamp()
-    ago = lambda h: datetime.datetime.fromtimestamp(now - 3600 * h, datetime.timezone.utc).isoformat()
+
+    now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC).timestamp()
+    ago = lambda h: datetime.datetime.fromtimestamp(now - 3600 * h, datetime.UTC).isoformat()
     ok = lambda h: {"last_run": {"time": ago(h), "result": "ok"}, "last_success": {"time": ago(h)}}
     assert decide.backup(None, now)[0::2] == (WARN, "no backup has run yet")
     assert st(decide.backup(ok(1), now)) == OK
-    assert st(decide.backup({"last_run": {"time": ago(1), "result": "ok"},
-                             "last_success": {"time": ago(1).replace("+00:00", "Z")}}, now)) == OK
+    assert (
+        st(
+            decide.backup(
+                {"last_run": {"time": ago(1), "result": "ok"}, "last_success": {"time": ago(1).replace("+00:00", "Z")}},
+                now,
+            )
+        )
+        == OK
+    )
     assert st(decide.backup(ok(decide.BACKUP_WARN_HOURS), now)) == WARN
     assert st(decide.backup(ok(decide.BACKUP_ERROR_HOURS), now)) == ERROR
-    failed = {"last_run": {"time": ago(0), "result": "failed", "error": "sftp: no route"},
-              "last_success": {"time": ago(2)}}
+    failed = {
+        "last_run": {"time": ago(0), "result": "failed", "error": "sftp: no route"},
+        "last_success": {"time": ago(2)},
+    }
     v = decide.backup(failed, now)
     assert v[0] == ERROR and "sftp: no route" in v[2]
     running = {"last_run": {"time": ago(0), "result": "running"}, "last_success": {"time": ago(3)}}
@@ -223,6 +238,7 @@ def test_outbound_names_hetzner_unblock():
 
 
 # ------------------------------------------------------------------ expectations
+
 
 def test_expected_ports_are_the_firewall_rules(settings):
     hs = H.hosts(settings)
@@ -265,6 +281,7 @@ def test_inside_program_carries_no_secret(env, settings):
 def test_environment_from_pulumi_outputs(settings):
     """`pulumi config --json` + `pulumi stack output --json` -> the same expectations."""
     from .conftest import stack_config
+
     cfg = {k: {"value": v, "secret": False} for k, v in stack_config().items()}
     pubs = {d: dns.dkim_public_from_private(_key()) for d in settings.domains}
     recs = dns.records(settings, FAKE_ADDRESSES, pubs)
@@ -280,6 +297,7 @@ def test_environment_from_pulumi_outputs(settings):
 
 
 # ------------------------------------------------------------------ output
+
 
 def _c(status, name="x"):
     return Check("dns", name, status, "e", "f")
@@ -315,21 +333,30 @@ def test_changes_report_only_what_changed():
 
 # ------------------------------------------------------------------ inside checks, daily job
 
+
 def _data(**over):
     data = {
         "now": 1000.0,
-        "units": {"opensmtpd.service": {"active": "active", "restarts": 0},
-                  "postgresql@15-main.service": {"active": "active", "restarts": 0}},
-        "replicas": [{"addr": "10.77.1.12", "state": "streaming", "lag_bytes": "0", "lag_seconds": "0"},
-                     {"addr": "10.77.1.13", "state": "streaming", "lag_bytes": "0", "lag_seconds": "0"}],
-        "slots": {"mailstack_imap": {"active": True, "retained": 0},
-                  "mailstack_mx2": {"active": True, "retained": 0}},
+        "units": {
+            "opensmtpd.service": {"active": "active", "restarts": 0},
+            "postgresql@15-main.service": {"active": "active", "restarts": 0},
+        },
+        "replicas": [
+            {"addr": "10.77.1.12", "state": "streaming", "lag_bytes": "0", "lag_seconds": "0"},
+            {"addr": "10.77.1.13", "state": "streaming", "lag_bytes": "0", "lag_seconds": "0"},
+        ],
+        "slots": {"mailstack_imap": {"active": True, "retained": 0}, "mailstack_mx2": {"active": True, "retained": 0}},
         "queue": {"count": 0, "oldest": 0},
         "disk": {"system": {"path": "/", "pct": 20.0}},
-        "backup": {"last_run": {"time": "1970-01-01T00:15:00+00:00", "result": "ok"},
-                   "last_success": {"time": "1970-01-01T00:15:00+00:00"}},
-        "security_updates": 0, "reboot_required": False,
-        "dkim": {}, "dnsbl": {}, "smtp_probes": {},
+        "backup": {
+            "last_run": {"time": "1970-01-01T00:15:00+00:00", "result": "ok"},
+            "last_success": {"time": "1970-01-01T00:15:00+00:00"},
+        },
+        "security_updates": 0,
+        "reboot_required": False,
+        "dkim": {},
+        "dnsbl": {},
+        "smtp_probes": {},
     }
     data.update(over)
     return data
@@ -337,21 +364,36 @@ def _data(**over):
 
 def test_hostchecks_from_params_and_data(env):
     from mailstack.status import hostchecks
+
     params = inside.params(env, "mx1")
     pubs = dict(env.dkim_public)
-    data = _data(dkim=pubs, dnsbl={q: {"answers": []} for _, _, q in params["dnsbl"]},
-                 smtp_probes={k: {"line": f"220 {v[2] or 'mx.outside.test'} ESMTP", "error": None}
-                              for k, v in params["smtp_probes"].items()},
-                 peers={"mx2": _healthy_peer(params, "mx2")})
+    data = _data(
+        dkim=pubs,
+        dnsbl={q: {"answers": []} for _, _, q in params["dnsbl"]},
+        smtp_probes={
+            k: {"line": f"220 {v[2] or 'mx.outside.test'} ESMTP", "error": None}
+            for k, v in params["smtp_probes"].items()
+        },
+        peers={"mx2": _healthy_peer(params, "mx2")},
+    )
     checks = hostchecks.checks(params, data, pubs)
     assert model.exit_code(checks) == 0, [c for c in checks if c.status != OK]
     ids = {c.id for c in checks}
-    assert {"replication: mx2 streaming", "replication: slot mailstack_imap", "queue: mx1",
-            "outbound: mx1 -> gmail-smtp-in.l.google.com:25", "peer: mx1→mx2 v6 :25 banner",
-            "dkim: example.org key in use (mx1)", "backup: mx1"} <= ids
+    assert {
+        "replication: mx2 streaming",
+        "replication: slot mailstack_imap",
+        "queue: mx1",
+        "outbound: mx1 -> gmail-smtp-in.l.google.com:25",
+        "peer: mx1→mx2 v6 :25 banner",
+        "dkim: example.org key in use (mx1)",
+        "backup: mx1",
+    } <= ids
     # the replica on mx2 gone: its replication errors, its slot warns, nothing else moves
-    gone = {**data, "replicas": [data["replicas"][0]],
-            "slots": {**data["slots"], "mailstack_mx2": {"active": False, "retained": 0}}}
+    gone = {
+        **data,
+        "replicas": [data["replicas"][0]],
+        "slots": {**data["slots"], "mailstack_mx2": {"active": False, "retained": 0}},
+    }
     after = hostchecks.checks(params, gone, pubs)
     assert [c.id for c in after if c.status == ERROR] == ["replication: mx2 streaming"]
     assert hostchecks.unreachable("imap", "ssh: timeout")[0].status == ERROR
@@ -359,6 +401,7 @@ def test_hostchecks_from_params_and_data(env):
 
 def test_daily_mail_only_on_change(env, settings):
     from mailstack.status import daily
+
     conf = {"host": "mx1.example.org", "mail_from": "a@mx1.example.org", "mail_to": "postmaster@example.org"}
     before = [_c(OK, "a"), _c(OK, "b")]
     assert daily.report(conf, before, before) is None
@@ -374,7 +417,9 @@ def test_daily_job_is_standard_library_only_and_carries_no_secret(settings):
     from pathlib import Path
 
     from mailstack.status import timer
+
     from .conftest import make_context
+
     here = Path(timer.__file__).parent
     for m in timer.MODULES:
         tree = ast.parse((here / m).read_text())
@@ -384,7 +429,7 @@ def test_daily_job_is_standard_library_only_and_carries_no_secret(settings):
                 # a shipped sibling (collect.py's `import probe` in the daily job)
                 names = [n for n in names if f"{n}.py" not in timer.MODULES]
             elif isinstance(node, ast.ImportFrom):
-                if node.level:   # relative: must be one of the shipped modules
+                if node.level:  # relative: must be one of the shipped modules
                     assert f"{node.module}.py" in timer.MODULES or node.module is None, (m, node.module)
                     continue
                 names = [node.module]
@@ -401,10 +446,12 @@ def test_daily_job_is_standard_library_only_and_carries_no_secret(settings):
     assert ctx.secrets.replication_password not in text
     conf = json.loads(b.file(f"{timer.CONF_DIR}/daily.json").content)
     assert conf["mail_to"] == "postmaster@example.org"
+
     # the job looks at mx2 too, with the expectations rendered from the settings: SSH is
     # closed to mx1 unless admin.sshCidrs covers its address
     def peer_open(bundle):
         return json.loads(bundle.file(f"{timer.CONF_DIR}/params.json").content)["peers"]["hosts"]["mx2"]["open"]
+
     assert peer_open(b) == {"v4": [25, 80], "v6": [25, 80]}
     inside_cidrs = make_context(settings_from(admin={"sshCidrs": ["198.51.100.0/24"], "sshKeys": []}))
     assert peer_open(timer.bundle(inside_cidrs, inside_cidrs.hosts["mx1"]))["v4"] == [22, 25, 80]
@@ -422,6 +469,7 @@ def test_a_failed_ptr_lookup_is_an_error_line_not_a_crash(env, monkeypatch):
 
 
 # ------------------------------------------------------------------ the MX hosts' view of each other
+
 
 def test_peer_sees_what_the_firewall_lets_in_from_its_address(settings, env):
     """mx1 looking at mx2 and back: the rules read for the peer's public source address.
@@ -464,12 +512,23 @@ def _healthy_peer(params: dict, other: str) -> dict:
     for port, sni in exp["tls"]:
         fam["tls"][str(port)] = {"days_left": 60.0, "names": list(exp["cert_names"]), "verify_error": None}
         if port == 25:
-            fam["smtp"]["25"] = {"banner": f"220 {exp['fqdn']} ESMTP OpenSMTPD",
-                                 "features": ["PIPELINING", "8BITMIME", "STARTTLS"], "tls_ok": True,
-                                 "auth_after_tls": False, "relay_reply": 550, "error": None}
+            fam["smtp"]["25"] = {
+                "banner": f"220 {exp['fqdn']} ESMTP OpenSMTPD",
+                "features": ["PIPELINING", "8BITMIME", "STARTTLS"],
+                "tls_ok": True,
+                "auth_after_tls": False,
+                "relay_reply": 550,
+                "error": None,
+            }
         elif port == 587:
-            fam["smtp"]["587"] = {"banner": f"220 {sni} ESMTP OpenSMTPD", "features": ["STARTTLS"],
-                                  "tls_ok": True, "auth_after_tls": True, "relay_reply": None, "error": None}
+            fam["smtp"]["587"] = {
+                "banner": f"220 {sni} ESMTP OpenSMTPD",
+                "features": ["STARTTLS"],
+                "tls_ok": True,
+                "auth_after_tls": True,
+                "relay_reply": None,
+                "error": None,
+            }
         elif port == 465:
             fam["smtp"]["465"] = {"banner": f"220 {sni} ESMTP OpenSMTPD", "error": None}
     return {f: {**json.loads(json.dumps(fam)), "open": exp["open"][f]} for f in ("v4", "v6")}
@@ -477,9 +536,10 @@ def _healthy_peer(params: dict, other: str) -> dict:
 
 def _peer(env, role: str, other: str, **over) -> dict[str, Check]:
     from mailstack.status import hostchecks
+
     params = inside.params(env, role)
     got = _healthy_peer(params, other)
-    for path, value in over.items():   # "v4.smtp.25.relay_reply": 250
+    for path, value in over.items():  # "v4.smtp.25.relay_reply": 250
         *keys, last = path.split(".")
         d = got
         for k in keys:
@@ -490,29 +550,44 @@ def _peer(env, role: str, other: str, **over) -> dict[str, Check]:
 
 def test_peer_checks_healthy_and_named_by_vantage(env):
     checks = _peer(env, "mx2", "mx1")
-    assert all(c.status == OK and c.area == "peer" for c in checks.values()), \
-        [c for c in checks.values() if c.status != OK]
-    assert {"mx2→mx1 v4 ports", "mx2→mx1 v6 ports", "mx2→mx1 v4 :25 certificate (mx1.example.org)",
-            "mx2→mx1 v6 :443 certificate (mta-sts.example.org)", "mx2→mx1 v4 :25 banner",
-            "mx2→mx1 v4 :25 STARTTLS", "mx2→mx1 v4 :25 no open relay", "mx2→mx1 v6 :587 STARTTLS",
-            "mx2→mx1 v4 :465 banner"} <= set(checks)
+    assert all(c.status == OK and c.area == "peer" for c in checks.values()), [
+        c for c in checks.values() if c.status != OK
+    ]
+    assert {
+        "mx2→mx1 v4 ports",
+        "mx2→mx1 v6 ports",
+        "mx2→mx1 v4 :25 certificate (mx1.example.org)",
+        "mx2→mx1 v6 :443 certificate (mta-sts.example.org)",
+        "mx2→mx1 v4 :25 banner",
+        "mx2→mx1 v4 :25 STARTTLS",
+        "mx2→mx1 v4 :25 no open relay",
+        "mx2→mx1 v6 :587 STARTTLS",
+        "mx2→mx1 v4 :465 banner",
+    } <= set(checks)
     assert set(_peer(env, "mx1", "mx2")) == {
-        f"mx1→mx2 {f} {w}" for f in ("v4", "v6")
-        for w in ("ports", ":25 certificate (mx2.example.org)", ":25 banner", ":25 STARTTLS", ":25 no open relay")}
+        f"mx1→mx2 {f} {w}"
+        for f in ("v4", "v6")
+        for w in ("ports", ":25 certificate (mx2.example.org)", ":25 banner", ":25 STARTTLS", ":25 no open relay")
+    }
 
 
-@pytest.mark.parametrize("over, bad", [
-    ({"v4.open": [25, 80, 8080]}, {"mx1→mx2 v4 ports"}),                     # a port opened
-    ({"v6.open": [80]}, {"mx1→mx2 v6 ports"}),                               # smtpd gone on v6
-    ({"v4.smtp.25.relay_reply": 250}, {"mx1→mx2 v4 :25 no open relay"}),     # open relay
-    ({"v4.smtp.25.banner": "220 localhost ESMTP"}, {"mx1→mx2 v4 :25 banner"}),
-    ({"v6.smtp.25.features": ["STARTTLS", "AUTH PLAIN"]}, {"mx1→mx2 v6 :25 STARTTLS"}),   # AUTH before TLS
-    ({"v4.smtp.25.features": ["PIPELINING"], "v4.smtp.25.tls_ok": False}, {"mx1→mx2 v4 :25 STARTTLS"}),
-    ({"v4.tls.25.days_left": 3.0}, {"mx1→mx2 v4 :25 certificate (mx2.example.org)"}),    # < 7 days
-    ({"v4.tls.25.verify_error": "unable to get local issuer certificate"},
-     {"mx1→mx2 v4 :25 certificate (mx2.example.org)"}),                                  # not trusted
-    ({"v6.tls.25.names": ["mx1.example.org"]}, {"mx1→mx2 v6 :25 certificate (mx2.example.org)"}),
-])
+@pytest.mark.parametrize(
+    "over, bad",
+    [
+        ({"v4.open": [25, 80, 8080]}, {"mx1→mx2 v4 ports"}),  # a port opened
+        ({"v6.open": [80]}, {"mx1→mx2 v6 ports"}),  # smtpd gone on v6
+        ({"v4.smtp.25.relay_reply": 250}, {"mx1→mx2 v4 :25 no open relay"}),  # open relay
+        ({"v4.smtp.25.banner": "220 localhost ESMTP"}, {"mx1→mx2 v4 :25 banner"}),
+        ({"v6.smtp.25.features": ["STARTTLS", "AUTH PLAIN"]}, {"mx1→mx2 v6 :25 STARTTLS"}),  # AUTH before TLS
+        ({"v4.smtp.25.features": ["PIPELINING"], "v4.smtp.25.tls_ok": False}, {"mx1→mx2 v4 :25 STARTTLS"}),
+        ({"v4.tls.25.days_left": 3.0}, {"mx1→mx2 v4 :25 certificate (mx2.example.org)"}),  # < 7 days
+        (
+            {"v4.tls.25.verify_error": "unable to get local issuer certificate"},
+            {"mx1→mx2 v4 :25 certificate (mx2.example.org)"},
+        ),  # not trusted
+        ({"v6.tls.25.names": ["mx1.example.org"]}, {"mx1→mx2 v6 :25 certificate (mx2.example.org)"}),
+    ],
+)
 def test_peer_checks_turn_exactly_their_check_to_error(env, over, bad):
     checks = _peer(env, "mx1", "mx2", **over)
     assert {n for n, c in checks.items() if c.status == ERROR} == bad
@@ -523,23 +598,34 @@ def test_peer_certificate_close_to_expiry_warns_and_submission_needs_auth_after_
     checks = _peer(env, "mx1", "mx2", **{"v4.tls.25.days_left": 15.0})
     assert checks["mx1→mx2 v4 :25 certificate (mx2.example.org)"].status == WARN
     sub = _peer(env, "mx2", "mx1", **{"v4.smtp.587.auth_after_tls": False})
-    assert sub["mx2→mx1 v4 :587 STARTTLS"].status == ERROR and "no AUTH after TLS" in sub["mx2→mx1 v4 :587 STARTTLS"].found
+    assert (
+        sub["mx2→mx1 v4 :587 STARTTLS"].status == ERROR and "no AUTH after TLS" in sub["mx2→mx1 v4 :587 STARTTLS"].found
+    )
 
 
 def test_peer_refused_for_its_rdns_is_an_error(env):
     """From a mail host a 550 5.7.25 is not a vantage problem (as from an operator's line):
     the peer's own rDNS is broken, so other mail servers refuse it too."""
-    refused = {"banner": "550 5.7.25 Client host reverse DNS does not resolve back to its address",
-               "features": None, "tls_ok": False, "auth_after_tls": None, "relay_reply": None,
-               "error": "ConnectionError: connection closed"}
+    refused = {
+        "banner": "550 5.7.25 Client host reverse DNS does not resolve back to its address",
+        "features": None,
+        "tls_ok": False,
+        "auth_after_tls": None,
+        "relay_reply": None,
+        "error": "ConnectionError: connection closed",
+    }
     checks = _peer(env, "mx2", "mx1", **{"v4.smtp.25": refused})
     assert {n for n, c in checks.items() if c.status == ERROR} == {
-        "mx2→mx1 v4 :25 banner", "mx2→mx1 v4 :25 STARTTLS", "mx2→mx1 v4 :25 no open relay"}
+        "mx2→mx1 v4 :25 banner",
+        "mx2→mx1 v4 :25 STARTTLS",
+        "mx2→mx1 v4 :25 no open relay",
+    }
     assert "5.7.25" in checks["mx2→mx1 v4 :25 banner"].found
 
 
 def test_a_peer_without_results_is_an_error(env):
     from mailstack.status import hostchecks
+
     params = inside.params(env, "mx1")
     checks = hostchecks.peer_checks(params, {"peers": {}})
     assert [(c.name, c.status) for c in checks] == [("mx1→mx2 v4 ports", ERROR), ("mx1→mx2 v6 ports", ERROR)]
@@ -559,27 +645,36 @@ def test_certificate_expiry_and_names_read_with_the_standard_library():
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx2.example.org")])
-    now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 12, 2, 12, 0, tzinfo=datetime.UTC)
 
     def cert(not_after, sans):
-        b = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-             .serial_number(7).not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(not_after)
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(7)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
         return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
-    days, names = probe.cert_info(cert(now + datetime.timedelta(days=5, hours=12),
-                                       ["mx2.example.org", "smtp.example.org"]), now)
+    days, names = probe.cert_info(
+        cert(now + datetime.timedelta(days=5, hours=12), ["mx2.example.org", "smtp.example.org"]), now
+    )
     assert abs(days - 5.5) < 1e-6 and names == ("mx2.example.org", "smtp.example.org")
-    days, names = probe.cert_info(cert(datetime.datetime(2051, 1, 1, tzinfo=datetime.timezone.utc), []), now)
-    assert names == () and 8795 < days < 8797      # GeneralizedTime from 2050 on
+    days, names = probe.cert_info(cert(datetime.datetime(2051, 1, 1, tzinfo=datetime.UTC), []), now)
+    assert names == () and 8795 < days < 8797  # GeneralizedTime from 2050 on
 
 
 def test_peer_ports_are_judged_per_family():
     """mx1 in admin.sshCidrs by its IPv4 only: mx2's SSH answers mx1 on v4, not on v6,
     and each family is held to its own expectation."""
     from mailstack.status import hostchecks
+
     s = settings_from(admin={"sshCidrs": ["198.51.100.11/32"], "sshKeys": []})
     e = expect.Environment(s, FAKE_ADDRESSES, {}, {}, None)
     params = inside.params(e, "mx1")
@@ -608,25 +703,32 @@ def test_untrusted_certificate_is_still_described(tmp_path):
 
     from mailstack.status import probe
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "status test CA")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(9).not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=10))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx2.example.org")]), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(9)
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=10))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("mx2.example.org")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     srv = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     srv.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
     lsock = socket.create_server(("127.0.0.1", 0))
     port = lsock.getsockname()[1]
     lsock.settimeout(20)
 
-    def serve():   # one handshake for the trusted look, two for the untrusted: bounded
+    def serve():  # one handshake for the trusted look, two for the untrusted: bounded
         for _ in range(3):
             try:
                 conn, _ = lsock.accept()
@@ -641,8 +743,9 @@ def test_untrusted_certificate_is_still_described(tmp_path):
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
-        ok = probe.certificate(probe.Origin("p.invalid", cafile=str(tmp_path / "c.pem")), "127.0.0.1", port,
-                               "mx2.example.org")
+        ok = probe.certificate(
+            probe.Origin("p.invalid", cafile=str(tmp_path / "c.pem")), "127.0.0.1", port, "mx2.example.org"
+        )
         assert ok.verify_error is None and ok.names == ("mx2.example.org",) and 9.9 < ok.days_left < 10.1
         # the system's store: a private CA is not in it
         bad = probe.certificate(probe.Origin("p.invalid"), "127.0.0.1", port, "mx2.example.org")
@@ -658,11 +761,11 @@ def test_environment_follows_the_deployed_dkim_phase():
     (its `dkimSchedule` output), not today's: both records of the grace, the new key on mx1."""
     from .conftest import settings_from, stack_config
     from .test_dns import _other_key
+
     rotation = {"rotationDays": 90, "start": "2027-01-01"}
-    s = settings_from(dkim={**rotation, "now": "2027-01-02T00:00:00Z"})     # grace: g1 signs
+    s = settings_from(dkim={**rotation, "now": "2027-01-02T00:00:00Z"})  # grace: g1 signs
     cfg = {k: {"value": v, "secret": False} for k, v in stack_config(dkim=rotation).items()}
-    pub = {sel: {d: dns.dkim_public_from_private(_other_key(sel)) for d in s.domains}
-           for sel in ("mail", "mail-g1")}
+    pub = {sel: {d: dns.dkim_public_from_private(_other_key(sel)) for d in s.domains} for sel in ("mail", "mail-g1")}
     recs = dns.records(s, FAKE_ADDRESSES, pub["mail-g1"], {"mail": pub["mail"]})
     outputs = {
         "addresses": {r: {"ipv4": a.ipv4, "ipv6": a.ipv6} for r, a in FAKE_ADDRESSES.items()},

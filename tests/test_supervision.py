@@ -1,22 +1,30 @@
 """Supervision: every daemon a host runs has a restart policy that brings it back after
 any exit, clean ones included (smtpd exits with status 0 when it loses a filter). The
 lab's `supervision` scenario kills and stops each one on the real units."""
+
 from __future__ import annotations
 
 import configparser
 
 import pytest
 
-from mailstack import database, mx, services, supervision
+from mailstack import postgresql, services, smtpd, supervision
 from tests.conftest import make_context, settings_from
 
 EXPECTED = {
-    ("ha", "mx1"): {"opensmtpd", "rspamd", "redis-server", "unbound", "nginx", "postgresql@15-main",
-                    "fail2ban"},
+    ("ha", "mx1"): {"opensmtpd", "rspamd", "redis-server", "unbound", "nginx", "postgresql@15-main", "fail2ban"},
     ("ha", "imap"): {"dovecot", "unbound", "nginx", "postgresql@15-main", "fail2ban"},
     ("ha", "mx2"): {"opensmtpd", "rspamd", "redis-server", "unbound", "nginx", "postgresql@15-main"},
-    ("single", "mx1"): {"opensmtpd", "rspamd", "redis-server", "dovecot", "unbound", "nginx",
-                        "postgresql@15-main", "fail2ban"},
+    ("single", "mx1"): {
+        "opensmtpd",
+        "rspamd",
+        "redis-server",
+        "dovecot",
+        "unbound",
+        "nginx",
+        "postgresql@15-main",
+        "fail2ban",
+    },
 }
 
 
@@ -47,9 +55,9 @@ def test_every_daemon_of_a_host_is_supervised(topology, role):
 
 def test_supervision_comes_before_the_daemons_and_reloads_only_on_change(ctx):
     b = services.bundle(ctx, ctx.hosts["mx1"])
-    first = b.script.index("install_file " + supervision.dropin_path(database.PG_UNIT))
+    first = b.script.index("install_file " + supervision.dropin_path(postgresql.PG_UNIT))
     assert first < b.script.index("# --- OpenSMTPD")
     part = supervision.bundle(ctx.hosts["mx1"]).script
     assert 'if [ -n "$SUPERVISION_CHANGED" ]; then\n  systemctl daemon-reload' in part
     # The smtpd unit's own drop-in keeps ordering only; the policy has one home.
-    assert "Restart" not in mx.bundle(ctx, ctx.hosts["mx1"]).file(mx.UNIT_DROPIN).content
+    assert "Restart" not in smtpd.bundle(ctx, ctx.hosts["mx1"]).file(smtpd.UNIT_DROPIN).content

@@ -1,5 +1,6 @@
 """TLS: certificate names per host, the certificates step, and the deploy hook; then the
 whole step program run for real against Pebble (a local ACME server)."""
+
 from __future__ import annotations
 
 import os
@@ -8,13 +9,18 @@ from pathlib import Path
 
 from cryptography import x509
 
+from mailstack import hosts as H
+from mailstack import tls
 from tests.conftest import make_context, settings_from
 from tests.daemons.certs import ec_pair
-from mailstack import hosts as H, tls
 
 WEB_NAMES = [
-    "mta-sts.example.org", "autoconfig.example.org", "autodiscover.example.org",
-    "mta-sts.example.net", "autoconfig.example.net", "autodiscover.example.net",
+    "mta-sts.example.org",
+    "autoconfig.example.org",
+    "autodiscover.example.org",
+    "mta-sts.example.net",
+    "autoconfig.example.net",
+    "autodiscover.example.net",
 ]
 
 
@@ -28,7 +34,11 @@ def test_certificate_names_ha(settings):
 def test_certificate_names_single(single_settings):
     mx1 = H.hosts(single_settings)["mx1"]
     assert tls.certificate_names(single_settings, mx1) == [
-        "mx1.example.org", "smtp.example.org", "imap.example.org", *WEB_NAMES]
+        "mx1.example.org",
+        "smtp.example.org",
+        "imap.example.org",
+        *WEB_NAMES,
+    ]
 
 
 def test_smtp_name_equal_to_mx1_is_not_listed_twice():
@@ -40,16 +50,20 @@ def test_adding_a_domain_only_appends_names(settings):
     more = settings_from(domains=["example.org", "example.net", "example.com"])
     old = tls.certificate_names(settings, H.hosts(settings)["mx1"])
     new = tls.certificate_names(more, H.hosts(more)["mx1"])
-    assert new[:len(old)] == old
-    assert new[len(old):] == ["mta-sts.example.com", "autoconfig.example.com", "autodiscover.example.com"]
+    assert new[: len(old)] == old
+    assert new[len(old) :] == ["mta-sts.example.com", "autoconfig.example.com", "autodiscover.example.com"]
 
 
 def test_certbot_command_uses_settings(settings):
     s = settings_from(acme={"email": "ca@example.org", "directory": "https://acme.test/dir", "caaIssuer": "acme.test"})
     cmd = tls.certbot_command(s, H.hosts(s)["imap"])
     assert cmd[:2] == ["certbot", "certonly"]
-    for flag, value in (("--server", "https://acme.test/dir"), ("--email", "ca@example.org"),
-                        ("--cert-name", "mailstack"), ("-w", "/var/www/acme")):
+    for flag, value in (
+        ("--server", "https://acme.test/dir"),
+        ("--email", "ca@example.org"),
+        ("--cert-name", "mailstack"),
+        ("-w", "/var/www/acme"),
+    ):
         assert cmd[cmd.index(flag) + 1] == value
     for flag in ("--non-interactive", "--agree-tos", "--webroot", "--expand"):
         assert flag in cmd
@@ -91,6 +105,7 @@ def test_deploy_hook_copies_once_with_modes(tmp_path):
 
 # --------------------------------------------------------------------------- Pebble
 
+
 def _run_step(tmp_path: Path, program: str, ca: Path) -> subprocess.CompletedProcess:
     """The step's own program, as root, with /etc and /var overlaid on temp dirs so its
     writes (certbot state, webroot, /etc/mailstack/tls) never touch this machine."""
@@ -103,8 +118,13 @@ def _run_step(tmp_path: Path, program: str, ca: Path) -> subprocess.CompletedPro
         f"exec bash -s < {tmp_path}/step.sh"
     )
     (tmp_path / "step.sh").write_text(program)
-    return subprocess.run(["unshare", "--mount", "bash", "-c", wrapper], capture_output=True, text=True,
-                          env=dict(os.environ, REQUESTS_CA_BUNDLE=str(ca)), timeout=120)
+    return subprocess.run(
+        ["unshare", "--mount", "bash", "-c", wrapper],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, REQUESTS_CA_BUNDLE=str(ca)),
+        timeout=120,
+    )
 
 
 def _sans(path: Path) -> list[str]:

@@ -1,5 +1,6 @@
 """The GitHub workflows: actionlint-clean, actions pinned by commit SHA, and `pulumi up` only
 for the stacks config/deploy.yaml lists (never the example), on the runner that can SSH."""
+
 from __future__ import annotations
 
 import re
@@ -30,16 +31,21 @@ def actionlint() -> str:
 
 def test_workflows_pass_actionlint():
     result = subprocess.run(
-        [actionlint(), "-no-color", "-config-file", str(ROOT / ".github" / "actionlint.yaml"),
-         *map(str, WORKFLOWS)], capture_output=True, text=True, cwd=ROOT)
+        [actionlint(), "-no-color", "-config-file", str(ROOT / ".github" / "actionlint.yaml"), *map(str, WORKFLOWS)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_actionlint_catches_a_broken_workflow(tmp_path):
     # The check above can fail: an unknown runner label and a bad expression are reported.
     bad = tmp_path / "bad.yml"
-    bad.write_text("on: push\njobs:\n  x:\n    runs-on: [self-hosted, nobody-has-this]\n"
-                   "    steps:\n      - run: echo ${{ github.nope }}\n")
+    bad.write_text(
+        "on: push\njobs:\n  x:\n    runs-on: [self-hosted, nobody-has-this]\n"
+        "    steps:\n      - run: echo ${{ github.nope }}\n"
+    )
     result = subprocess.run([actionlint(), "-no-color", str(bad)], capture_output=True, text=True)
     assert result.returncode == 1
     assert "nobody-has-this" in result.stdout and "nope" in result.stdout
@@ -65,8 +71,7 @@ def _pulumi_steps(job: dict) -> list[dict]:
 
 def test_up_runs_only_for_the_deploy_list_on_main_on_the_deploy_runner():
     jobs = _jobs()
-    up_jobs = {name: job for name, job in jobs.items()
-               if any(s["with"]["command"] == "up" for s in _pulumi_steps(job))}
+    up_jobs = {name: job for name, job in jobs.items() if any(s["with"]["command"] == "up" for s in _pulumi_steps(job))}
     assert list(up_jobs) == ["up"]
     up = up_jobs["up"]
     assert up["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.stacks.outputs.deploy) }}"
@@ -96,20 +101,26 @@ def _config_dir(tmp_path: Path, deploy_text: str, stack_names=("dev", "prod")) -
     return tmp_path
 
 
-@pytest.mark.parametrize("deploy_text, expected", [
-    ("deploy: [prod]\n", ["prod"]),
-    ("deploy: []\n", []),
-])
+@pytest.mark.parametrize(
+    "deploy_text, expected",
+    [
+        ("deploy: [prod]\n", ["prod"]),
+        ("deploy: []\n", []),
+    ],
+)
 def test_listed_stacks_are_deployed(tmp_path, deploy_text, expected):
     assert stacks.deploy_list(_config_dir(tmp_path, deploy_text)) == (expected, [])
 
 
-@pytest.mark.parametrize("deploy_text, fragment", [
-    ("deploy: [prod, dev]\n", "deploy[1]: 'dev' is the example stack"),
-    ("deploy: [staging]\n", "deploy[0]: 'staging' has no config/Pulumi.staging.yaml"),
-    ("deploy: [prod, prod]\n", "deploy[1]: 'prod' is listed twice"),
-    ("deploy: prod\n", "needs a `deploy:` list"),
-])
+@pytest.mark.parametrize(
+    "deploy_text, fragment",
+    [
+        ("deploy: [prod, dev]\n", "deploy[1]: 'dev' is the example stack"),
+        ("deploy: [staging]\n", "deploy[0]: 'staging' has no config/Pulumi.staging.yaml"),
+        ("deploy: [prod, prod]\n", "deploy[1]: 'prod' is listed twice"),
+        ("deploy: prod\n", "needs a `deploy:` list"),
+    ],
+)
 def test_a_bad_deploy_list_stops_the_workflow(tmp_path, deploy_text, fragment, capsys):
     config_dir = _config_dir(tmp_path, deploy_text)
     assert stacks.main(config_dir) == 1

@@ -7,6 +7,7 @@ config.json next to the repository password and SSH key (see docs/backup.md).
 Never prints a secret: restic reads the password from a 0600 file, and the SSH key is
 named by path only.
 """
+
 import argparse
 import datetime
 import json
@@ -14,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 CONFIG = os.environ.get("MAILSTACK_BACKUP_CONFIG", "/etc/mailstack/backup/config.json")
@@ -26,7 +26,7 @@ def log(msg):
 
 
 def now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def target_environment():
@@ -42,12 +42,17 @@ def target_environment():
 
 
 def restic(*args, capture=False, check=True, stdout=None, stderr=None):
-    env = dict(os.environ, RESTIC_REPOSITORY=C["repository"],
-               RESTIC_PASSWORD_FILE=C["password_file"], RESTIC_CACHE_DIR=C["cache_dir"],
-               **target_environment())
+    env = dict(
+        os.environ,
+        RESTIC_REPOSITORY=C["repository"],
+        RESTIC_PASSWORD_FILE=C["password_file"],
+        RESTIC_CACHE_DIR=C["cache_dir"],
+        **target_environment(),
+    )
     out = subprocess.PIPE if capture else stdout
-    r = subprocess.run([*C["restic"], *args], env=env, stdout=out, stderr=stderr,
-                       text=capture or None, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [*C["restic"], *args], env=env, stdout=out, stderr=stderr, text=capture or None, stdin=subprocess.DEVNULL
+    )
     if check and r.returncode != 0:
         raise RuntimeError(f"restic {args[0]} failed with exit status {r.returncode}")
     return r
@@ -69,6 +74,7 @@ def service(action, name):
 
 
 # ------------------------------------------------------------------ status file
+
 
 def read_status():
     try:
@@ -92,11 +98,13 @@ def write_status(**changes):
 
 # ------------------------------------------------------------------ backup
 
+
 def dump_db(path):
     with open(path + ".tmp", "wb") as f:
         skip = [f"--exclude-table-data={t}" for t in C.get("db_exclude_data", [])]
-        subprocess.run([*C["as_postgres"], "pg_dump", "-Fc", *skip, "-d", C["db"]], stdout=f, check=True,
-                       stdin=subprocess.DEVNULL)
+        subprocess.run(
+            [*C["as_postgres"], "pg_dump", "-Fc", *skip, "-d", C["db"]], stdout=f, check=True, stdin=subprocess.DEVNULL
+        )
     os.replace(path + ".tmp", path)
 
 
@@ -115,8 +123,13 @@ def redis_env():
 
 
 def dump_redis(path):
-    subprocess.run(["redis-cli", "--rdb", path + ".tmp"], check=True, stdout=subprocess.DEVNULL,
-                   stdin=subprocess.DEVNULL, env=redis_env())
+    subprocess.run(
+        ["redis-cli", "--rdb", path + ".tmp"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=redis_env(),
+    )
     os.replace(path + ".tmp", path)
 
 
@@ -134,9 +147,19 @@ def backup():
             paths.append(C["dump_dir"])
         if "mail" in C["parts"]:
             paths.append(C["vmail"])
-        args = ["backup", "--json", "--host", C["host"], "--tag", "mailstack",
-                "--exclude", restore_staging(), "--exclude", os.path.join(C["vmail"], "lost+found"),
-                *paths]
+        args = [
+            "backup",
+            "--json",
+            "--host",
+            C["host"],
+            "--tag",
+            "mailstack",
+            "--exclude",
+            restore_staging(),
+            "--exclude",
+            os.path.join(C["vmail"], "lost+found"),
+            *paths,
+        ]
         r = restic(*args, capture=True, check=False)
         # 3: the snapshot exists but a file vanished while it was read (a message moved
         # by a client); the next run picks up the rest.
@@ -151,15 +174,26 @@ def backup():
             if msg.get("message_type") == "summary":
                 summary = msg
         k = C["keep"]
-        restic("forget", "--host", C["host"], "--tag", "mailstack", "--prune",
-               "--keep-daily", str(k["daily"]), "--keep-weekly", str(k["weekly"]),
-               "--keep-monthly", str(k["monthly"]), capture=True)
+        restic(
+            "forget",
+            "--host",
+            C["host"],
+            "--tag",
+            "mailstack",
+            "--prune",
+            "--keep-daily",
+            str(k["daily"]),
+            "--keep-weekly",
+            str(k["weekly"]),
+            "--keep-monthly",
+            str(k["monthly"]),
+            capture=True,
+        )
         checked = read_status().get("last_check", {})
         due = True
         if checked.get("result") == "ok":
             last = datetime.datetime.fromisoformat(checked["time"])
-            due = datetime.datetime.now(datetime.timezone.utc) - last > datetime.timedelta(
-                days=C["check_every_days"])
+            due = datetime.datetime.now(datetime.UTC) - last > datetime.timedelta(days=C["check_every_days"])
         if due:
             rc = restic("check", capture=True, check=False).returncode
             write_status(last_check={"time": now(), "result": "ok" if rc == 0 else f"failed ({rc})"})
@@ -167,35 +201,43 @@ def backup():
                 raise RuntimeError(f"restic check found problems (exit status {rc})")
         stats = json.loads(restic("stats", "--json", "--mode", "raw-data", capture=True).stdout)
         took = round(time.monotonic() - t0, 1)
-        good = {"time": now(), "snapshot": summary.get("snapshot_id", ""),
-                "seconds": took, "files": summary.get("total_files_processed"),
-                "bytes": summary.get("total_bytes_processed"),
-                "added_bytes": summary.get("data_added"),
-                "repository_bytes": stats.get("total_size"),
-                "complete": r.returncode == 0}
-        write_status(last_run={"time": good["time"], "result": "ok", "seconds": took},
-                     last_success=good)
-        log(f"snapshot {good['snapshot'][:8]} of {C['host']} in {took}s; "
-            f"repository {good['repository_bytes']} bytes")
+        good = {
+            "time": now(),
+            "snapshot": summary.get("snapshot_id", ""),
+            "seconds": took,
+            "files": summary.get("total_files_processed"),
+            "bytes": summary.get("total_bytes_processed"),
+            "added_bytes": summary.get("data_added"),
+            "repository_bytes": stats.get("total_size"),
+            "complete": r.returncode == 0,
+        }
+        write_status(last_run={"time": good["time"], "result": "ok", "seconds": took}, last_success=good)
+        log(f"snapshot {good['snapshot'][:8]} of {C['host']} in {took}s; repository {good['repository_bytes']} bytes")
         return 0
     except Exception as exc:
-        write_status(last_run={"time": now(), "result": "failed", "error": str(exc)[:300],
-                               "seconds": round(time.monotonic() - t0, 1)})
+        write_status(
+            last_run={
+                "time": now(),
+                "result": "failed",
+                "error": str(exc)[:300],
+                "seconds": round(time.monotonic() - t0, 1),
+            }
+        )
         log(f"backup failed: {exc}")
         return 1
 
 
 def init():
     """Create the repository unless it exists (the deploy step runs this every time)."""
-    if restic("cat", "config", capture=True, check=False,
-              stderr=subprocess.DEVNULL).returncode == 0:
+    if restic("cat", "config", capture=True, check=False, stderr=subprocess.DEVNULL).returncode == 0:
         return 0
-    restic("init", capture=True)   # refuses to touch an existing repository
+    restic("init", capture=True)  # refuses to touch an existing repository
     log(f"repository for {C['host']} created")
     return 0
 
 
 # ------------------------------------------------------------------ restore
+
 
 def restore_staging():
     # On the mail store's own file system, so moving a restored mailbox in is a rename.
@@ -228,9 +270,8 @@ def merge_mailbox(src, dst):
         rel = os.path.relpath(root, src)
         target = os.path.normpath(os.path.join(dst, rel))
         if not os.path.isdir(target):
-            shutil.copytree(root, target, symlinks=True)   # a whole folder that is gone
-            added += sum(len(f) for r, _, f in os.walk(target)
-                         if os.path.basename(r) in ("cur", "new"))
+            shutil.copytree(root, target, symlinks=True)  # a whole folder that is gone
+            added += sum(len(f) for r, _, f in os.walk(target) if os.path.basename(r) in ("cur", "new"))
             dirs[:] = []
             continue
         leaf = os.path.basename(root)
@@ -288,7 +329,7 @@ def restore_mail(snap, address=None):
                     if not os.path.isdir(dom_dir):
                         os.makedirs(dom_dir)
                         os.chown(dom_dir, C["vmail_uid"], C["vmail_uid"])
-                    os.rename(src, dst)          # exact: UIDs, flags, indexes as they were
+                    os.rename(src, dst)  # exact: UIDs, flags, indexes as they were
                     moved += 1
                 else:
                     merged += merge_mailbox(src, dst)
@@ -304,16 +345,40 @@ def restore_db(snap):
     os.makedirs(C["dump_dir"], mode=0o700, exist_ok=True)
     with open(path, "wb") as f:
         restic("dump", "--host", C["host"], snap, db_dump_path(), stdout=f)
-    was_active = service("stop", "smtpd")   # it holds lookup connections to the database
+    was_active = service("stop", "smtpd")  # it holds lookup connections to the database
     try:
-        subprocess.run([*C["as_postgres"], "psql", "-X", "-q", "-d", "postgres", "-c",
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        f"WHERE datname = '{C['db']}' AND pid <> pg_backend_pid()"],
-                       check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                *C["as_postgres"],
+                "psql",
+                "-X",
+                "-q",
+                "-d",
+                "postgres",
+                "-c",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{C['db']}' AND pid <> pg_backend_pid()",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
         # On stdin: the dump stays readable by root only.
         with open(path, "rb") as dump:
-            subprocess.run([*C["as_postgres"], "pg_restore", "--clean", "--if-exists", "--create",
-                            "--exit-on-error", "-d", "postgres"], check=True, stdin=dump)
+            subprocess.run(
+                [
+                    *C["as_postgres"],
+                    "pg_restore",
+                    "--clean",
+                    "--if-exists",
+                    "--create",
+                    "--exit-on-error",
+                    "-d",
+                    "postgres",
+                ],
+                check=True,
+                stdin=dump,
+            )
     finally:
         os.unlink(path)
         if was_active:
@@ -345,20 +410,37 @@ def store_empty():
 
 
 def db_empty():
-    r = subprocess.run([*C["as_postgres"], "psql", "-X", "-Atq", "-d", C["db"], "-c",
-                        "SELECT (SELECT count(*) FROM domains) + (SELECT count(*) FROM users)"],
-                       capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    r = subprocess.run(
+        [
+            *C["as_postgres"],
+            "psql",
+            "-X",
+            "-Atq",
+            "-d",
+            C["db"],
+            "-c",
+            "SELECT (SELECT count(*) FROM domains) + (SELECT count(*) FROM users)",
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     return r.returncode == 0 and r.stdout.strip() == "0"
 
 
 def restore(argv):
-    p = argparse.ArgumentParser(prog="mailstack-restore", description=(
-        "Restore this host's data from its backup repository, in place. Mail is merged: "
-        "what is missing comes back, nothing present is removed or doubled."))
+    p = argparse.ArgumentParser(
+        prog="mailstack-restore",
+        description=(
+            "Restore this host's data from its backup repository, in place. Mail is merged: "
+            "what is missing comes back, nothing present is removed or doubled."
+        ),
+    )
     p.add_argument("--snapshot", default="latest", help="snapshot ID (default: the latest)")
     p.add_argument("--only", help="mail, db, rspamd or one mailbox address")
-    p.add_argument("--if-empty", action="store_true",
-                   help="only what is empty here (a fresh host); used by the deploy step")
+    p.add_argument(
+        "--if-empty", action="store_true", help="only what is empty here (a fresh host); used by the deploy step"
+    )
     p.add_argument("--list", action="store_true", help="list this host's snapshots")
     a = p.parse_args(argv)
     if a.list:
@@ -373,8 +455,7 @@ def restore(argv):
         elif a.only in parts:
             parts = [a.only]
         else:
-            p.error(f"--only {a.only}: this host backs up {', '.join(parts)}; "
-                    "name one of them or a mailbox address")
+            p.error(f"--only {a.only}: this host backs up {', '.join(parts)}; name one of them or a mailbox address")
         if address and "mail" not in C["parts"]:
             p.error("this host holds no mail")
     if a.if_empty:
@@ -387,8 +468,7 @@ def restore(argv):
             return 0
         raise SystemExit("mailstack-restore: the repository has no snapshot of this host")
     t0 = time.monotonic()
-    log(f"restoring {', '.join(parts)}{' of ' + address if address else ''} "
-        f"from snapshot {a.snapshot}")
+    log(f"restoring {', '.join(parts)}{' of ' + address if address else ''} from snapshot {a.snapshot}")
     if "db" in parts:
         restore_db(a.snapshot)
     if "rspamd" in parts:
@@ -396,8 +476,9 @@ def restore(argv):
     if "mail" in parts:
         restore_mail(a.snapshot, address)
     took = round(time.monotonic() - t0, 1)
-    write_status(last_restore={"time": now(), "snapshot": a.snapshot, "parts": parts,
-                               "address": address, "seconds": took})
+    write_status(
+        last_restore={"time": now(), "snapshot": a.snapshot, "parts": parts, "address": address, "seconds": took}
+    )
     log(f"restore done in {took}s")
     return 0
 

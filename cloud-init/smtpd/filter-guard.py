@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# Installed by mailstack (mailstack/mx.py).
+# Installed by mailstack (mailstack/smtpd.py).
 # Usage: filter-guard [--swap-login-fields] [--strip-headers DOMAIN] FILTER [ARGS...]
 #
 # Sits between smtpd and a filter process it runs (opensmtpd-filter-rspamd 0.1.7 and
@@ -27,7 +27,7 @@ import re
 import subprocess
 import sys
 
-MAX_LINE = 60000          # below bufio.MaxScanTokenSize (64 KiB) with room for the prefix
+MAX_LINE = 60000  # below bufio.MaxScanTokenSize (64 KiB) with room for the prefix
 PIPE = b"%7C"
 
 
@@ -38,18 +38,18 @@ def fix(line: bytes, swap_link_auth: bool = False) -> list[bytes]:
     kind, event = f[0], f[4]
     if kind == b"report" and f[3] == b"smtp-in":
         head = f[:6]
-        if event == b"link-auth" and len(f) >= 8:           # result|user
+        if event == b"link-auth" and len(f) >= 8:  # result|user
             result, user = f[6], PIPE.join(f[7:])
             return [b"|".join(head + ([user, result] if swap_link_auth else [result, user]))]
-        if event == b"link-identify" and len(f) > 8:          # method|helo
+        if event == b"link-identify" and len(f) > 8:  # method|helo
             return [b"|".join(head + [f[6], PIPE.join(f[7:])])]
-        if event == b"link-connect" and len(f) > 10:          # rdns|fcrdns|src|dest
+        if event == b"link-connect" and len(f) > 10:  # rdns|fcrdns|src|dest
             return [b"|".join(head + [PIPE.join(f[6:-3])] + f[-3:])]
     if kind == b"filter" and event == b"data-line" and len(line) > MAX_LINE:
-        prefix = b"|".join(f[:7]) + b"|"                      # ...|data-line|session|token|
-        data = line[len(prefix):]
+        prefix = b"|".join(f[:7]) + b"|"  # ...|data-line|session|token|
+        data = line[len(prefix) :]
         step = MAX_LINE - len(prefix)
-        return [prefix + data[i:i + step] for i in range(0, len(data), step)]
+        return [prefix + data[i : i + step] for i in range(0, len(data), step)]
     return [line]
 
 
@@ -68,7 +68,7 @@ class HeaderStrip:
             return True
         if name != b"authentication-results":
             return False
-        value = re.sub(rb"\([^()]*\)", b" ", value)            # comments, e.g. (version)
+        value = re.sub(rb"\([^()]*\)", b" ", value)  # comments, e.g. (version)
         ident = value.split(b";", 1)[0].split()
         ident = ident[0].lower().rstrip(b".") if ident else b""
         return ident == self.domain or ident.endswith(b"." + self.domain)

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-# Installed by mailstack (mailstack/mx.py).
+# Installed by mailstack (mailstack/smtpd.py).
 # Usage: filter-quota CONF   (CONF: lines "conninfo ..." and "query ...", root:opensmtpd 0640)
 #
 # An OpenSMTPD filter (protocol 0.7) for the rcpt-to phase: a recipient whose mailbox is
@@ -21,7 +21,7 @@ import re
 import sys
 import time
 
-RETRY_AFTER = 10.0        # seconds without a database after a failed connection
+RETRY_AFTER = 10.0  # seconds without a database after a failed connection
 REJECT = "552 5.2.2 Mailbox is full; try again later"
 # What a table-postgres lookup could match at all; anything else is left to smtpd.
 ADDRESS = re.compile(r"^[^\s@|\x00-\x1f\x7f]{1,256}@[A-Za-z0-9.-]{1,253}$")
@@ -50,9 +50,13 @@ class Database:
         self.pq = ctypes.CDLL(ctypes.util.find_library("pq") or "libpq.so.5")
         vp, cp, i = ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int
         for name, res, args in (
-            ("PQconnectdb", vp, [cp]), ("PQstatus", i, [vp]), ("PQfinish", None, [vp]),
+            ("PQconnectdb", vp, [cp]),
+            ("PQstatus", i, [vp]),
+            ("PQfinish", None, [vp]),
             ("PQexecParams", vp, [vp, cp, i, vp, ctypes.POINTER(cp), vp, vp, i]),
-            ("PQresultStatus", i, [vp]), ("PQntuples", i, [vp]), ("PQclear", None, [vp]),
+            ("PQresultStatus", i, [vp]),
+            ("PQntuples", i, [vp]),
+            ("PQclear", None, [vp]),
             ("PQerrorMessage", cp, [vp]),
         ):
             fn = getattr(self.pq, name)

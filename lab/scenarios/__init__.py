@@ -3,6 +3,7 @@ lab's internet and checks where it lands. Every one returns pass/fail with a mes
 run_all() runs them in order and table() prints the summary.
 
 One module per group of scenarios; the list below is their order in a run."""
+
 from __future__ import annotations
 
 import time
@@ -13,29 +14,40 @@ from ..util import log
 from .abuse import s_brute_force
 from .backup import s_backup_restore
 from .dkim_rotation import s_dkim_rotation
-from .hardening import s_tls_profile, s_updates
-from .learning import s_learning
 from .faults import s_faults, s_faults_hosts
 from .forwarding import s_forwarding
-from .resilience import s_hostile_input, s_supervision
+from .hardening import s_tls_profile, s_updates
 from .hosts import s_firewall, s_reboot, s_redeploy
+from .learning import s_learning
 from .mailflow import s_inbound, s_no_open_relay, s_sieve, s_spam, s_submission
 from .redundancy import s_backup_mx, s_replication
+from .resilience import s_hostile_input, s_supervision
 from .status import s_status
 
 SCENARIOS = [
-    ("inbound", s_inbound), ("submission", s_submission), ("no-open-relay", s_no_open_relay),
-    ("backup-mx", s_backup_mx), ("replication", s_replication), ("spam", s_spam),
-    ("learning", s_learning), ("sieve", s_sieve), ("forwarding", s_forwarding),
+    ("inbound", s_inbound),
+    ("submission", s_submission),
+    ("no-open-relay", s_no_open_relay),
+    ("backup-mx", s_backup_mx),
+    ("replication", s_replication),
+    ("spam", s_spam),
+    ("learning", s_learning),
+    ("sieve", s_sieve),
+    ("forwarding", s_forwarding),
     ("dkim-rotation", s_dkim_rotation),
-    ("firewall", s_firewall), ("hostile-input", s_hostile_input),
-    ("tls-profile", s_tls_profile), ("updates", s_updates),
+    ("firewall", s_firewall),
+    ("hostile-input", s_hostile_input),
+    ("tls-profile", s_tls_profile),
+    ("updates", s_updates),
     ("brute-force", s_brute_force),
     # status judges a lab whose daemons have not been killed yet (restart counts warn).
-    ("status", s_status), ("supervision", s_supervision), ("faults", s_faults),
+    ("status", s_status),
+    ("supervision", s_supervision),
+    ("faults", s_faults),
     ("faults-hosts", s_faults_hosts),
     ("redeploy", s_redeploy),
-    ("reboot", s_reboot), ("backup-restore", s_backup_restore),
+    ("reboot", s_reboot),
+    ("backup-restore", s_backup_restore),
 ]
 # Left out of `make test` (pytest marker `lab_slow`) to keep it well under 30 minutes;
 # `make lab` and `make test-slow` run them (README, "Tests").
@@ -84,6 +96,8 @@ def table(results: list[Result]) -> str:
         lines.append(f"{r.name:<15} {r.verdict:<6} {r.seconds:7.1f}  {r.message[:200]}")
     passed = sum(r.ok and not r.skipped for r in results)
     skipped = sum(r.skipped for r in results)
-    lines.append(f"{passed}/{len(results) - skipped} scenarios passed"
-                 + (f" ({skipped} skipped for this topology)" if skipped else ""))
+    lines.append(
+        f"{passed}/{len(results) - skipped} scenarios passed"
+        + (f" ({skipped} skipped for this topology)" if skipped else "")
+    )
     return "\n".join(lines)

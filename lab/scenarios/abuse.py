@@ -1,5 +1,6 @@
 """The abuse scenarios (docs/hardening.md): password guessing gets the guesser banned by
 fail2ban on the real hosts, while everybody else keeps logging in."""
+
 from __future__ import annotations
 
 import imaplib
@@ -12,7 +13,7 @@ from ..netns import inside
 from ..util import wait_until
 from .clients import LabSMTP, _expect, _host_ip, _imap_role, _s, machines_roles, tls_context
 
-ROUNDS = 12   # failed logins per service: above the default loginFailures (10)
+ROUNDS = 12  # failed logins per service: above the default loginFailures (10)
 
 
 def _connects(ip: str, port: int, src: str) -> bool:
@@ -68,14 +69,16 @@ def s_brute_force() -> str:
             try:
                 _smtp_login(net.ATTACK_V4, "wrong")
             except (smtplib.SMTPException, OSError):
-                break      # banned while the session ran
-        wait_until(lambda: net.ATTACK_V4 in _banned("mx1", "mailstack-smtpd"), 30,
-                   "fail2ban on mx1 to ban the SMTP guesser")
+                break  # banned while the session ran
+        wait_until(
+            lambda: net.ATTACK_V4 in _banned("mx1", "mailstack-smtpd"), 30, "fail2ban on mx1 to ban the SMTP guesser"
+        )
         _expect(not _connects(_host_ip("mx1"), 587, net.ATTACK_V4), "a banned address still reaches 587")
         _expect(not _connects(_host_ip("mx1"), 465, net.ATTACK_V4), "a banned address still reaches 465")
         _expect(_connects(_host_ip("mx1"), 25, net.ATTACK_V4), "a banned address lost port 25 too")
         _expect(_smtp_login(net.OUTSIDE_V4, pw) == 235, "a good login from elsewhere fails on 587")
         notes.append(f"{net.ATTACK_V4} banned on 465/587 (25 still open), alice logs in from {net.OUTSIDE_V4}")
+
         # Side by side: Dovecot makes each failure from one address wait longer (up to
         # 15 s), which is the "slowed" half of the defence.
         def guess(_):
@@ -83,10 +86,14 @@ def s_brute_force() -> str:
                 return _imap_login(imap_v6, net.ATTACK_V6, "wrong")
             except (OSError, imaplib.IMAP4.abort) as e:
                 return repr(e)
+
         with ThreadPoolExecutor(ROUNDS) as pool:
             list(pool.map(guess, range(ROUNDS)))
-        wait_until(lambda: net.ATTACK_V6 in _banned(imap_role, "mailstack-dovecot"), 30,
-                   f"fail2ban on {imap_role} to ban the IMAP guesser")
+        wait_until(
+            lambda: net.ATTACK_V6 in _banned(imap_role, "mailstack-dovecot"),
+            30,
+            f"fail2ban on {imap_role} to ban the IMAP guesser",
+        )
         _expect(not _connects(imap_v6, 993, net.ATTACK_V6), "a banned IPv6 address still reaches 993")
         _expect(not _connects(imap_v6, 4190, net.ATTACK_V6), "a banned IPv6 address still reaches 4190")
         _expect(_imap_login(imap_v6, net.OUTSIDE_V6, pw) == "OK", "a good IMAP login from elsewhere fails")

@@ -1,5 +1,6 @@
 """Backups and restore: a whole imap host lost and restored by its own deploy steps, one
 user's deleted mail brought back, the mail database lost and restored on the primary."""
+
 from __future__ import annotations
 
 import base64
@@ -27,10 +28,10 @@ SIEVE_USER, SIEVE_HOME = "carol@example.net", "/var/vmail/example.net/carol"
 SIEVE_WORD = "file-me-please"
 # Flag sets given to the appended messages in turn (a keyword among them).
 FLAGS = ("", "\\Seen", "\\Seen \\Flagged", "\\Answered \\Seen", "$Important", "\\Flagged")
-BULK = 30             # appended messages per user, next to the delivered ones
-BULK_BYTES = 24_000   # body size of each (random, so it neither compresses nor dedups)
+BULK = 30  # appended messages per user, next to the delivered ones
+BULK_BYTES = 24_000  # body size of each (random, so it neither compresses nor dedups)
 
-State = dict[str, Counter]   # folder -> Counter of (Message-ID, flags)
+State = dict[str, Counter]  # folder -> Counter of (Message-ID, flags)
 
 
 def _folders(c) -> list[str]:
@@ -59,8 +60,7 @@ def mailbox_state(address: str) -> State:
                 if not isinstance(item, tuple):
                     continue
                 flags = re.search(rb"FLAGS \(([^)]*)\)", item[0])
-                fl = " ".join(sorted(f for f in (flags[1].decode().split() if flags else [])
-                                     if f != "\\Recent"))
+                fl = " ".join(sorted(f for f in (flags[1].decode().split() if flags else []) if f != "\\Recent"))
                 mid = item[1].decode(errors="replace").split(":", 1)[-1].strip()
                 seen[(mid, fl)] += 1
             state[folder] = seen
@@ -84,9 +84,15 @@ def _diff(before: State, after: State) -> list[str]:
 def _bulk_message(address: str, i: int) -> bytes:
     body = base64.encodebytes(os.urandom(BULK_BYTES * 3 // 4)).decode()
     mid = f"<bulk-{i}-{os.urandom(4).hex()}@outside.example.com>"
-    return (f"From: archive@outside.example.com\r\nTo: {address}\r\nSubject: old mail {i}\r\n"
-            f"Message-ID: {mid}\r\nDate: {email.utils.formatdate()}\r\n\r\n{body}").replace(
-                "\n", "\r\n").replace("\r\r\n", "\r\n").encode()
+    return (
+        (
+            f"From: archive@outside.example.com\r\nTo: {address}\r\nSubject: old mail {i}\r\n"
+            f"Message-ID: {mid}\r\nDate: {email.utils.formatdate()}\r\n\r\n{body}"
+        )
+        .replace("\n", "\r\n")
+        .replace("\r\r\n", "\r\n")
+        .encode()
+    )
 
 
 def _fill(address: str, delivered: list[str]) -> None:
@@ -98,8 +104,7 @@ def _fill(address: str, delivered: list[str]) -> None:
         for i in range(BULK):
             folder = ("INBOX", FOLDER, "Archive")[i % 3]
             flags = FLAGS[i % len(FLAGS)]
-            typ, _ = c.append(f'"{folder}"', f"({flags})" if flags else None, None,
-                              _bulk_message(address, i))
+            typ, _ = c.append(f'"{folder}"', f"({flags})" if flags else None, None, _bulk_message(address, i))
             _expect(typ == "OK", f"APPEND to {address}'s {folder} failed")
         c.select("INBOX")
         typ, data = c.search(None, "SUBJECT", f'"{delivered[0]}"')
@@ -108,12 +113,17 @@ def _fill(address: str, delivered: list[str]) -> None:
 
 def _install_sieve() -> None:
     script = f'require ["fileinto"];\nif header :contains "subject" "{SIEVE_WORD}" {{ fileinto "{FOLDER}"; stop; }}\n'
-    machines.sh("imap", (
-        f"install -d -o vmail -g vmail -m 0700 {SIEVE_HOME}/sieve && "
-        f"printf '%s' '{script}' > {SIEVE_HOME}/sieve/rules.sieve && "
-        f"chown vmail:vmail {SIEVE_HOME}/sieve/rules.sieve && "
-        f"ln -sfn sieve/rules.sieve {SIEVE_HOME}/.dovecot.sieve && "
-        f"chown -h vmail:vmail {SIEVE_HOME}/.dovecot.sieve"), check=True)
+    machines.sh(
+        "imap",
+        (
+            f"install -d -o vmail -g vmail -m 0700 {SIEVE_HOME}/sieve && "
+            f"printf '%s' '{script}' > {SIEVE_HOME}/sieve/rules.sieve && "
+            f"chown vmail:vmail {SIEVE_HOME}/sieve/rules.sieve && "
+            f"ln -sfn sieve/rules.sieve {SIEVE_HOME}/.dovecot.sieve && "
+            f"chown -h vmail:vmail {SIEVE_HOME}/.dovecot.sieve"
+        ),
+        check=True,
+    )
 
 
 def _sieve_files(tag: str) -> None:
@@ -179,12 +189,15 @@ def s_backup_restore() -> str:
         _expect(st.get("last_check", {}).get("result") == "ok", f"{role} repository check: {st}")
     figures["repository imap"] = (
         f"{_mb(_status('imap')['last_success']['repository_bytes'])} (restic stats), "
-        f"{_mb(_du(internet.storage_repositories() / 'imap'))} on the storage host")
+        f"{_mb(_du(internet.storage_repositories() / 'imap'))} on the storage host"
+    )
 
     # 3.-4. imap lost with all its data; a fresh one is deployed and restores by itself.
     times = rebuild("imap")
-    figures["rebuild imap"] = (f"{times['boot + cloud-init']:.0f}s cloud-init + "
-                               f"{sum(v for k, v in times.items() if k != 'boot + cloud-init'):.0f}s steps")
+    figures["rebuild imap"] = (
+        f"{times['boot + cloud-init']:.0f}s cloud-init + "
+        f"{sum(v for k, v in times.items() if k != 'boot + cloud-init'):.0f}s steps"
+    )
     figures["restore imap (in backup-imap)"] = f"{_status('imap')['last_restore']['seconds']:.1f}s"
 
     # 5. Every message back exactly once, same folders and flags; logins and Sieve work.
@@ -223,10 +236,15 @@ def s_backup_restore() -> str:
     wait_until(lambda: inbound(USERS[2], tok) or True, 60, "mx1 to accept mail again")
     wait_imap(USERS[2], tok, timeout=90)
     count = "runuser -u postgres -- psql -X -Atq -d mailstack -c 'SELECT count(*) FROM users'"
-    wait_until(lambda: _sh("imap", count).strip() == _sh("mx1", count).strip() != "0", 60,
-               "imap's replica to have the users again")
-    streaming = _sh("mx1", "runuser -u postgres -- psql -X -Atq -c "
-                           "\"SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'\"")
+    wait_until(
+        lambda: _sh("imap", count).strip() == _sh("mx1", count).strip() != "0",
+        60,
+        "imap's replica to have the users again",
+    )
+    streaming = _sh(
+        "mx1",
+        "runuser -u postgres -- psql -X -Atq -c \"SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'\"",
+    )
     _expect(streaming.strip() == "2", f"{streaming.strip()} replicas streaming after the restore")
 
     text = ", ".join(f"{k} {v}" for k, v in figures.items())

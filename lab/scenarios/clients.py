@@ -1,5 +1,6 @@
 """Clients and helpers the scenarios share: SMTP/IMAP sessions into the lab, the outside
 MTA's stored copies and its verifier's verdict on them, waiting for delivery."""
+
 from __future__ import annotations
 
 import email
@@ -28,6 +29,7 @@ def _s():
 
 
 # ------------------------------------------------------------------ clients
+
 
 def tls_context() -> ssl.SSLContext:
     """Trusts only Pebble's roots: a pass means the host serves its ACME certificate."""
@@ -134,13 +136,11 @@ def imap_count(address: str, token: str, mailbox: str = "INBOX") -> int:
 
 
 def wait_imap(address: str, token: str, mailbox: str = "INBOX", timeout: float = 60) -> None:
-    wait_until(lambda: imap_count(address, token, mailbox) > 0, timeout,
-               f"message {token} in {address}'s {mailbox}")
+    wait_until(lambda: imap_count(address, token, mailbox) > 0, timeout, f"message {token} in {address}'s {mailbox}")
 
 
 def outside_messages(token: str) -> list[bytes]:
-    return [p.read_bytes() for p in sorted(outside_mta.spool().glob("*.eml"))
-            if token.encode() in p.read_bytes()]
+    return [p.read_bytes() for p in sorted(outside_mta.spool().glob("*.eml")) if token.encode() in p.read_bytes()]
 
 
 def outside_verdict(raw: bytes) -> dict[str, str]:
@@ -182,7 +182,7 @@ def _token() -> str:
 
 # ------------------------------------------------------------------ scenarios
 
-TEAM = "team@example.net"       # the example stack's alias with three members
+TEAM = "team@example.net"  # the example stack's alias with three members
 FORWARD = "family@example.org"  # lab/stack.yaml: a user and an address at the outside MTA
 
 
@@ -208,9 +208,8 @@ def wait_delivered(address: str, token: str, timeout: float = 60) -> None:
         wait_until(lambda: outside_messages(token), timeout, f"{address}'s copy for {who}")
 
 
-
-
 # ------------------------------------------------------------------ the outside verifier
+
 
 def _header_fields(raw: bytes) -> tuple[list[bytes], bytes]:
     """A stored copy's header fields (each with its continuation lines) and its body."""
@@ -229,8 +228,12 @@ def as_sent(raw: bytes) -> bytes:
     verifier's Authentication-Results and its own Received header (the topmost)."""
     fields, body = _header_fields(raw)
     ours = outside_mta.HOSTNAME.encode()
-    fields = [f for f in fields if not f.startswith(b"X-Lab-")
-              and not (f.lower().startswith(b"authentication-results:") and ours in f.split(b";")[0])]
+    fields = [
+        f
+        for f in fields
+        if not f.startswith(b"X-Lab-")
+        and not (f.lower().startswith(b"authentication-results:") and ours in f.split(b";")[0])
+    ]
     if fields and fields[0].startswith(b"Received:"):
         fields = fields[1:]
     return b"\r\n".join(fields) + b"\r\n\r\n" + body
@@ -240,13 +243,22 @@ def resend_to_outside(message: bytes, sender: str, rcpt: str) -> dict[str, str]:
     """Hand `message` to the outside MTA's public listener from the lab's internet host
     (as any other server would), and return its verifier's verdict on the stored copy."""
     with inside():
-        with smtplib.SMTP(net.OUTSIDE_V4, 25, local_hostname=internet.NS_NAME.rstrip("."),
-                          source_address=(net.INTERNET_V4, 0), timeout=30) as c:
+        with smtplib.SMTP(
+            net.OUTSIDE_V4,
+            25,
+            local_hostname=internet.NS_NAME.rstrip("."),
+            source_address=(net.INTERNET_V4, 0),
+            timeout=30,
+        ) as c:
             c.sendmail(sender, [rcpt], message)
 
     def stored():
-        return [p.read_bytes() for p in sorted(outside_mta.spool().glob("*.eml"))
-                if f"X-Lab-Rcpt-To: {rcpt}\r\n".encode() in p.read_bytes()]
+        return [
+            p.read_bytes()
+            for p in sorted(outside_mta.spool().glob("*.eml"))
+            if f"X-Lab-Rcpt-To: {rcpt}\r\n".encode() in p.read_bytes()
+        ]
+
     wait_until(stored, 30, f"the outside MTA to store the copy for {rcpt}")
     return outside_verdict(stored()[-1])
 
@@ -259,8 +271,11 @@ def verifier_bites(raw: bytes, sender: str) -> str:
     token = _token()
     intact = resend_to_outside(msg, sender, f"intact-{token}@{internet.OUTSIDE_DOMAIN}")
     _expect(intact["dkim"] == "pass", f"the untouched copy, sent again: {intact}")
-    tampered = resend_to_outside(msg.replace(b"hello", b"jello", 1), sender,
-                                 f"tampered-{token}@{internet.OUTSIDE_DOMAIN}")
-    _expect(tampered["dkim"] == "fail" and tampered["dmarc"] == "fail",
-            f"a copy with a changed body: {tampered}, not dkim=fail dmarc=fail")
+    tampered = resend_to_outside(
+        msg.replace(b"hello", b"jello", 1), sender, f"tampered-{token}@{internet.OUTSIDE_DOMAIN}"
+    )
+    _expect(
+        tampered["dkim"] == "fail" and tampered["dmarc"] == "fail",
+        f"a copy with a changed body: {tampered}, not dkim=fail dmarc=fail",
+    )
     return f"untouched copy dkim={intact['dkim']}, changed body dkim={tampered['dkim']} dmarc={tampered['dmarc']}"

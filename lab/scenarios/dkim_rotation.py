@@ -3,6 +3,7 @@ at each step the lab does what `pulumi up` does (the records into knot, mx1's
 `services-mx1` step), then alice submits mail that the outside MTA receives and dkimpy
 verifies against the lab DNS. Mail signed before the switch keeps verifying through the
 grace period; the old selector, and its key file on mx1, go only after it."""
+
 from __future__ import annotations
 
 import re
@@ -28,6 +29,7 @@ def lab_dns_txt(name: bytes | str, timeout: int = 5) -> bytes | None:
     """dkimpy's DNS look-up, asked of the lab's knot directly (no cache between the
     phases): the TXT strings joined, None if there is no record."""
     import dns.resolver
+
     r = dns.resolver.Resolver(configure=False)
     r.nameservers = [net.INTERNET_V4]
     n = name.decode() if isinstance(name, bytes) else name
@@ -40,8 +42,7 @@ def lab_dns_txt(name: bytes | str, timeout: int = 5) -> bytes | None:
 
 
 # A 30-day period from an arbitrary start; the clock is set, so nothing waits for days.
-ROTATION = {"selector": "mail", "rotationDays": 30, "publishDays": 3, "graceDays": 3,
-            "start": "2030-01-01"}
+ROTATION = {"selector": "mail", "rotationDays": 30, "publishDays": 3, "graceDays": 3, "start": "2030-01-01"}
 CLOCKS = [  # (label, clock, phase, signing, published)
     ("before", "2029-12-20T00:00:00Z", dkim.STEADY, "mail", ("mail",)),
     ("publish", "2029-12-30T00:00:00Z", dkim.PUBLISH, "mail", ("mail", "mail-g1")),
@@ -89,6 +90,7 @@ def _selector(raw: bytes) -> str:
 
 def _verifies(raw: bytes) -> bool:
     import dkim as dkimpy
+
     return bool(dkimpy.verify(raw, dnsfunc=lab_dns_txt))
 
 
@@ -111,10 +113,14 @@ def s_dkim_rotation() -> str:
                     refused = ""
                 except steps.StepFailed as e:
                     refused = str(e)
-                _expect("refusing to sign with DKIM selector mail-g1" in refused,
-                        f"switch {time.monotonic() - published_at:.0f}s after publishing was not refused: {refused[-300:]}")
-                _expect(_selector(_send(config.running_settings())) == "mail",
-                        "after the refused switch mail is not signed with the old key")
+                _expect(
+                    "refusing to sign with DKIM selector mail-g1" in refused,
+                    f"switch {time.monotonic() - published_at:.0f}s after publishing was not refused: {refused[-300:]}",
+                )
+                _expect(
+                    _selector(_send(config.running_settings())) == "mail",
+                    "after the refused switch mail is not signed with the old key",
+                )
                 time.sleep(max(0.0, published_at + TTL + 2 - time.monotonic()))
                 notes.append("switch refused within the TTL")
             s = _deploy(dkim={**ROTATION, "now": clock})

@@ -6,6 +6,7 @@ nothing bounced, every queue is empty and every daemon is back by itself (`load.
 Two scenarios keep each one bounded: `faults` (daemons on a running stack, Rspamd
 included, imap's power cycle, both databases) and `faults-hosts` (mx1 off with mx2
 queueing, mx2 rebooted with that queue), the slow set (docs/lab.md)."""
+
 from __future__ import annotations
 
 import time
@@ -51,6 +52,7 @@ def s_faults() -> str:
 
 # ------------------------------------------------------------------ faults-hosts
 
+
 def _mx1_off() -> str:
     machines.stop("mx1")
     return "mx1 powered off"
@@ -71,8 +73,7 @@ def _mx2_reboot() -> str:
     machines.sh("mx2", "systemctl reboot")
     wait_until(lambda: machines.leader("mx2") != old, 120, "mx2 to go down")
     machines.wait_booted("mx2", 180)
-    wait_until(lambda: machines.sh("mx2", "systemctl is-active --quiet opensmtpd").returncode == 0,
-               120, "mx2's smtpd")
+    wait_until(lambda: machines.sh("mx2", "systemctl is-active --quiet opensmtpd").returncode == 0, 120, "mx2's smtpd")
     after = queue_ids("mx2")
     kept = len(before & after)
     _expect(kept == len(before), f"mx2's queue lost {len(before) - kept} of {len(before)} in the reboot")

@@ -2,13 +2,14 @@
 sends the copy with an SRS envelope sender at our domain (OpenSMTPD's `srs`), the
 outside MTA's own verifier gives it spf=pass, and bounces to the SRS address find their
 way back to the original sender, outside or in our own mailboxes."""
+
 from __future__ import annotations
 
 import re
 
 from .. import internet, outside_mta
-from ..util import wait_until
 from ..netns import inside
+from ..util import wait_until
 from .clients import (
     FORWARD,
     LabSMTP,
@@ -44,8 +45,12 @@ def _bounce(to: str, token: str) -> None:
     """A non-delivery report (null envelope sender), handed to the outside Postfix, which
     delivers it by MX look-up to whichever of our MX hosts answers, as a receiving site
     whose mailbox was full would send it back."""
-    m = message(f"MAILER-DAEMON@{internet.OUTSIDE_DOMAIN}", to, token,
-                f"The forwarded message {token} could not be delivered.\n")
+    m = message(
+        f"MAILER-DAEMON@{internet.OUTSIDE_DOMAIN}",
+        to,
+        token,
+        f"The forwarded message {token} could not be delivered.\n",
+    )
     m.replace_header("Subject", f"Undelivered Mail Returned to Sender {token}")
     outside_mta.submit(m, to, sender="")
 
@@ -64,8 +69,10 @@ def s_forwarding() -> str:
     raw = outside_copy(tok)
     srs = _envelope_sender(raw)
     m = SRS0.match(srs)
-    _expect(m is not None and (m["domain"], m["user"], m["ours"]) == (internet.OUTSIDE_DOMAIN, "sender", domain),
-            f"{tok}: the forwarded copy's envelope sender is {srs!r}, not SRS0=...={internet.OUTSIDE_DOMAIN}=sender@{domain}")
+    _expect(
+        m is not None and (m["domain"], m["user"], m["ours"]) == (internet.OUTSIDE_DOMAIN, "sender", domain),
+        f"{tok}: the forwarded copy's envelope sender is {srs!r}, not SRS0=...={internet.OUTSIDE_DOMAIN}=sender@{domain}",
+    )
     verdict = outside_verdict(raw)
     _expect(verdict["spf"] == "pass", f"{tok}: the outside verifier says {verdict} for the forwarded copy")
     for who in ours:
@@ -87,10 +94,13 @@ def s_forwarding() -> str:
 
     def back_outside():
         return [r for r in outside_messages(btok) if f"X-Lab-Rcpt-To: {sender}\r\n".encode() in r]
+
     wait_until(back_outside, 90, f"the bounce {btok} to {srs} to come back to {sender}")
     returned = back_outside()
-    _expect(len(returned) == 1 and _envelope_sender(returned[0]) == NULL_SENDER,
-            f"{btok}: {len(returned)} copies back at {sender}, or not with a null sender")
+    _expect(
+        len(returned) == 1 and _envelope_sender(returned[0]) == NULL_SENDER,
+        f"{btok}: {len(returned)} copies back at {sender}, or not with a null sender",
+    )
 
     # 3. A local sender (alice, over submission) writes to the alias; the bounce to the
     # SRS address of her forwarded copy lands in her own mailbox.
@@ -101,12 +111,15 @@ def s_forwarding() -> str:
             c.send_message(message("alice@example.org", FORWARD, tok2))
     local_srs = _envelope_sender(outside_copy(tok2))
     m2 = SRS0.match(local_srs)
-    _expect(m2 is not None and (m2["domain"], m2["user"]) == ("example.org", "alice"),
-            f"{tok2}: alice's forwarded copy left with {local_srs!r}")
+    _expect(
+        m2 is not None and (m2["domain"], m2["user"]) == ("example.org", "alice"),
+        f"{tok2}: alice's forwarded copy left with {local_srs!r}",
+    )
     btok2 = _token()
     _bounce(local_srs, btok2)
     wait_imap("alice@example.org", btok2, timeout=90)
-    return (f"forwarded copy sent as {srs} with spf={verdict['spf']} (dkim={verdict['dkim']}, "
-            f"dmarc={verdict['dmarc']}); bounce to it delivered back to {sender} (mx2 takes it too); "
-            f"alice's forwarded copy as {local_srs}, its bounce in her INBOX")
-
+    return (
+        f"forwarded copy sent as {srs} with spf={verdict['spf']} (dkim={verdict['dkim']}, "
+        f"dmarc={verdict['dmarc']}); bounce to it delivered back to {sender} (mx2 takes it too); "
+        f"alice's forwarded copy as {local_srs}, its bounce in her INBOX"
+    )

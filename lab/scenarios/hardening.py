@@ -1,6 +1,7 @@
 """Hardening seen on the running hosts (docs/hardening.md): unattended upgrades cover the
 origins the hosts install from, and every TLS listener offers Mozilla's intermediate
 profile to a scanner on the lab's internet."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,10 @@ from .clients import _expect, _s, machines_roles
 
 def s_updates() -> str:
     """(11.4) `unattended-upgrade --dry-run` on every host lists security and backports."""
-    want = [f"origin={o},codename={c},label={lab}".replace("${distro_codename}", "bookworm")
-            for o, c, lab in updates.ORIGINS]
+    want = [
+        f"origin={o},codename={c},label={lab}".replace("${distro_codename}", "bookworm")
+        for o, c, lab in updates.ORIGINS
+    ]
     found = {}
     for role in machines_roles():
         r = machines.sh(role, "unattended-upgrade --dry-run --debug 2>&1", timeout=300)
@@ -29,8 +32,11 @@ def s_updates() -> str:
         _expect(m is not None, f"{role}: no 'Allowed origins' line in: {r.stdout[-500:]}")
         origins = [o.strip() for o in m.group(1).split(", ")]
         _expect(origins == want, f"{role}: allowed origins {origins}, expected {want}")
-        conf = machines.sh(role, "apt-config dump Unattended-Upgrade::Automatic-Reboot-Time; "
-                                 "dpkg-query -W -f '${Status}' needrestart", timeout=60).stdout
+        conf = machines.sh(
+            role,
+            "apt-config dump Unattended-Upgrade::Automatic-Reboot-Time; dpkg-query -W -f '${Status}' needrestart",
+            timeout=60,
+        ).stdout
         _expect(f'"{_s().updates.reboot_time}"' in conf, f"{role}: reboot time not configured: {conf}")
         _expect("ok installed" in conf, f"{role}: needrestart missing")
         found[role] = len(origins)
@@ -39,9 +45,26 @@ def s_updates() -> str:
 
 def _scan(ip: str, port: int, starttls: str | None, name: str) -> dict:
     """sslyze from the lab's internet (its own process inside the lab namespace)."""
-    r = subprocess.run(["ip", "netns", "exec", NETNS, sys.executable, "-m", "lab.tls_scan",
-                        ip, str(port), "--name", name, *(["--starttls", starttls] if starttls else [])],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            NETNS,
+            sys.executable,
+            "-m",
+            "lab.tls_scan",
+            ip,
+            str(port),
+            "--name",
+            name,
+            *(["--starttls", starttls] if starttls else []),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     _expect(r.returncode == 0, f"{ip}:{port}: scan failed: {r.stderr[-500:]}")
     return json.loads(r.stdout)
 
@@ -51,7 +74,7 @@ def s_tls_profile() -> str:
     only TLS 1.2/1.3 with Mozilla's intermediate suites."""
     s = _s()
     hs = H.hosts(s)
-    targets = []   # (role, port, starttls, name)
+    targets = []  # (role, port, starttls, name)
     for role in machines_roles():
         h = hs[role]
         if h.runs(H.SUBMISSION):

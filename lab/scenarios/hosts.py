@@ -3,6 +3,7 @@ outside, at both layers, the Hetzner firewall at the lab's edge (lab/net.py `edg
 each host's own nftables, over IPv4 and IPv6, from an admin address and from a stranger's;
 and the private flows), a no-op redeploy that changes nothing, and a reboot of every host
 after which mail flows again."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -30,9 +31,8 @@ SSH = 22
 NEVER = [24, 143, 5432, 6379, 10025, 11332, 11333, 11334, 8080]
 # (source v4, source v6, gets SSH): the lab's clients sit inside admin.sshCidrs
 # (lab/stack.yaml); the stranger of the brute-force scenario outside.
-SOURCES = {"admin": (net.OUTSIDE_V4, net.OUTSIDE_V6, True),
-           "stranger": (net.ATTACK_V4, net.ATTACK_V6, False)}
-TIMEOUT = 2   # a dropped probe waits this long; an open port answers in milliseconds
+SOURCES = {"admin": (net.OUTSIDE_V4, net.OUTSIDE_V6, True), "stranger": (net.ATTACK_V4, net.ATTACK_V6, False)}
+TIMEOUT = 2  # a dropped probe waits this long; an open port answers in milliseconds
 
 
 def _matrix(roles: list[str]) -> dict[tuple[str, str, int], bool]:
@@ -66,8 +66,7 @@ def s_firewall() -> str:
     try:
         # In parallel: a dropped port costs the whole timeout, and there are hundreds.
         with ThreadPoolExecutor(max_workers=48) as pool:
-            answers = dict(zip(want, pool.map(
-                lambda pr: _port_open(pr[1], pr[2], TIMEOUT, source=pr[0]), want)))
+            answers = dict(zip(want, pool.map(lambda pr: _port_open(pr[1], pr[2], TIMEOUT, source=pr[0]), want)))
         seen = net.tap_seen()
     finally:
         net.tap_stop()
@@ -75,8 +74,9 @@ def s_firewall() -> str:
         if should and not answers[pr]:
             role = _name(pr).split(":")[0]
             listening = machines.sh(role, f"ss -Hltn 'sport = :{pr[2]}'", timeout=20).stdout
-            raise AssertionError(f"{_name(pr)} does not answer "
-                                 f"(listening on the host: {listening.strip() or 'nothing'})")
+            raise AssertionError(
+                f"{_name(pr)} does not answer (listening on the host: {listening.strip() or 'nothing'})"
+            )
         _expect(should or not answers[pr], f"{_name(pr)} answers")
     # The edge alone lets through exactly the open cells: every other SYN stopped in front
     # of the host (another client's SYN to an open port may pass too: only the probes'
@@ -98,9 +98,11 @@ def s_firewall() -> str:
         _expect(_host_can_connect("mx2", ip_mx1, 10025), "mx2 cannot reach mx1's relay port")
         _expect(not _host_can_connect("imap", "10.77.1.13", 5432), "imap reaches mx2 PostgreSQL")
     opened = sum(want.values())
-    summary = (f"{len(want)} probes (v4+v6, admin and stranger): {opened} open, "
-               f"{len(want) - opened} dropped at the edge (tap: {len(passed)} SYNs passed); "
-               f"SSH only from admin.sshCidrs")
+    summary = (
+        f"{len(want)} probes (v4+v6, admin and stranger): {opened} open, "
+        f"{len(want) - opened} dropped at the edge (tap: {len(passed)} SYNs passed); "
+        f"SSH only from admin.sshCidrs"
+    )
     if "imap" not in roles:
         return summary + " (one host: no private flows)"
     return summary + "; LMTP mx1->imap only; PG and relay port only from peers"
@@ -108,12 +110,14 @@ def s_firewall() -> str:
 
 def _service_state(role: str) -> str:
     """Start times of the host's mail services and a checksum of their config files."""
-    cmd = ("for u in opensmtpd rspamd redis-server dovecot nginx unbound postgresql@15-main; do "
-           "systemctl show -p Id,ActiveEnterTimestamp,MainPID $u 2>/dev/null | tr '\\n' ' '; echo; done; "
-           "find /etc/smtpd /etc/smtpd.conf /etc/rspamd/local.d /etc/dovecot /etc/nginx /etc/unbound "
-           "/etc/postgresql /etc/mailstack /etc/redis /etc/systemd/system/redis-server.service.d "
-           "/var/lib/rspamd/dkim -type f -exec sha256sum {} + 2>/dev/null "
-           "| sort; stat -c '%n %a %U %G' /etc/smtpd/pgsql.conf /etc/dovecot/dovecot-sql.conf.ext 2>/dev/null")
+    cmd = (
+        "for u in opensmtpd rspamd redis-server dovecot nginx unbound postgresql@15-main; do "
+        "systemctl show -p Id,ActiveEnterTimestamp,MainPID $u 2>/dev/null | tr '\\n' ' '; echo; done; "
+        "find /etc/smtpd /etc/smtpd.conf /etc/rspamd/local.d /etc/dovecot /etc/nginx /etc/unbound "
+        "/etc/postgresql /etc/mailstack /etc/redis /etc/systemd/system/redis-server.service.d "
+        "/var/lib/rspamd/dkim -type f -exec sha256sum {} + 2>/dev/null "
+        "| sort; stat -c '%n %a %U %G' /etc/smtpd/pgsql.conf /etc/dovecot/dovecot-sql.conf.ext 2>/dev/null"
+    )
     return machines.sh(role, cmd).stdout
 
 
@@ -141,6 +145,6 @@ def s_reboot() -> str:
         machines.wait_booted(role, 180)
     wait_until(lambda: _port_open(_host_ip("mx1"), 25), 120, "mx1:25 after reboot")
     tok = _token()
-    wait_until(lambda: (inbound("alice@example.org", tok) or True), 120, "mx1 to accept mail")
+    wait_until(lambda: inbound("alice@example.org", tok) or True, 120, "mx1 to accept mail")
     wait_imap("alice@example.org", tok, timeout=120)
     return "all hosts rebooted; inbound delivery and IMAPS work"

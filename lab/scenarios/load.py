@@ -3,6 +3,7 @@ through the outside Postfix (MX look-up, its own queue and retries), faults run 
 the other at set times while it flows, and the verdict afterwards, by Message-ID: every
 message in its mailbox exactly once, every copy scanned by Rspamd, nothing bounced or
 refused with a 5xx, every queue empty and every daemon back by itself."""
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,8 @@ from ..util import log, wait_until
 from .clients import _expect, _imap_login_ok, _s, imap_session, machines_roles, via_outside
 
 RECIPIENTS = ("alice@example.org", "bob@example.org", "carol@example.net")
-DRAIN_WITHIN = 300          # after the last fault, for every queue to empty
-BACK_WITHIN = 180           # for a killed daemon: Rspamd's restart can wait 90 s in the lab
+DRAIN_WITHIN = 300  # after the last fault, for every queue to empty
+BACK_WITHIN = 180  # for a killed daemon: Rspamd's restart can wait 90 s in the lab
 # Rspamd's verdict: the Authentication-Results header it adds (cloud-init/rspamd/
 # milter_headers.conf) through filter-rspamd on mx1, or on mx2 before it queues, with the
 # MX host as authserv-id. smtpd's filter guard drops any such header naming our hosts that
@@ -29,6 +30,7 @@ VERDICT_HEADER = "Authentication-Results"
 
 
 # ------------------------------------------------------------------ faults
+
 
 def main_pid(role: str, unit: str) -> str:
     return machines.sh(role, f"systemctl show -p MainPID --value {unit}").stdout.strip()
@@ -41,8 +43,10 @@ def kill9(role: str, unit: str) -> str:
     machines.sh(role, f"kill -9 {pid}")
 
     def back() -> bool:
-        return (machines.sh(role, f"systemctl is-active --quiet {unit}").returncode == 0
-                and main_pid(role, unit) not in ("", "0", pid))
+        return machines.sh(role, f"systemctl is-active --quiet {unit}").returncode == 0 and main_pid(
+            role, unit
+        ) not in ("", "0", pid)
+
     wait_until(back, BACK_WITHIN, f"{role}: {unit} back after kill -9")
     return f"kill -9 {unit.removesuffix('.service')} on {role}: back in {time.monotonic() - t:.0f}s"
 
@@ -58,7 +62,7 @@ def pg_stopped(role: str, seconds: int) -> str:
 
 def power_cycle(role: str) -> str:
     t = time.monotonic()
-    machines.stop(role)            # a clean poweroff, while mail is being delivered to it
+    machines.stop(role)  # a clean poweroff, while mail is being delivered to it
     machines.start(role)
     machines.wait_booted(role, 180)
     return f"{role} powered off and on: up in {time.monotonic() - t:.0f}s"
@@ -72,8 +76,8 @@ def queue_ids(role: str) -> set[str]:
 
 def queues_empty(roles: list[str]) -> bool:
     return outside_mta.queue_empty() and all(
-        machines.sh(r, "smtpctl show queue").stdout.strip() == "" for r in roles
-        if r in ("mx1", "mx2"))
+        machines.sh(r, "smtpctl show queue").stdout.strip() == "" for r in roles if r in ("mx1", "mx2")
+    )
 
 
 def all_active(roles: list[str]) -> list[str]:
@@ -86,6 +90,7 @@ def all_active(roles: list[str]) -> list[str]:
 
 
 # ------------------------------------------------------------------ the verdict
+
 
 def scanned(header: bytes, domain: str) -> bool:
     """A verdict header from one of our MX hosts (names under `domain`) among these
@@ -103,8 +108,9 @@ def mailbox(address: str, run: str) -> list[tuple[str, bool]]:
         ids = data[0].split() if typ == "OK" and data[0] else []
         out = []
         for i in range(0, len(ids), 100):
-            typ, got = c.fetch(b",".join(ids[i:i + 100]),
-                               f"(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID {VERDICT_HEADER.upper()})])")
+            typ, got = c.fetch(
+                b",".join(ids[i : i + 100]), f"(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID {VERDICT_HEADER.upper()})])"
+            )
             for part in got:
                 if isinstance(part, tuple):
                     m = re.search(rb"<([^>]+)>", part[1])
@@ -142,8 +148,7 @@ def check(run: str, sent: dict[str, str]) -> Verdict:
     _expect(not v.lost, f"{len(v.lost)} of {len(sent)} lost, e.g. {v.lost[:3]}")
     _expect(not v.wrong, f"{len(v.wrong)} in the wrong mailbox, e.g. {v.wrong[:3]}")
     _expect(not v.twice, f"{len(v.twice)} stored twice, e.g. {v.twice[:3]}")
-    _expect(not v.unscanned, f"{len(v.unscanned)} copies without Rspamd's {VERDICT_HEADER}, "
-                             f"e.g. {v.unscanned[:3]}")
+    _expect(not v.unscanned, f"{len(v.unscanned)} copies without Rspamd's {VERDICT_HEADER}, e.g. {v.unscanned[:3]}")
     return v
 
 
@@ -167,22 +172,23 @@ def notices(since: float) -> tuple[list[str], list[str]]:
 
 
 def _journal(role: str, unit: str, since: float, pattern: str) -> list[str]:
-    r = machines.sh(role, f"journalctl -u {unit} --since @{int(since)} --no-pager -o cat "
-                          f"| grep -E '{pattern}'")
+    r = machines.sh(role, f"journalctl -u {unit} --since @{int(since)} --no-pager -o cat | grep -E '{pattern}'")
     return r.stdout.splitlines()
 
 
 # ------------------------------------------------------------------ the run
 
+
 @dataclass
 class Run:
     """One load with its faults, and the figures of the verdict."""
+
     messages: int
-    seconds: float           # the load is spread over this long, so every fault meets it
-    faults: list             # (seconds after the load starts, fault, its arguments)
+    seconds: float  # the load is spread over this long, so every fault meets it
+    faults: list  # (seconds after the load starts, fault, its arguments)
     run: str = field(default_factory=lambda: "f" + time.strftime("%H%M%S"))
-    sent: dict = field(default_factory=dict)     # Message-ID -> recipient
-    done: list = field(default_factory=list)     # what each fault said
+    sent: dict = field(default_factory=dict)  # Message-ID -> recipient
+    done: list = field(default_factory=list)  # what each fault said
 
     def _load(self, errors: list[str]) -> None:
         t0 = time.monotonic()
@@ -215,8 +221,7 @@ class Run:
         sender.join(self.seconds + 60)
         _expect(not sender.is_alive() and not errors, f"the outside Postfix refused mail: {errors[:3]}")
         t_faults = time.monotonic()
-        wait_until(lambda: queues_empty(roles), DRAIN_WITHIN, "every queue to empty after the faults",
-                   interval=2)
+        wait_until(lambda: queues_empty(roles), DRAIN_WITHIN, "every queue to empty after the faults", interval=2)
         drained = time.monotonic() - t_faults
         wait_until(lambda: not all_active(roles), 120, "every daemon back")
         # Dovecot's auth reconnects to its database with a growing back-off: after the
@@ -244,9 +249,11 @@ class Run:
         at_data = sum("status=deferred" in line and "end of DATA" in line for line in plog)
         via_mx2 = sum("status=sent" in line and "relay=mx2." in line for line in plog)
         dropped = len(_journal(imap, "dovecot", since, f"msgid=<{self.run}-.*discard"))
-        return (f"{len(self.sent)} messages through the outside Postfix under: {'; '.join(self.done)}. "
-                f"0 lost, 0 stored twice, 0 unscanned, 0 5xx/bounces; {deferred} deferrals retried "
-                f"by Postfix ({at_data} at end of DATA), {via_mx2} sent to mx2; {dropped} "
-                f"redelivered copies dropped by Dovecot's dedupe; queues empty {drained:.0f}s after "
-                f"the last fault; every daemon active, IMAP logins {logins:.0f}s later; "
-                f"{len(dsn_delayed)} 'delayed' warnings sent to the sender (docs/mail-flow.md)")
+        return (
+            f"{len(self.sent)} messages through the outside Postfix under: {'; '.join(self.done)}. "
+            f"0 lost, 0 stored twice, 0 unscanned, 0 5xx/bounces; {deferred} deferrals retried "
+            f"by Postfix ({at_data} at end of DATA), {via_mx2} sent to mx2; {dropped} "
+            f"redelivered copies dropped by Dovecot's dedupe; queues empty {drained:.0f}s after "
+            f"the last fault; every daemon active, IMAP logins {logins:.0f}s later; "
+            f"{len(dsn_delayed)} 'delayed' warnings sent to the sender (docs/mail-flow.md)"
+        )

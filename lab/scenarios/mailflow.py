@@ -1,5 +1,6 @@
 """The mail-flow scenarios: inbound, submission, relay, spam and Sieve, each driving real
 mail through the lab hosts."""
+
 from __future__ import annotations
 
 import re
@@ -10,9 +11,9 @@ from ..netns import inside
 from ..util import wait_until
 from .clients import (
     FORWARD,
+    TEAM,
     LabSMTP,
     LabSMTPS,
-    TEAM,
     _expect,
     _host_ip,
     _imap_role,
@@ -46,13 +47,18 @@ def s_inbound() -> str:
         wait_delivered(to, tok)
     r = machines.sh(_imap_role(), f"grep -rl {t1} /var/vmail/example.org/alice/Maildir/ | head -1")
     _expect(r.stdout.strip() != "", f"{t1} not in /var/vmail/example.org/alice/Maildir")
-    sent = [line for line in outside_mta.log_text().splitlines()
-            if "status=sent" in line and f"relay={_s().fqdn('mx1')}" in line]
+    sent = [
+        line
+        for line in outside_mta.log_text().splitlines()
+        if "status=sent" in line and f"relay={_s().fqdn('mx1')}" in line
+    ]
     _expect(sent, "the outside Postfix logged no delivery to mx1 (MX 10)")
     tls = "TLS connection established to " + _s().fqdn("mx1")
     _expect(tls in outside_mta.log_text(), "the outside Postfix did not use STARTTLS to mx1")
-    return ("user, alias (3 members) and forwarding alias (user + outside address) "
-            "delivered through the outside Postfix (MX 10, STARTTLS); Maildir path and IMAPS checked")
+    return (
+        "user, alias (3 members) and forwarding alias (user + outside address) "
+        "delivered through the outside Postfix (MX 10, STARTTLS); Maildir path and IMAPS checked"
+    )
 
 
 def s_submission() -> str:
@@ -78,8 +84,11 @@ def s_submission() -> str:
         # spoofed envelope sender
         c = _submission(s, "alice@example.org")
         try:
-            c.sendmail("bob@example.org", [f"friend@{internet.OUTSIDE_DOMAIN}"],
-                       message("bob@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", _token()).as_bytes())
+            c.sendmail(
+                "bob@example.org",
+                [f"friend@{internet.OUTSIDE_DOMAIN}"],
+                message("bob@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", _token()).as_bytes(),
+            )
             spoof = None
         except (smtplib.SMTPSenderRefused, smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError) as e:
             spoof = e
@@ -90,15 +99,20 @@ def s_submission() -> str:
     with inside():
         c = _submission(s, "alice@example.org")
         try:
-            c.sendmail("alice@example.org", [f"friend@{internet.OUTSIDE_DOMAIN}"],
-                       message("bob@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", _token()).as_bytes())
+            c.sendmail(
+                "alice@example.org",
+                [f"friend@{internet.OUTSIDE_DOMAIN}"],
+                message("bob@example.org", f"friend@{internet.OUTSIDE_DOMAIN}", _token()).as_bytes(),
+            )
             from_spoof = None
         except smtplib.SMTPDataError as e:
             from_spoof = e
         finally:
             c.close()
-    _expect(from_spoof is not None and from_spoof.smtp_code == 550,
-            f"header From: bob@ accepted for alice's login ({from_spoof!r})")
+    _expect(
+        from_spoof is not None and from_spoof.smtp_code == 550,
+        f"header From: bob@ accepted for alice's login ({from_spoof!r})",
+    )
     limited = _over_the_sending_limit(s)
     peers = set()
     for tok in toks:
@@ -106,13 +120,16 @@ def s_submission() -> str:
         peers.add(re.search(rb"^X-Lab-Peer: (\S+)", raw, re.M).group(1).decode())
         # What the receiving site's own verifier (OpenDKIM, OpenDMARC) recorded on arrival.
         verdict = outside_verdict(raw)
-        _expect(verdict == {"spf": "pass", "dkim": "pass", "dmarc": "pass"},
-                f"{tok}: the outside verifier says {verdict}")
+        _expect(
+            verdict == {"spf": "pass", "dkim": "pass", "dmarc": "pass"}, f"{tok}: the outside verifier says {verdict}"
+        )
     bites = verifier_bites(raw, "alice@example.org")
-    return (f"587+465 delivered from {', '.join(sorted(peers))} with spf=pass dkim=pass dmarc=pass "
-            f"at the outside verifier ({bites}); "
-            f"spoof refused ({getattr(spoof, 'smtp_code', '?')}), header From spoof refused (550); "
-            f"{limited}")
+    return (
+        f"587+465 delivered from {', '.join(sorted(peers))} with spf=pass dkim=pass dmarc=pass "
+        f"at the outside verifier ({bites}); "
+        f"spoof refused ({getattr(spoof, 'smtp_code', '?')}), header From spoof refused (550); "
+        f"{limited}"
+    )
 
 
 def _submission(s, user: str) -> LabSMTP:
@@ -140,8 +157,9 @@ def _over_the_sending_limit(s) -> str:
                 c.sendmail(user, rcpts, message(user, rcpts[0], _token()).as_bytes())
                 answers.append(250)
             except smtplib.SMTPDataError as e:
-                _expect(e.smtp_code == 451 and b"Sending limit reached" in e.smtp_error,
-                        f"{user} over the limit: {e!r}")
+                _expect(
+                    e.smtp_code == 451 and b"Sending limit reached" in e.smtp_error, f"{user} over the limit: {e!r}"
+                )
                 answers.append(451)
                 break
             finally:
@@ -150,8 +168,7 @@ def _over_the_sending_limit(s) -> str:
     postmaster = f"postmaster@{s.primary_domain}"
     box = next((a.to[0] for a in s.all_aliases if a.address == postmaster), postmaster)
     wait_imap(box, f"Sending limit reached by {user}", timeout=90)
-    return (f"{user} to {n} recipients: {' then '.join(map(str, answers))}, "
-            f"the postmaster's note in {box}'s INBOX")
+    return f"{user} to {n} recipients: {' then '.join(map(str, answers))}, the postmaster's note in {box}'s INBOX"
 
 
 # Relay tricks an open relay falls for: each must be refused without AUTH.
@@ -238,11 +255,15 @@ def s_sieve() -> str:
     user, home = "bob@example.org", "/var/vmail/example.org/bob"
     target = f"friend@{internet.OUTSIDE_DOMAIN}"
     script = f'require ["copy"];\nredirect :copy "{target}";\n'
-    machines.sh(_imap_role(), (
-        f"install -d -o vmail -g vmail -m 0700 {home}/sieve && "
-        f"printf '%s' '{script}' > {home}/sieve/lab.sieve && "
-        f"chown vmail:vmail {home}/sieve/lab.sieve && "
-        f"ln -sfn sieve/lab.sieve {home}/.dovecot.sieve && chown -h vmail:vmail {home}/.dovecot.sieve"))
+    machines.sh(
+        _imap_role(),
+        (
+            f"install -d -o vmail -g vmail -m 0700 {home}/sieve && "
+            f"printf '%s' '{script}' > {home}/sieve/lab.sieve && "
+            f"chown vmail:vmail {home}/sieve/lab.sieve && "
+            f"ln -sfn sieve/lab.sieve {home}/.dovecot.sieve && chown -h vmail:vmail {home}/.dovecot.sieve"
+        ),
+    )
     try:
         tok = _token()
         inbound(user, tok)

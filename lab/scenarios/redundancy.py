@@ -1,5 +1,6 @@
 """Redundancy: mx2 holds mail while mx1 is off and hands it over, and a user added
 through mail-sync reaches the replicas (logs in on imap, receives mail)."""
+
 from __future__ import annotations
 
 import time
@@ -10,8 +11,8 @@ from ..util import wait_until
 from .clients import (
     FORWARD,
     SUBADDRESS,
-    LabSMTP,
     TEAM,
+    LabSMTP,
     _expect,
     _host_ip,
     _imap_login_ok,
@@ -57,8 +58,11 @@ def s_backup_mx() -> str:
         q = machines.sh("mx2", "smtpctl show queue").stdout
         for to in sent:
             _expect(to in q, f"mx2 queue does not hold the message to {to}")
-        relays = {line.split("relay=", 1)[1].split("[", 1)[0]
-                  for line in outside_mta.log_text()[mark:].splitlines() if "status=sent" in line}
+        relays = {
+            line.split("relay=", 1)[1].split("[", 1)[0]
+            for line in outside_mta.log_text()[mark:].splitlines()
+            if "status=sent" in line
+        }
         _expect(relays == {s.fqdn("mx2")}, f"the outside Postfix delivered to {relays}, not mx2 alone")
     finally:
         machines.start("mx1")
@@ -74,8 +78,7 @@ def s_backup_mx() -> str:
     total = time.monotonic() - t_start
     # Judged once mx2 and mx1 hold nothing more: a copy still queued could arrive twice.
     for role in ("mx2", "mx1"):
-        wait_until(lambda: machines.sh(role, "smtpctl show queue").stdout.strip() == "", 60,
-                   f"{role}'s queue to empty")
+        wait_until(lambda: machines.sh(role, "smtpctl show queue").stdout.strip() == "", 60, f"{role}'s queue to empty")
     _expect(outside_mta.queue_empty(), f"the outside Postfix still holds mail:\n{outside_mta.queue()}")
     for to, tok in sent.items():
         ours, outside = copies(to)
@@ -83,15 +86,18 @@ def s_backup_mx() -> str:
             n = imap_count(who, tok)
             _expect(n == 1, f"{tok} arrived {n} times for {who}")
         at_outside = outside_messages(tok)
-        bounces = [m for m in at_outside if b"MAILER-DAEMON" in m
-                   or b"Delivery Status Notification" in m]
+        bounces = [m for m in at_outside if b"MAILER-DAEMON" in m or b"Delivery Status Notification" in m]
         _expect(not bounces, f"a bounce came back for the message to {to}")
-        _expect(len(at_outside) == len(outside),
-                f"the outside MTA got {len(at_outside)} copies of {tok} (want {len(outside)})")
-    return (f"4 messages (user, sub-address, 3-member alias, forwarding alias) sent by the outside "
-            f"Postfix to mx2 (MX 20) while mx1 was off, "
-            f"unknown user 550; all delivered {total:.0f}s after mx1 was started ({dt:.0f}s after "
-            f"it accepted mail again), each copy exactly once, no bounce, queues empty")
+        _expect(
+            len(at_outside) == len(outside),
+            f"the outside MTA got {len(at_outside)} copies of {tok} (want {len(outside)})",
+        )
+    return (
+        f"4 messages (user, sub-address, 3-member alias, forwarding alias) sent by the outside "
+        f"Postfix to mx2 (MX 20) while mx1 was off, "
+        f"unknown user 550; all delivered {total:.0f}s after mx1 was started ({dt:.0f}s after "
+        f"it accepted mail again), each copy exactly once, no bounce, queues empty"
+    )
 
 
 def s_replication() -> str:

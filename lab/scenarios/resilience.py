@@ -1,5 +1,6 @@
 """Resilience scenarios: hostile input from the outside leaves every listener up, and
 every daemon comes back by itself after kill -9 or a clean exit of its own."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from mailstack import bans, database, firewall, mx, redis, supervision
+from mailstack import fail2ban, firewall, postgresql, redis, smtpd, supervision
 from mailstack import hosts as H
 
 from .. import config, hostile_cases, internet, machines, net
@@ -41,8 +42,13 @@ def _sample(batches: dict[str, list[dict]], every: int) -> list[dict]:
 
 
 def _client(script: str, payload: dict, timeout: float = 600) -> dict:
-    r = subprocess.run(["ip", "netns", "exec", NETNS, sys.executable, "-c", script],
-                       input=json.dumps(payload), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        ["ip", "netns", "exec", NETNS, sys.executable, "-c", script],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     _expect(r.returncode == 0, f"hostile client failed: {r.stderr[-2000:]}")
     return json.loads(r.stdout)
 
@@ -54,9 +60,15 @@ def _public_ports(role: str) -> list[int]:
 
 def _all_ports_answer(after: str, timeout: float = 0) -> list[str]:
     """Every host's public ports answer (within timeout: a daemon may be restarting)."""
+
     def closed() -> list[str]:
-        return [f"{role}:{port}" for role in machines_roles() for port in _public_ports(role)
-                if not _port_open(_host_ip(role), port)]
+        return [
+            f"{role}:{port}"
+            for role in machines_roles()
+            for port in _public_ports(role)
+            if not _port_open(_host_ip(role), port)
+        ]
+
     if timeout:
         try:
             wait_until(lambda: not closed(), timeout, f"every port to answer after {after}")
@@ -80,22 +92,38 @@ def s_hostile_input() -> str:
             sessions = [s for s in smtp if s["src"] == "ok"]
             if not H.hosts(_s())[role].runs(H.SUBMISSION):
                 sessions = [s for s in sessions if s["port"] == 25]
-            out = _client(hostile_cases.SMTP_CLIENT, dict(
-                server=_host_ip(role), sessions=sessions, src=net.OUTSIDE_V4, pipe_src=net.OUTSIDE_V4,
-                user=USER, password=pw))
+            out = _client(
+                hostile_cases.SMTP_CLIENT,
+                dict(
+                    server=_host_ip(role),
+                    sessions=sessions,
+                    src=net.OUTSIDE_V4,
+                    pipe_src=net.OUTSIDE_V4,
+                    user=USER,
+                    password=pw,
+                ),
+            )
             counts.append(f"{role} {out['ran']} SMTP sessions")
-        out = _client(hostile_cases.IMAP_CLIENT, dict(
-            host=_host_ip(_imap_role()), imaps_port=993, sieve_port=4190, sessions=imap,
-            src=HOSTILE_SRC, user=USER, password=pw))
+        out = _client(
+            hostile_cases.IMAP_CLIENT,
+            dict(
+                host=_host_ip(_imap_role()),
+                imaps_port=993,
+                sieve_port=4190,
+                sessions=imap,
+                src=HOSTILE_SRC,
+                user=USER,
+                password=pw,
+            ),
+        )
         counts.append(f"{_imap_role()} {out['ran']} IMAP/ManageSieve sessions")
     finally:
-        subprocess.run(["ip", "-n", NETNS, "addr", "del", f"{HOSTILE_SRC}/24", "dev", net.PUB_BRIDGE],
-                       check=False)
+        subprocess.run(["ip", "-n", NETNS, "addr", "del", f"{HOSTILE_SRC}/24", "dev", net.PUB_BRIDGE], check=False)
     ports = _all_ports_answer("hostile input")
-    health = _client(hostile_cases.HEALTH_CLIENT, dict(
-        server=_host_ip("mx1"), ports=[], src=net.OUTSIDE_V4, user=USER, password=pw))
-    _expect(health.get("auth") == 235 and health.get("delivered") == 250,
-            f"submission after hostile input: {health}")
+    health = _client(
+        hostile_cases.HEALTH_CLIENT, dict(server=_host_ip("mx1"), ports=[], src=net.OUTSIDE_V4, user=USER, password=pw)
+    )
+    _expect(health.get("auth") == 235 and health.get("delivered") == 250, f"submission after hostile input: {health}")
     tok = _token()
     inbound(USER, tok)
     wait_imap(USER, tok)
@@ -111,19 +139,19 @@ def _sample_imap() -> list[dict]:
 # How each daemon can be stopped cleanly from inside, without systemctl (which would be
 # an operator's stop, rightly left alone): each exits with status 0.
 CLEAN_EXIT = {
-    "opensmtpd.service": "kill -TERM $MAINPID",   # 7.4 has no `smtpctl stop`
+    "opensmtpd.service": "kill -TERM $MAINPID",  # 7.4 has no `smtpctl stop`
     "dovecot.service": "doveadm stop",
-    database.PG_UNIT: f"runuser -u postgres -- /usr/lib/postgresql/{database.PG_VERSION}/bin/pg_ctl "
-                      f"stop -D {database.PG_DATA} -m fast",
+    postgresql.PG_UNIT: f"runuser -u postgres -- /usr/lib/postgresql/{postgresql.PG_VERSION}/bin/pg_ctl "
+    f"stop -D {postgresql.PG_DATA} -m fast",
     "rspamd.service": "kill -TERM $MAINPID",
-    redis.UNIT: f"{redis.CLI} shutdown",   # it wants the password (redis.py)
+    redis.UNIT: f"{redis.CLI} shutdown",  # it wants the password (redis.py)
     "unbound.service": "kill -TERM $MAINPID",
     "nginx.service": "nginx -s quit",
-    bans.UNIT: "fail2ban-client stop",
+    fail2ban.UNIT: "fail2ban-client stop",
 }
 # smtpd's helper processes (as `pgrep -f` sees them; table-postgres renames itself):
 # when one dies, smtpd exits, and must come back with them.
-SMTPD_CHILDREN = ("filter-rspamd", "filter-senderscore", f"pgsql {mx.TABLE_CONF}")
+SMTPD_CHILDREN = ("filter-rspamd", "filter-senderscore", f"pgsql {smtpd.TABLE_CONF}")
 
 
 def _show(role: str, unit: str) -> dict[str, str]:
@@ -142,6 +170,7 @@ def _back(role: str, unit: str, old_pid: str, what: str) -> None:
     def up() -> bool:
         st = _show(role, unit)
         return st.get("ActiveState") == "active" and st.get("MainPID") not in ("0", old_pid, None)
+
     wait_until(up, BACK_WITHIN, f"{role}: {unit} back after {what}")
 
 
@@ -161,8 +190,7 @@ def _ask_to_exit(role: str, unit: str, pid: str) -> None:
     moment ago may not answer its control channel yet (fail2ban-client finds no socket
     while fail2ban-server still reads its jails), and then nothing would end it."""
     cmd = CLEAN_EXIT[unit].replace("$MAINPID", pid)
-    wait_until(lambda: machines.sh(role, cmd, timeout=30).returncode == 0, 60,
-               f"{role}: {unit} to take `{cmd}`")
+    wait_until(lambda: machines.sh(role, cmd, timeout=30).returncode == 0, 60, f"{role}: {unit} to take `{cmd}`")
 
 
 def _supervise_host(role: str) -> list[str]:
@@ -186,8 +214,9 @@ def _supervise_host(role: str) -> list[str]:
     if host.runs(H.MX) or host.runs(H.BACKUP_MX):
         for child in SMTPD_CHILDREN:
             # smtpd starts its helpers a moment after it starts itself.
-            wait_until(lambda: machines.sh(role, f"pgrep -f '{child}'").returncode == 0, 30,
-                       f"{role}: a {child} process")
+            wait_until(
+                lambda: machines.sh(role, f"pgrep -f '{child}'").returncode == 0, 30, f"{role}: a {child} process"
+            )
             pid = _show(role, "opensmtpd.service")["MainPID"]
             machines.sh(role, f"pkill -9 -f '{child}'")
             if child.startswith("pgsql"):
@@ -208,10 +237,11 @@ def s_supervision() -> str:
         results = dict(zip(roles, pool.map(_supervise_host, roles)))
     # Every public port answers again, and mail goes through every host.
     _all_ports_answer("the restarts", timeout=60)
-    wait_until(lambda: not machines.sh("mx1", "systemctl is-active --quiet opensmtpd").returncode, 60,
-               "mx1's smtpd")
+    wait_until(lambda: not machines.sh("mx1", "systemctl is-active --quiet opensmtpd").returncode, 60, "mx1's smtpd")
     tok = _token()
-    wait_until(lambda: (inbound(USER, tok) or True), 60, "mx1 to accept mail")
+    wait_until(lambda: inbound(USER, tok) or True, 60, "mx1 to accept mail")
     wait_imap(USER, tok, timeout=90)
-    return (f"{sum(len(v) for v in results.values())} daemons killed and stopped, all back "
-            f"in {time.monotonic() - t0:.0f}s: " + "; ".join(f"{r}: {', '.join(v)}" for r, v in results.items()))
+    return (
+        f"{sum(len(v) for v in results.values())} daemons killed and stopped, all back "
+        f"in {time.monotonic() - t0:.0f}s: " + "; ".join(f"{r}: {', '.join(v)}" for r, v in results.items())
+    )

@@ -1,5 +1,6 @@
 """Backups (restic): the target (a Storage Box, SFTP, S3 or none), its credentials,
 schedule and retention, and the parsers of the target URLs."""
+
 from __future__ import annotations
 
 import re
@@ -18,14 +19,20 @@ BACKUP_TARGET_FIX = (
     "'sftp://user@host[:port]/path' (any SFTP server), "
     "'s3:https://endpoint/bucket[/path]' (any S3 service) or 'none' (no backups)"
 )
-S3_FIX = ("`pulumi config set --secret --path 'mailstack:backup.s3.accessKeyId' <id>` and "
-          "`pulumi config set --secret --path 'mailstack:backup.s3.secretAccessKey' <key>`")
+S3_FIX = (
+    "`pulumi config set --secret --path 'mailstack:backup.s3.accessKeyId' <id>` and "
+    "`pulumi config set --secret --path 'mailstack:backup.s3.secretAccessKey' <key>`"
+)
 
 
 class StorageBoxSettings(_Model):
     type: str = Field(default="bx11", description="the Storage Box type (checked against the catalogue at preview)")
-    location: str | None = Field(default=None, description=(
-        "the Storage Box's location; unset: `hetzner.location` where boxes exist (fsn1, nbg1, hel1), else fsn1"))
+    location: str | None = Field(
+        default=None,
+        description=(
+            "the Storage Box's location; unset: `hetzner.location` where boxes exist (fsn1, nbg1, hel1), else fsn1"
+        ),
+    )
 
 
 class Keep(_Model):
@@ -44,20 +51,38 @@ class S3Credentials(_Model):
 
 class Backup(_Model):
     # One restic repository per data host, under this target.
-    target: str = Field(default="storagebox", description=(
-        "where backups go: `storagebox` (a Storage Box the stack creates), `sftp://user@host[:port]/path`, "
-        "`s3:https://endpoint/bucket[/path]` or `none`"))
+    target: str = Field(
+        default="storagebox",
+        description=(
+            "where backups go: `storagebox` (a Storage Box the stack creates), `sftp://user@host[:port]/path`, "
+            "`s3:https://endpoint/bucket[/path]` or `none`"
+        ),
+    )
     s3: S3Credentials = Field(default=S3Credentials(), description="the credentials of an `s3:` target")
-    storage_box: StorageBoxSettings = Field(default=StorageBoxSettings(), description="the Storage Box of the `storagebox` target")
+    storage_box: StorageBoxSettings = Field(
+        default=StorageBoxSettings(), description="the Storage Box of the `storagebox` target"
+    )
     # Checked again by systemd-analyze on the server.
-    schedule: str = Field(default="*-*-* 03:17:00", description="when backups run: a systemd OnCalendar expression (UTC)")
+    schedule: str = Field(
+        default="*-*-* 03:17:00", description="when backups run: a systemd OnCalendar expression (UTC)"
+    )
     keep: Keep = Field(default=Keep(), description="how many snapshots are kept")
-    check_every_days: int = Field(default=7, ge=1, le=365, description="how often the repository is checked (`restic check`), in days")
-    restore_on_empty: bool = Field(default=True, description=(
-        "a fresh host with an empty mail store (or mail database) restores the latest snapshot in its "
-        "deploy step, before it accepts mail"))
-    known_hosts: tuple[str, ...] = Field(default=(), description=(
-        "known_hosts lines for an SFTP target (`ssh-keyscan -p PORT HOST`); empty: the key first seen is trusted and kept"))
+    check_every_days: int = Field(
+        default=7, ge=1, le=365, description="how often the repository is checked (`restic check`), in days"
+    )
+    restore_on_empty: bool = Field(
+        default=True,
+        description=(
+            "a fresh host with an empty mail store (or mail database) restores the latest snapshot in its "
+            "deploy step, before it accepts mail"
+        ),
+    )
+    known_hosts: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "known_hosts lines for an SFTP target (`ssh-keyscan -p PORT HOST`); empty: the key first seen is trusted and kept"
+        ),
+    )
 
     @property
     def enabled(self) -> bool:
@@ -73,8 +98,7 @@ _S3_TARGET_RE = re.compile(
     r"(?P<path>/[A-Za-z0-9_./-]*)?$"
 )
 _CALENDAR_RE = re.compile(r"^[A-Za-z0-9*,./:~ -]{1,100}$")
-_KNOWN_HOST_RE = re.compile(
-    r"^\S+ (ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}$")
+_KNOWN_HOST_RE = re.compile(r"^\S+ (ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}$")
 
 
 def sftp_target(target: str) -> dict[str, str] | None:
@@ -82,8 +106,7 @@ def sftp_target(target: str) -> dict[str, str] | None:
     m = _SFTP_TARGET_RE.match(target)
     if not m:
         return None
-    return {"user": m["user"], "host": m["host"].strip("[]"), "port": m["port"] or "22",
-            "path": m["path"].strip("/")}
+    return {"user": m["user"], "host": m["host"].strip("[]"), "port": m["port"] or "22", "path": m["path"].strip("/")}
 
 
 def s3_target(target: str) -> dict[str, str] | None:
@@ -91,5 +114,8 @@ def s3_target(target: str) -> dict[str, str] | None:
     m = _S3_TARGET_RE.match(target)
     if not m:
         return None
-    return {"endpoint": f"{m['scheme'] or 'https://'}{m['host']}", "bucket": m["bucket"],
-            "path": (m["path"] or "").strip("/")}
+    return {
+        "endpoint": f"{m['scheme'] or 'https://'}{m['host']}",
+        "bucket": m["bucket"],
+        "path": (m["path"] or "").strip("/"),
+    }

@@ -1,5 +1,6 @@
 """What every settings module shares: the config namespace, the error type, the frozen
 camelCase model base and the name patterns."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,7 @@ _BCRYPT_RE = re.compile(r"^\$2[aby]\$\d{2}\$[./0-9A-Za-z]{53}$")
 # sshd on Debian 12 (OpenSSH 9.2) no longer accepts DSA; RSA below 2048 bits is too weak.
 MIN_RSA_BITS = 2048
 HASH_FIX = (
-    "run `make hash-password`, then store the printed hash with "
-    "`pulumi config set --secret --path '{key}' '<hash>'`"
+    "run `make hash-password`, then store the printed hash with `pulumi config set --secret --path '{key}' '<hash>'`"
 )
 
 
@@ -30,9 +30,7 @@ class SettingsError(ValueError):
 
     def __init__(self, problems: list[str]):
         self.problems = problems
-        super().__init__(
-            "invalid stack config:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
+        super().__init__("invalid stack config:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class _Model(BaseModel):

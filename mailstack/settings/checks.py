@@ -2,6 +2,7 @@
 returns its problems, every one naming the key, the value and the fix. `check` runs
 them all, in the order the sections are listed in (so are the problems). Here the mail
 data's and the mail service's; the servers' and the backups' in checks_servers.py."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -106,7 +107,9 @@ def _check_aliases(s: Settings) -> list[str]:
         key = f"{ns}:aliases[{i}]"
         _address(p, f"{key}.address", a.address, s.domains)
         if a.address in aliases:
-            p.append(f"{key}.address: {a.address!r} duplicates {ns}:aliases[{aliases[a.address]}]; merge their 'to' lists")
+            p.append(
+                f"{key}.address: {a.address!r} duplicates {ns}:aliases[{aliases[a.address]}]; merge their 'to' lists"
+            )
         if a.address in users:
             p.append(
                 f"{key}.address: {a.address!r} is also a user ({ns}:users[{users[a.address]}]); "
@@ -136,7 +139,7 @@ def _alias_loops(s: Settings) -> list[str]:
     def walk(node: str, path: list[str]) -> None:
         for nxt in graph.get(node, ()):
             if nxt in path:
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = path[path.index(nxt) :] + [nxt]
                 key = frozenset(cycle)
                 if key not in reported:
                     reported.add(key)
@@ -158,7 +161,9 @@ def _check_acme(s: Settings) -> list[str]:
     if not re.match(r"^https://[^\s/]+(/\S*)?$", s.acme.directory):
         p.append(f"{ns}:acme.directory: {s.acme.directory!r} is not an https URL; use {LETSENCRYPT!r}")
     elif s.acme.directory != LETSENCRYPT and "letsencrypt.org" not in s.acme.directory and not s.acme.caa_issuer:
-        p.append(f"{ns}:acme.caaIssuer: is required with a non-Let's-Encrypt directory {s.acme.directory!r}; set the CA's CAA domain")
+        p.append(
+            f"{ns}:acme.caaIssuer: is required with a non-Let's-Encrypt directory {s.acme.directory!r}; set the CA's CAA domain"
+        )
     return p
 
 
@@ -182,7 +187,9 @@ def _check_resolver(s: Settings) -> list[str]:
         try:
             ipaddress.ip_address(ip)
         except ValueError:
-            p.append(f"{ns}:resolver.forwardTo[{i}]: {ip!r} is not an IP address; use e.g. '192.0.2.53' or leave the list empty")
+            p.append(
+                f"{ns}:resolver.forwardTo[{i}]: {ip!r} is not an IP address; use e.g. '192.0.2.53' or leave the list empty"
+            )
     return p
 
 
@@ -193,22 +200,30 @@ def _check_dkim(s: Settings) -> list[str]:
     p: list[str] = []
     # Room for the generation suffix (`-g<n>`) in a 63-byte label.
     if not re.match(r"^[a-z0-9][a-z0-9-]{0,50}$", d.selector):
-        p.append(f"{ns}:dkim.selector: {d.selector!r} is not a DNS label of at most 51 "
-                 "characters (letters, digits, '-'); use e.g. 'mail'")
+        p.append(
+            f"{ns}:dkim.selector: {d.selector!r} is not a DNS label of at most 51 "
+            "characters (letters, digits, '-'); use e.g. 'mail'"
+        )
     if not d.rotation_days:
         if d.start is not None:
-            p.append(f"{ns}:dkim.start: {d.start.isoformat()!r} is set but dkim.rotationDays is 0 "
-                     f"(keys never rotate); set {ns}:dkim.rotationDays (e.g. 180) or remove dkim.start")
+            p.append(
+                f"{ns}:dkim.start: {d.start.isoformat()!r} is set but dkim.rotationDays is 0 "
+                f"(keys never rotate); set {ns}:dkim.rotationDays (e.g. 180) or remove dkim.start"
+            )
         return p
     if d.start is None:
-        p.append(f"{ns}:dkim.start: is required with dkim.rotationDays {d.rotation_days}; set "
-                 "the date the first new key signs, at least dkim.publishDays "
-                 f"({d.publish_days}) from today, with `pulumi config set --path {ns}:dkim.start YYYY-MM-DD`")
+        p.append(
+            f"{ns}:dkim.start: is required with dkim.rotationDays {d.rotation_days}; set "
+            "the date the first new key signs, at least dkim.publishDays "
+            f"({d.publish_days}) from today, with `pulumi config set --path {ns}:dkim.start YYYY-MM-DD`"
+        )
     if d.publish_days + d.grace_days > d.rotation_days:
-        p.append(f"{ns}:dkim.rotationDays: {d.rotation_days} is shorter than dkim.publishDays "
-                 f"({d.publish_days}) + dkim.graceDays ({d.grace_days}); the next key would "
-                 "appear before the previous one's grace is over: raise rotationDays or "
-                 "shorten the other two")
+        p.append(
+            f"{ns}:dkim.rotationDays: {d.rotation_days} is shorter than dkim.publishDays "
+            f"({d.publish_days}) + dkim.graceDays ({d.grace_days}); the next key would "
+            "appear before the previous one's grace is over: raise rotationDays or "
+            "shorten the other two"
+        )
     return p
 
 
@@ -219,16 +234,22 @@ def _check_quota(s: Settings) -> list[str]:
     volume_mb = s.hetzner.mail_volume_gb * 1024
     fix = f"lower it (0 is unlimited), or raise {ns}:hetzner.mailVolumeGb"
     if s.quota.default_mb > volume_mb:
-        p.append(f"{ns}:quota.defaultMb: {s.quota.default_mb} is more than the whole mail volume "
-                 f"({s.hetzner.mail_volume_gb} GB = {volume_mb} MB); {fix}")
+        p.append(
+            f"{ns}:quota.defaultMb: {s.quota.default_mb} is more than the whole mail volume "
+            f"({s.hetzner.mail_volume_gb} GB = {volume_mb} MB); {fix}"
+        )
     for i, u in enumerate(s.users):
         if u.quota_mb is not None and u.quota_mb > volume_mb:
-            p.append(f"{ns}:users[{i}].quotaMb: {u.quota_mb} is more than the whole mail volume "
-                     f"({s.hetzner.mail_volume_gb} GB = {volume_mb} MB); {fix}")
+            p.append(
+                f"{ns}:users[{i}].quotaMb: {u.quota_mb} is more than the whole mail volume "
+                f"({s.hetzner.mail_volume_gb} GB = {volume_mb} MB); {fix}"
+            )
     w = s.quota.warn_at
     if any(not 0 < x < 100 for x in w) or len(set(w)) != len(w):
-        p.append(f"{ns}:quota.warnAt: {_fmt(list(w))} must be distinct percentages between 1 and 99; "
-                 "use e.g. [80, 95] (or [] for no warnings)")
+        p.append(
+            f"{ns}:quota.warnAt: {_fmt(list(w))} must be distinct percentages between 1 and 99; "
+            "use e.g. [80, 95] (or [] for no warnings)"
+        )
     return p
 
 
@@ -241,19 +262,24 @@ def _check_roles(s: Settings) -> list[str]:
     if s.admin.mailbox is not None:
         box = s.admin.mailbox
         if box not in users:
-            p.append(f"{key}: {s.admin.mailbox!r} is not one of {ns}:users; name an active "
-                     "user, who receives postmaster@, abuse@ and the DMARC/TLS-RPT reports")
+            p.append(
+                f"{key}: {s.admin.mailbox!r} is not one of {ns}:users; name an active "
+                "user, who receives postmaster@, abuse@ and the DMARC/TLS-RPT reports"
+            )
         elif not users[box].active:
-            p.append(f"{key}: {s.admin.mailbox!r} is an inactive user (active: false); name an "
-                     "active user, or activate it")
+            p.append(
+                f"{key}: {s.admin.mailbox!r} is an inactive user (active: false); name an active user, or activate it"
+            )
         if p:
             return p
     configured = {u.address for u in s.users} | {a.address for a in s.aliases}
     missing = [r for r in s.role_addresses if r not in configured]
     if missing and s.admin_mailbox is None:
-        p.append(f"{key}: there is no active user to receive {', '.join(missing)}; add a user to "
-                 f"{ns}:users (the first active one is the default admin mailbox) or route these "
-                 f"addresses with {ns}:aliases")
+        p.append(
+            f"{key}: there is no active user to receive {', '.join(missing)}; add a user to "
+            f"{ns}:users (the first active one is the default admin mailbox) or route these "
+            f"addresses with {ns}:aliases"
+        )
     aliases = {a.address: a for a in s.aliases}
     index = {a.address: i for i, a in enumerate(s.aliases)}
 
@@ -267,10 +293,13 @@ def _check_roles(s: Settings) -> list[str]:
 
     for r in s.role_addresses:
         if r in configured and not reaches_mailbox(r, frozenset()):
-            where = (f"{ns}:aliases[{index[r]}]" if r in index
-                     else f"{ns}:users[{[u.address for u in s.users].index(r)}]")
-            p.append(f"{where}: {r!r} is a role address and must reach an active mailbox of this "
-                     "stack (outside forwards break SPF, inactive entries refuse mail); add an "
-                     f"active user to its 'to' list, or remove the entry and let {ns}:admin.mailbox "
-                     "receive it")
+            where = (
+                f"{ns}:aliases[{index[r]}]" if r in index else f"{ns}:users[{[u.address for u in s.users].index(r)}]"
+            )
+            p.append(
+                f"{where}: {r!r} is a role address and must reach an active mailbox of this "
+                "stack (outside forwards break SPF, inactive entries refuse mail); add an "
+                f"active user to its 'to' list, or remove the entry and let {ns}:admin.mailbox "
+                "receive it"
+            )
     return p

@@ -1,11 +1,13 @@
 """Loading: stack config (as Pulumi passes it) to `Settings`, every problem of one run
 reported together, each naming the key, the value and the fix."""
+
 from __future__ import annotations
 
 import datetime
 import json
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -49,10 +51,7 @@ def load_settings(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) ->
     secret_keys = set(secret_keys)
     raw = _raw_config(config)
     unknown = sorted(set(raw) - set(_KEYS.values()))
-    problems = [
-        f"{NAMESPACE}:{k}: unknown key; valid keys are {', '.join(sorted(_KEYS.values()))}"
-        for k in unknown
-    ]
+    problems = [f"{NAMESPACE}:{k}: unknown key; valid keys are {', '.join(sorted(_KEYS.values()))}" for k in unknown]
     for k in unknown:
         raw.pop(k)
     try:
@@ -73,8 +72,7 @@ def load_settings(config: Mapping[str, Any], secret_keys: Iterable[str] = ()) ->
     return settings
 
 
-def load_stack(config: Mapping[str, Any], secret_keys: Iterable[str],
-               environ: Mapping[str, str]) -> Settings:
+def load_stack(config: Mapping[str, Any], secret_keys: Iterable[str], environ: Mapping[str, str]) -> Settings:
     """What the Pulumi program runs: load_settings plus the provider's own secret, so a
     missing or clear-text Hetzner token is reported with everything else, before any
     resource exists."""
@@ -97,17 +95,22 @@ def with_clock(settings: Settings, now: datetime.datetime) -> Settings:
     return settings.model_copy(update={"dkim": settings.dkim.model_copy(update={"now": now})})
 
 
-def provider_problems(config: Mapping[str, Any], secret_keys: set[str],
-                      environ: Mapping[str, str]) -> list[str]:
+def provider_problems(config: Mapping[str, Any], secret_keys: set[str], environ: Mapping[str, str]) -> list[str]:
     token = config.get("hcloud:token")
     if token is None and not environ.get("HCLOUD_TOKEN"):
-        return ["hcloud:token: is not set; create an API token (read/write) in the Hetzner "
-                "Cloud console and run `pulumi config set --secret hcloud:token <token>` "
-                "(or export HCLOUD_TOKEN)"]
+        return [
+            "hcloud:token: is not set; create an API token (read/write) in the Hetzner "
+            "Cloud console and run `pulumi config set --secret hcloud:token <token>` "
+            "(or export HCLOUD_TOKEN)"
+        ]
     if token is not None and "hcloud:token" not in secret_keys:
-        return ["hcloud:token: is stored in clear text in the stack file; remove it and run "
-                "`pulumi config set --secret hcloud:token <token>`"]
+        return [
+            "hcloud:token: is stored in clear text in the stack file; remove it and run "
+            "`pulumi config set --secret hcloud:token <token>`"
+        ]
     if token is not None and not re.fullmatch(r"[A-Za-z0-9]{64}", str(token)):
-        return ["hcloud:token: <hidden> is not a Hetzner Cloud API token (64 letters and "
-                "digits); copy it again from the Hetzner Cloud console"]
+        return [
+            "hcloud:token: <hidden> is not a Hetzner Cloud API token (64 letters and "
+            "digits); copy it again from the Hetzner Cloud console"
+        ]
     return []

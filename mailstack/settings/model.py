@@ -1,5 +1,6 @@
 """The whole stack's settings (`Settings`): one field per section, and the names derived
 from them that DNS, certificates and configs must agree on."""
+
 from __future__ import annotations
 
 from typing import Literal
@@ -14,14 +15,24 @@ from .servers import Admin, Hetzner, Hostnames, Updates
 
 
 class Settings(_Model):
-    topology: Literal["ha", "single"] = Field(default="ha", description="`ha` (mx1, imap, mx2) or `single` (everything on mx1)")
+    topology: Literal["ha", "single"] = Field(
+        default="ha", description="`ha` (mx1, imap, mx2) or `single` (everything on mx1)"
+    )
     domains: tuple[str, ...] = Field(description="the mail domains; the first is the primary one")
-    users: tuple[User, ...] = Field(default=(), description=(
-        "the mailboxes; at least one active user is needed: the role addresses (`admin.mailbox`) must reach a mailbox"))
-    aliases: tuple[Alias, ...] = Field(default=(), description="addresses that forward to users, other aliases or outside")
+    users: tuple[User, ...] = Field(
+        default=(),
+        description=(
+            "the mailboxes; at least one active user is needed: the role addresses (`admin.mailbox`) must reach a mailbox"
+        ),
+    )
+    aliases: tuple[Alias, ...] = Field(
+        default=(), description="addresses that forward to users, other aliases or outside"
+    )
     hostnames: Hostnames = Field(default=Hostnames(), description="the hosts' names")
     hetzner: Hetzner = Field(default=Hetzner(), description="where and what to run")
-    admin: Admin = Field(default=Admin(), description="who administers the servers, and who receives the role addresses")
+    admin: Admin = Field(
+        default=Admin(), description="who administers the servers, and who receives the role addresses"
+    )
     acme: Acme = Field(description="the certificates' ACME account and CA")
     dmarc: Dmarc = Field(default=Dmarc(), description="the DMARC record")
     mta_sts: MtaSts = Field(default=MtaSts(), description="the MTA-STS policy")
@@ -32,8 +43,10 @@ class Settings(_Model):
     spam: Spam = Field(default=Spam(), description="Rspamd")
     limits: Limits = Field(default=Limits(), description="abuse limits (docs/hardening.md)")
     status: Status = Field(default=Status(), description="`make status` and its daily job")
-    updates: Updates = Field(default=Updates(), description="unattended upgrades (Debian, security, backports) every day")
-    backup: Backup = Field(default=Backup(), description="backups with restic (see \"Backups and restore\")")
+    updates: Updates = Field(
+        default=Updates(), description="unattended upgrades (Debian, security, backports) every day"
+    )
+    backup: Backup = Field(default=Backup(), description='backups with restic (see "Backups and restore")')
 
     _norm_domains = field_validator("domains", mode="before")(
         lambda v: [_lower(x) for x in v] if isinstance(v, (list, tuple)) else v
@@ -68,8 +81,7 @@ class Settings(_Model):
         """Addresses that must reach a mailbox (RFC 2142, and the report addresses the
         DNS records publish when they are in our domains)."""
         roles = [f"{kind}@{d}" for d in self.domains for kind in ROLE_LOCAL_PARTS]
-        roles += [a for a in (self.dmarc_rua, self.tls_rpt_rua)
-                  if a.rpartition("@")[2] in self.domains]
+        roles += [a for a in (self.dmarc_rua, self.tls_rpt_rua) if a.rpartition("@")[2] in self.domains]
         return tuple(dict.fromkeys(roles))
 
     @property
@@ -86,8 +98,7 @@ class Settings(_Model):
         box = self.admin_mailbox
         if box is None:
             return ()
-        return tuple(Alias(address=r, to=(box,)) for r in self.role_addresses
-                     if r not in taken and r != box)
+        return tuple(Alias(address=r, to=(box,)) for r in self.role_addresses if r not in taken and r != box)
 
     @property
     def all_aliases(self) -> tuple[Alias, ...]:

@@ -1,6 +1,7 @@
 """The config reference: one row per key of the settings model (its default and its
 description), as the markdown table README.md carries between REFERENCE_BEGIN and
 REFERENCE_END (`make config-reference` writes it; tests/test_schema.py checks it)."""
+
 from __future__ import annotations
 
 import typing

@@ -5,6 +5,7 @@ code as the deploy, and the stack outputs (`pulumi stack output --json`: address
 name servers, the DKIM public keys in `dnsRecords`). The inside checks run each host's
 status program as root over SSH, exactly like the deploy steps (deploy.RUN_PROGRAM),
 with the operator's own SSH key (mailstack:admin.sshKeys)."""
+
 from __future__ import annotations
 
 import datetime
@@ -40,33 +41,39 @@ def environment(config: dict, outputs: dict) -> Environment:
     # The DKIM schedule's phase as the last `pulumi up` deployed it (mailstack/dkim.py):
     # the records of every published generation are expected, the signing one's key on mx1.
     deployed = (outputs.get("dkimSchedule") or {}).get("now")
-    settings = with_clock(settings, datetime.datetime.fromisoformat(deployed) if deployed
-                          else datetime.datetime.now(datetime.UTC))
+    settings = with_clock(
+        settings, datetime.datetime.fromisoformat(deployed) if deployed else datetime.datetime.now(datetime.UTC)
+    )
     keys = dkim.plan(settings)
     published: dict[str, dict[str, str]] = {}
     for rec in outputs.get("dnsRecords", []):
         for selector in keys.selectors:
             if rec["type"] == "TXT" and rec["name"].startswith(f"{selector}._domainkey"):
-                domain = rec["zone"] if rec["name"] == f"{selector}._domainkey" else \
-                    rec["name"].removeprefix(f"{selector}._domainkey.") + "." + rec["zone"]
+                domain = (
+                    rec["zone"]
+                    if rec["name"] == f"{selector}._domainkey"
+                    else rec["name"].removeprefix(f"{selector}._domainkey.") + "." + rec["zone"]
+                )
                 # A record without p= is kept as None; the expectations then differ from it.
-                published.setdefault(selector, {})[domain] = cast(
-                    str, decide.dkim_p(dns.txt_text(rec["values"][0])))
+                published.setdefault(selector, {})[domain] = cast(str, decide.dkim_p(dns.txt_text(rec["values"][0])))
     dkim_public = published.pop(keys.signing.selector, {})
     nameservers = outputs.get("nameservers") or {}
     if not settings.dns.manage_zone or not nameservers:
         nameservers = {z: [] for z in dns.zones(settings)}
 
     def run_on(role: str, program: str) -> str:
-        r = subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15",
-                            f"root@{addresses[role].ipv4}", RUN_PROGRAM],
-                           input=program, capture_output=True, text=True, timeout=SSH_TIMEOUT)
+        r = subprocess.run(
+            ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=15", f"root@{addresses[role].ipv4}", RUN_PROGRAM],
+            input=program,
+            capture_output=True,
+            text=True,
+            timeout=SSH_TIMEOUT,
+        )
         if r.returncode != 0:
             raise RuntimeError(f"ssh to {role} failed (exit {r.returncode}): {r.stderr.strip()[-200:]}")
         return r.stdout
 
-    return Environment(settings, addresses, dkim_public, nameservers, run_on,
-                       dkim_published=published)
+    return Environment(settings, addresses, dkim_public, nameservers, run_on, dkim_published=published)
 
 
 def main(argv: list[str]) -> int:

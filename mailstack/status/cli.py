@@ -1,4 +1,5 @@
 """Command-line front end shared by `python -m mailstack.status` and `python -m lab status`."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,13 +11,17 @@ from .expect import Environment
 
 
 def parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="check a deployed mailstack: "
-                                "exit 0 all ok, 1 any error, 2 warnings only")
+    p = argparse.ArgumentParser(
+        prog=prog, description="check a deployed mailstack: exit 0 all ok, 1 any error, 2 warnings only"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--problems", action="store_true", help="print only warn and error lines")
-    p.add_argument("--changes", metavar="STATE_FILE",
-                   help="print only what changed since the run saved in STATE_FILE, then save "
-                        "this run there (for a daily job that mails the postmaster)")
+    p.add_argument(
+        "--changes",
+        metavar="STATE_FILE",
+        help="print only what changed since the run saved in STATE_FILE, then save "
+        "this run there (for a daily job that mails the postmaster)",
+    )
     return p
 
 

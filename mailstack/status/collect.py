@@ -3,6 +3,7 @@ reads its parameters, looks around read-only, prints one JSON object. `inside.pr
 sends it over the deploy-step channel with PARAMS prepended; the daily job on the server
 runs it with the path of its parameter file. Nothing secret leaves the host: of the DKIM
 key only the public half is reported."""
+
 import dataclasses
 import json
 import os
@@ -17,15 +18,16 @@ if "PARAMS" not in globals():
     with open(sys.argv[1]) as _f:
         PARAMS = _f.read()
 
-if "PROBE" in globals():   # sent inline by inside.program
+if "PROBE" in globals():  # sent inline by inside.program
     probe = types.ModuleType("mailstack_status_probe")
-    sys.modules[probe.__name__] = probe   # dataclasses look their module up
+    sys.modules[probe.__name__] = probe  # dataclasses look their module up
     exec(compile(PROBE, "probe.py", "exec"), probe.__dict__)  # noqa: F821 (prepended by inside.program)
-else:                      # the daily job: installed next to this file
+else:  # the daily job: installed next to this file
     import probe
 
 P = json.loads(PARAMS)
 out = {"now": time.time()}
+
 
 def run(cmd, timeout=30):
     try:
@@ -34,11 +36,13 @@ def run(cmd, timeout=30):
     except (OSError, subprocess.TimeoutExpired) as e:
         return -1, "", str(e)
 
+
 def psql(sql):
     rc, o, e = run(["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-F", "|", "-d", "postgres", "-c", sql])
     if rc != 0:
         raise RuntimeError(e or f"psql exit {rc}")
     return [line.split("|") for line in o.splitlines() if line]
+
 
 out["units"] = {}
 for u in P["units"]:
@@ -48,13 +52,21 @@ for u in P["units"]:
 
 if P["primary"]:
     try:
-        out["replicas"] = [dict(zip(("addr", "state", "lag_bytes", "lag_seconds"), r)) for r in psql(
-            "select coalesce(host(client_addr),''), state, "
-            "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint, "
-            "coalesce(extract(epoch from replay_lag), 0) from pg_stat_replication")]
-        out["slots"] = {r[0]: {"active": r[1] == "t", "retained": int(float(r[2] or 0))} for r in psql(
-            "select slot_name, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint "
-            "from pg_replication_slots")}
+        out["replicas"] = [
+            dict(zip(("addr", "state", "lag_bytes", "lag_seconds"), r))
+            for r in psql(
+                "select coalesce(host(client_addr),''), state, "
+                "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint, "
+                "coalesce(extract(epoch from replay_lag), 0) from pg_stat_replication"
+            )
+        ]
+        out["slots"] = {
+            r[0]: {"active": r[1] == "t", "retained": int(float(r[2] or 0))}
+            for r in psql(
+                "select slot_name, active, coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn), 0)::bigint "
+                "from pg_replication_slots"
+            )
+        }
     except RuntimeError as e:
         out["replication_error"] = str(e)
 
@@ -89,7 +101,9 @@ except (OSError, ValueError) as e:
     out["backup"] = {"last_run": {"result": "failed", "error": f"status file unreadable: {e}"}}
 
 rc, o, e = run(["apt-get", "-s", "-o", "Debug::NoLocking=1", "dist-upgrade"], timeout=120)
-out["security_updates"] = sum(1 for line in o.splitlines() if line.startswith("Inst ") and "-security" in line) if rc == 0 else None
+out["security_updates"] = (
+    sum(1 for line in o.splitlines() if line.startswith("Inst ") and "-security" in line) if rc == 0 else None
+)
 out["reboot_required"] = os.path.exists(P["reboot_file"])
 
 out["dkim"] = {}
@@ -107,6 +121,7 @@ for _ip, _bl, q in P["dnsbl"]:
         else:
             out["dnsbl"][q] = {"answers": None, "error": str(err)}
 
+
 def greet(host, port):
     try:
         with socket.create_connection((host, port), timeout=10) as s:
@@ -115,10 +130,12 @@ def greet(host, port):
     except OSError as e:
         return None, str(e)
 
+
 out["smtp_probes"] = {}
 for key, (host, port, _name) in P["smtp_probes"].items():
     line, err = greet(host, port)
     out["smtp_probes"][key] = {"line": line, "error": err}
+
 
 def look_at(peer, fam, pool):
     """The outside view of one peer on one address family, from this host's own public
@@ -138,11 +155,15 @@ def look_at(peer, fam, pool):
             res["smtp"][str(port)] = {"banner": line, "error": err}
     return res
 
+
 out["peers"] = {}
 if P.get("peers"):
     with ThreadPoolExecutor(max_workers=probe.SCAN_WORKERS) as scan_pool, ThreadPoolExecutor(max_workers=8) as pool:
-        jobs = {(peer, fam): pool.submit(look_at, peer, fam, scan_pool)
-                for peer in P["peers"]["hosts"] for fam in ("v4", "v6")}
+        jobs = {
+            (peer, fam): pool.submit(look_at, peer, fam, scan_pool)
+            for peer in P["peers"]["hosts"]
+            for fam in ("v4", "v6")
+        }
         for (peer, fam), f in jobs.items():
             out["peers"].setdefault(peer, {})[fam] = f.result()
 print(json.dumps(out))

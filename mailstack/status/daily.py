@@ -1,6 +1,7 @@
 """The daily job on the primary host (`mailstack-status.timer`): run the host's status
 program, judge it, and mail the postmaster only what changed since the last run.
 Standard library only: it runs under the server's python3 from /usr/local/lib."""
+
 from __future__ import annotations
 
 import json
@@ -22,19 +23,21 @@ def report(conf: dict, previous: list[model.Check] | None, current: list[model.C
     msg = EmailMessage()
     msg["From"] = conf["mail_from"]
     msg["To"] = conf["mail_to"]
-    msg["Subject"] = (f"mailstack status on {conf['host']}: {n[model.ERROR]} error, "
-                      f"{n[model.WARN]} warn ({len(lines)} changed)")
-    msg.set_content("Changed since the last daily run:\n\n" + "\n".join(lines) + "\n\n"
-                    "Only this host's inside view; `make status` on your machine checks "
-                    "everything.\n")
+    msg["Subject"] = (
+        f"mailstack status on {conf['host']}: {n[model.ERROR]} error, {n[model.WARN]} warn ({len(lines)} changed)"
+    )
+    msg.set_content(
+        "Changed since the last daily run:\n\n" + "\n".join(lines) + "\n\n"
+        "Only this host's inside view; `make status` on your machine checks "
+        "everything.\n"
+    )
     return msg
 
 
 def main(argv: list[str]) -> int:
     conf = json.loads(Path(argv[0]).read_text())
     collect = Path(__file__).with_name("collect.py")
-    r = subprocess.run([sys.executable, str(collect), conf["params_file"]],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(collect), conf["params_file"]], capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         checks = hostchecks.unreachable(conf["role"], f"status program failed: {r.stderr.strip()[-200:]}")
     else:
@@ -50,8 +53,7 @@ def main(argv: list[str]) -> int:
     tmp = state.with_suffix(".tmp")
     tmp.write_text(model.to_json(checks))
     os.replace(tmp, state)
-    print(f"{len(checks)} checks, exit {model.exit_code(checks)}, "
-          f"{'mailed the changes' if msg else 'nothing changed'}")
+    print(f"{len(checks)} checks, exit {model.exit_code(checks)}, {'mailed the changes' if msg else 'nothing changed'}")
     return 0
 
 

@@ -3,13 +3,14 @@
 No I/O here: every function takes plain data and returns (status, expected, found), so
 each one has unit tests (tests/test_status.py). Thresholds live here and nowhere else.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .model import ERROR, OK, WARN
 
-Verdict = tuple[str, str, str]   # status, expected, found
+Verdict = tuple[str, str, str]  # status, expected, found
 
 # Certificates: days left before expiry (ACME renews at 30).
 CERT_WARN_DAYS = 21
@@ -36,9 +37,11 @@ BACKUP_ERROR_HOURS = 50
 # Spamhaus answers that mean "query refused", not "listed" (open/public resolver,
 # typing error, over quota): https://www.spamhaus.org/faqs/domain-blocklist/
 DNSBL_REFUSED = frozenset({"127.255.255.252", "127.255.255.254", "127.255.255.255"})
-HETZNER_UNBLOCK = ("new Hetzner projects cannot send on port 25: open a support request "
-                   "in the Cloud Console asking to unblock outbound port 25 (after the first "
-                   "paid invoice)")
+HETZNER_UNBLOCK = (
+    "new Hetzner projects cannot send on port 25: open a support request "
+    "in the Cloud Console asking to unblock outbound port 25 (after the first "
+    "paid invoice)"
+)
 
 
 def _set(values: Iterable[str]) -> str:
@@ -92,8 +95,9 @@ def ports(expected_open: Iterable[int], found_open: Iterable[int]) -> Verdict:
     return ERROR, fmt(exp), "; ".join(parts)
 
 
-def certificate(names: Iterable[str], days_left: float | None, cert_names: Iterable[str],
-                verify_error: str | None) -> Verdict:
+def certificate(
+    names: Iterable[str], days_left: float | None, cert_names: Iterable[str], verify_error: str | None
+) -> Verdict:
     """Trusted, valid for every name the host serves, and far from expiry."""
     need = sorted(names)
     shown = ", ".join(need) if len(need) <= 2 else f"{need[0]} and {len(need) - 1} more names"
@@ -141,12 +145,12 @@ def not_judged(what: str, greeting: str) -> Verdict:
     return WARN, what, f"not judged from here: {greeting.strip()[:100]} (see the mx1<->mx2 checks)"
 
 
-def starttls(features: Iterable[str] | None, tls_ok: bool, auth_after_tls: bool | None = None,
-             error: str | None = None) -> Verdict:
+def starttls(
+    features: Iterable[str] | None, tls_ok: bool, auth_after_tls: bool | None = None, error: str | None = None
+) -> Verdict:
     """STARTTLS offered, AUTH hidden before TLS (and offered after it on submission:
     auth_after_tls is None where AUTH must not appear at all)."""
-    exp = "STARTTLS offered, no AUTH before TLS" + (
-        ", AUTH after TLS" if auth_after_tls is not None else "")
+    exp = "STARTTLS offered, no AUTH before TLS" + (", AUTH after TLS" if auth_after_tls is not None else "")
     if error or features is None:
         return ERROR, exp, error or "no EHLO answer"
     feats = {f.split()[0].upper() for f in features if f.strip()}
@@ -212,12 +216,15 @@ def _level(value: float, warn: float, error: float) -> str:
 
 
 def replication(state: str | None, lag_bytes: int | None, lag_seconds: float | None) -> Verdict:
-    exp = (f"streaming, lag < {LAG_BYTES_WARN // 2**20} MiB and < {LAG_SECONDS_WARN} s")
+    exp = f"streaming, lag < {LAG_BYTES_WARN // 2**20} MiB and < {LAG_SECONDS_WARN} s"
     if state != "streaming":
         return ERROR, exp, state or "not connected to the primary"
     b, s = lag_bytes or 0, lag_seconds or 0.0
-    st = max(_level(b, LAG_BYTES_WARN, LAG_BYTES_ERROR), _level(s, LAG_SECONDS_WARN, LAG_SECONDS_ERROR),
-             key=[OK, WARN, ERROR].index)
+    st = max(
+        _level(b, LAG_BYTES_WARN, LAG_BYTES_ERROR),
+        _level(s, LAG_SECONDS_WARN, LAG_SECONDS_ERROR),
+        key=[OK, WARN, ERROR].index,
+    )
     return st, exp, f"streaming, lag {b} bytes, {s:.1f} s"
 
 
@@ -229,7 +236,7 @@ def slot(active: bool | None, retained_bytes: int | None) -> Verdict:
     st = _level(r, SLOT_RETAINED_WARN, SLOT_RETAINED_ERROR)
     found = f"{'active' if active else 'inactive'}, retains {r // 2**20} MiB"
     if not active and st == OK:
-        st = WARN   # the replica is away; the replication check says why
+        st = WARN  # the replica is away; the replication check says why
     return st, exp, found
 
 
@@ -238,8 +245,11 @@ def queue(count: int | None, oldest_age: float | None, error: str | None = None)
     if count is None:
         return ERROR, exp, error or "queue not readable"
     age = oldest_age or 0.0
-    st = max(_level(count, QUEUE_COUNT_WARN, QUEUE_COUNT_ERROR), _level(age, QUEUE_AGE_WARN, QUEUE_AGE_ERROR),
-             key=[OK, WARN, ERROR].index)
+    st = max(
+        _level(count, QUEUE_COUNT_WARN, QUEUE_COUNT_ERROR),
+        _level(age, QUEUE_AGE_WARN, QUEUE_AGE_ERROR),
+        key=[OK, WARN, ERROR].index,
+    )
     return st, exp, f"{count} messages" + (f", oldest {age / 60:.0f} min" if count else "")
 
 
@@ -264,8 +274,12 @@ def backup(status: dict | None, now: float) -> Verdict:
     except (AttributeError, KeyError, TypeError, ValueError):
         return ERROR, exp, "status file unreadable"
     if run.get("result") == "failed":
-        return ERROR, exp, f"last run failed: {str(run.get('error', '?'))[:100]}" + (
-            f"; last good {good_age:.0f} h ago" if good_age is not None else "")
+        return (
+            ERROR,
+            exp,
+            f"last run failed: {str(run.get('error', '?'))[:100]}"
+            + (f"; last good {good_age:.0f} h ago" if good_age is not None else ""),
+        )
     if good_age is None:
         return ERROR, exp, "no successful backup yet"
     return _level(good_age, BACKUP_WARN_HOURS, BACKUP_ERROR_HOURS), exp, f"ok, {good_age:.1f} h ago"
@@ -273,9 +287,10 @@ def backup(status: dict | None, now: float) -> Verdict:
 
 def _epoch(iso: str) -> float:
     import datetime
+
     t = datetime.datetime.fromisoformat(iso.replace("Z", "+00:00"))
     if t.tzinfo is None:
-        t = t.replace(tzinfo=datetime.timezone.utc)
+        t = t.replace(tzinfo=datetime.UTC)
     return t.timestamp()
 
 
@@ -312,6 +327,7 @@ def dkim_key(in_use: str | None, published: str | None) -> Verdict:
 
 def _fingerprint(b64: str) -> str:
     import hashlib
+
     return hashlib.sha256(b64.encode()).hexdigest()[:16]
 
 

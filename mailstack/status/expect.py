@@ -1,14 +1,14 @@
 """What should be true, derived from the stack's own rendering (never a hand-kept list),
 and the environment the checks run in (real stack or lab)."""
+
 from __future__ import annotations
 
 import ipaddress
-from contextlib import nullcontext
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from contextlib import AbstractContextManager
-from typing import Callable, Mapping
 
-from .. import database, dkim, dns, firewall, imap, spam, supervision, tls
+from .. import dkim, dns, dovecot, firewall, postgresql, rspamd, supervision, tls
 from .. import hosts as H
 from ..settings import Settings
 
@@ -31,13 +31,14 @@ TLS_PORTS = (25, 465, 587, 993, 4190, 443)
 @dataclass
 class Environment:
     """Everything the checks need to know about where they run."""
+
     settings: Settings
     addresses: Mapping[str, H.Address]
-    dkim_public: Mapping[str, str]              # domain -> base64 p= value
-    nameservers: Mapping[str, list[str]]        # zone -> expected NS names
-    run_on: Callable[[str, str], str] | None    # (role, bash program) -> stdout, as root
-    resolver: str | None = None                 # DNS server for outside look-ups (None: system)
-    cafile: str | None = None                   # trust store for TLS (None: system)
+    dkim_public: Mapping[str, str]  # domain -> base64 p= value
+    nameservers: Mapping[str, list[str]]  # zone -> expected NS names
+    run_on: Callable[[str, str], str] | None  # (role, bash program) -> stdout, as root
+    resolver: str | None = None  # DNS server for outside look-ups (None: system)
+    cafile: str | None = None  # trust store for TLS (None: system)
     helo: str = "status-probe.invalid"
     # Outside probes run inside this (the lab: its internet namespace).
     vantage: Callable[[], AbstractContextManager] = field(default=nullcontext)
@@ -79,8 +80,7 @@ def peer_open_ports(env: Environment, host: H.Host, peer: str, family: int) -> s
     host) connects from its own public address: the same rendering as the rules, read
     for that source (firewall.reachable_from)."""
     src = env.v4(peer) if family == 4 else env.v6(peer)
-    return {p for proto, p in firewall.reachable_from(env.settings, host, src)
-            if proto == "tcp"}
+    return {p for proto, p in firewall.reachable_from(env.settings, host, src) if proto == "tcp"}
 
 
 def peers(env: Environment, role: str) -> list[H.Host]:
@@ -100,9 +100,14 @@ def scan_ports() -> list[int]:
 def tls_endpoints(settings: Settings, host: H.Host) -> list[tuple[int, str]]:
     """(port, name a client asks for) for every TLS port this host serves."""
     public = {p for _, p in firewall.public_ports(host)}
-    sni = {25: host.fqdn, 465: settings.fqdn("smtp"), 587: settings.fqdn("smtp"),
-           993: settings.fqdn("imap"), 4190: settings.fqdn("imap"),
-           443: f"mta-sts.{settings.primary_domain}"}
+    sni = {
+        25: host.fqdn,
+        465: settings.fqdn("smtp"),
+        587: settings.fqdn("smtp"),
+        993: settings.fqdn("imap"),
+        4190: settings.fqdn("imap"),
+        443: f"mta-sts.{settings.primary_domain}",
+    }
     return [(p, sni[p]) for p in TLS_PORTS if p in public]
 
 
@@ -131,9 +136,9 @@ def units(host: H.Host) -> list[str]:
 def disk_paths(host: H.Host) -> dict[str, str]:
     out = {"system": "/"}
     if host.runs(H.IMAP):
-        out["mail"] = imap.Layout().vmail
+        out["mail"] = dovecot.Layout().vmail
     if host.runs(H.DB_PRIMARY) or host.runs(H.DB_REPLICA):
-        out["postgresql"] = database.PG_DATA
+        out["postgresql"] = postgresql.PG_DATA
     return out
 
 
@@ -150,9 +155,9 @@ def dnsbl_queries(env: Environment, role: str) -> list[tuple[str, str, str]]:
 
 
 def dkim_keys(settings: Settings) -> dict[str, str]:
-    return {d: spam.key_path(d, dkim.plan(settings).signing.selector) for d in settings.domains}
+    return {d: rspamd.key_path(d, dkim.plan(settings).signing.selector) for d in settings.domains}
 
 
 def replica_slots(settings: Settings) -> dict[str, str]:
     """replica role -> (private ip, slot name)"""
-    return {h.role: database.slot_name(h) for h in H.hosts(settings).values() if h.runs(H.DB_REPLICA)}
+    return {h.role: postgresql.slot_name(h) for h in H.hosts(settings).values() if h.runs(H.DB_REPLICA)}

@@ -1,6 +1,7 @@
 """The inside checks of one host: its status program's parameters and output in,
 checks out. Standard library only (with decide.py and model.py), because the daily job
 runs it on the server itself."""
+
 from __future__ import annotations
 
 from . import decide
@@ -17,8 +18,9 @@ def checks(params: dict, data: dict, published_dkim: dict) -> list[Check]:
     role = params["role"]
     out = [Check("services", f"{role} reachable", OK, "the status program runs", "ran")]
     for unit, st in data["units"].items():
-        out.append(_c("services", f"{role} {unit.removesuffix('.service')}",
-                      decide.service(st["active"], st["restarts"])))
+        out.append(
+            _c("services", f"{role} {unit.removesuffix('.service')}", decide.service(st["active"], st["restarts"]))
+        )
     if params["primary"]:
         out += _replication(params, data)
     if "queue" in data:
@@ -70,8 +72,9 @@ def peer_checks(params: dict, data: dict) -> list[Check]:
 
 def tls_check(area: str, name: str, cert_names: list[str], r: dict) -> Check:
     """probe.TlsResult as a dict."""
-    return _c(area, name, decide.certificate(cert_names, r.get("days_left"), r.get("names") or (),
-                                             r.get("verify_error")))
+    return _c(
+        area, name, decide.certificate(cert_names, r.get("days_left"), r.get("names") or (), r.get("verify_error"))
+    )
 
 
 def smtp_checks(area: str, at: str, port: int, name: str, r: dict) -> list[Check]:
@@ -80,13 +83,19 @@ def smtp_checks(area: str, at: str, port: int, name: str, r: dict) -> list[Check
     and no open relay; on 587 STARTTLS, no AUTH before TLS and AUTH after it."""
     out = [_c(area, f"{at} banner", decide.banner(name, r.get("banner"), r.get("error")))]
     if port == 25:
-        out.append(_c(area, f"{at} STARTTLS", decide.starttls(r.get("features"), r.get("tls_ok", False),
-                                                             None, r.get("error"))))
+        out.append(
+            _c(area, f"{at} STARTTLS", decide.starttls(r.get("features"), r.get("tls_ok", False), None, r.get("error")))
+        )
         out.append(_c(area, f"{at} no open relay", decide.relay(r.get("relay_reply"), r.get("error"))))
     elif port == 587:
         auth = r.get("auth_after_tls") if r.get("tls_ok") else None
-        out.append(_c(area, f"{at} STARTTLS", decide.starttls(r.get("features"), r.get("tls_ok", False),
-                                                             bool(auth), r.get("error"))))
+        out.append(
+            _c(
+                area,
+                f"{at} STARTTLS",
+                decide.starttls(r.get("features"), r.get("tls_ok", False), bool(auth), r.get("error")),
+            )
+        )
     return out
 
 
@@ -97,15 +106,30 @@ def unreachable(role: str, error: str) -> list[Check]:
 def _replication(params: dict, data: dict) -> list[Check]:
     out = []
     if "replication_error" in data:
-        return [Check("replication", f"{r} streaming", ERROR, "streaming", data["replication_error"])
-                for r in params["replicas"]]
+        return [
+            Check("replication", f"{r} streaming", ERROR, "streaming", data["replication_error"])
+            for r in params["replicas"]
+        ]
     by_addr = {r["addr"]: r for r in data["replicas"]}
     for r, rep in params["replicas"].items():
         row = by_addr.get(rep["ip"])
-        out.append(_c("replication", f"{r} streaming", decide.replication(
-            row and row["state"], int(float(row["lag_bytes"])) if row else None,
-            float(row["lag_seconds"] or 0) if row else None)))
+        out.append(
+            _c(
+                "replication",
+                f"{r} streaming",
+                decide.replication(
+                    row and row["state"],
+                    int(float(row["lag_bytes"])) if row else None,
+                    float(row["lag_seconds"] or 0) if row else None,
+                ),
+            )
+        )
         sl = data["slots"].get(rep["slot"])
-        out.append(_c("replication", f"slot {rep['slot']}",
-                      decide.slot(sl["active"] if sl else None, sl["retained"] if sl else None)))
+        out.append(
+            _c(
+                "replication",
+                f"slot {rep['slot']}",
+                decide.slot(sl["active"] if sl else None, sl["retained"] if sl else None),
+            )
+        )
     return out

@@ -1,6 +1,7 @@
 """The inside view: one read-only program per host, run as root over the same channel as
 the deploy steps (`deploy.RUN_PROGRAM`: SSH for the real stack, nsenter in the lab). It
 prints one JSON object; nothing secret leaves the host (DKIM: only the public half)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,11 @@ def params(env: expect.Environment, role: str) -> dict:
         "role": role,
         "units": expect.units(host),
         "primary": host.runs(H.DB_PRIMARY),
-        "replicas": {r: {"ip": env.hosts[r].private_ip, "slot": slot}
-                     for r, slot in expect.replica_slots(env.settings).items()} if host.runs(H.DB_PRIMARY) else {},
+        "replicas": {
+            r: {"ip": env.hosts[r].private_ip, "slot": slot} for r, slot in expect.replica_slots(env.settings).items()
+        }
+        if host.runs(H.DB_PRIMARY)
+        else {},
         "queue": sends,
         "disks": expect.disk_paths(host),
         "backup": role in backup.hosts(env.settings),
@@ -49,8 +53,13 @@ def peer_params(env: expect.Environment, role: str) -> dict:
     if not expect.peers(env, role):
         return {}
     s = env.settings
-    out: dict = {"helo": env.hosts[role].fqdn, "source": {"v4": env.v4(role), "v6": env.v6(role)},
-                 "scan": expect.scan_ports(), "relay_probe": expect.RELAY_PROBE_RCPT, "hosts": {}}
+    out: dict = {
+        "helo": env.hosts[role].fqdn,
+        "source": {"v4": env.v4(role), "v6": env.v6(role)},
+        "scan": expect.scan_ports(),
+        "relay_probe": expect.RELAY_PROBE_RCPT,
+        "hosts": {},
+    }
     for other in expect.peers(env, role):
         out["hosts"][other.role] = {
             "fqdn": other.fqdn,
@@ -64,8 +73,10 @@ def peer_params(env: expect.Environment, role: str) -> dict:
 
 def program(env: expect.Environment, role: str) -> str:
     """The bash program for `role` (run by deploy.RUN_PROGRAM)."""
-    py = (f"PARAMS = {json.dumps(json.dumps(params(env, role)))}\n"
-          f"PROBE = {json.dumps(PROBE.read_text())}\n" + COLLECT.read_text())
+    py = (
+        f"PARAMS = {json.dumps(json.dumps(params(env, role)))}\n"
+        f"PROBE = {json.dumps(PROBE.read_text())}\n" + COLLECT.read_text()
+    )
     return "set -eu\nexec python3 - <<'MAILSTACK_STATUS_EOF'\n" + py + "\nMAILSTACK_STATUS_EOF\n"
 
 

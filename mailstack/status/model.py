@@ -1,4 +1,5 @@
 """One check's result, the exit code, and the text/JSON output."""
+
 from __future__ import annotations
 
 import json
@@ -7,15 +8,31 @@ from dataclasses import asdict, dataclass
 OK, WARN, ERROR = "ok", "warn", "error"
 _RANK = {OK: 0, WARN: 1, ERROR: 2}
 # Output order of the areas (the engine may produce them in any order).
-AREAS = ("dns", "delegation", "rdns", "mta-sts", "ports", "tls", "smtp", "dnsbl",
-         "services", "replication", "queue", "disk", "backup", "updates", "outbound", "dkim")
+AREAS = (
+    "dns",
+    "delegation",
+    "rdns",
+    "mta-sts",
+    "ports",
+    "tls",
+    "smtp",
+    "dnsbl",
+    "services",
+    "replication",
+    "queue",
+    "disk",
+    "backup",
+    "updates",
+    "outbound",
+    "dkim",
+)
 
 
 @dataclass(frozen=True)
 class Check:
     area: str
-    name: str          # what was checked, e.g. "mx1 v4" or "_dmarc.example.org TXT"
-    status: str        # ok | warn | error
+    name: str  # what was checked, e.g. "mx1 v4" or "_dmarc.example.org TXT"
+    status: str  # ok | warn | error
     expected: str
     found: str
 
@@ -54,22 +71,21 @@ def text(checks: list[Check], verbose: bool = True) -> str:
     return "\n".join(lines)
 
 
-TEXT_WIDTH = 120   # per value in the text view; --json has them whole
+TEXT_WIDTH = 120  # per value in the text view; --json has them whole
 
 
 def _short(value: str) -> str:
-    return value if len(value) <= TEXT_WIDTH else value[:TEXT_WIDTH - 3] + "..."
+    return value if len(value) <= TEXT_WIDTH else value[: TEXT_WIDTH - 3] + "..."
 
 
 def to_json(checks: list[Check]) -> str:
-    return json.dumps({"exit": exit_code(checks),
-                       "checks": [asdict(c) | {"id": c.id} for c in _ordered(checks)]},
-                      indent=2)
+    return json.dumps(
+        {"exit": exit_code(checks), "checks": [asdict(c) | {"id": c.id} for c in _ordered(checks)]}, indent=2
+    )
 
 
 def from_json(data: str) -> list[Check]:
-    return [Check(c["area"], c["name"], c["status"], c["expected"], c["found"])
-            for c in json.loads(data)["checks"]]
+    return [Check(c["area"], c["name"], c["status"], c["expected"], c["found"]) for c in json.loads(data)["checks"]]
 
 
 def changes(previous: list[Check] | None, current: list[Check]) -> list[str]:
@@ -81,8 +97,11 @@ def changes(previous: list[Check] | None, current: list[Check]) -> list[str]:
         old = before.get(cid)
         if old is None:
             if c.status != OK or previous is None:
-                out.append(f"{c.status:<5} {cid}: {c.found} (new check)" if previous is not None
-                           else f"{c.status:<5} {cid}: {c.found}")
+                out.append(
+                    f"{c.status:<5} {cid}: {c.found} (new check)"
+                    if previous is not None
+                    else f"{c.status:<5} {cid}: {c.found}"
+                )
         elif old.status != c.status:
             out.append(f"{c.status:<5} {cid}: was {old.status}; expected {c.expected}; found {c.found}")
     for cid in before.keys() - now.keys():

@@ -2,6 +2,7 @@
 ManageSieve and HTTPS sessions through probe.py (the same code the MX hosts run looking
 at each other). Every network call has a timeout; the results are plain data for
 decide.py."""
+
 from __future__ import annotations
 
 import dns.exception
@@ -18,6 +19,7 @@ TIMEOUT = probe.TIMEOUT
 
 
 # ------------------------------------------------------------------ DNS
+
 
 def resolver(env: Environment) -> dns.resolver.Resolver:
     if env.resolver:
@@ -39,8 +41,7 @@ def normalise(rtype: str, rd) -> str:
 
 
 def parse_values(rtype: str, values) -> set[str]:
-    return {normalise(rtype, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rtype), v))
-            for v in values}
+    return {normalise(rtype, dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rtype), v)) for v in values}
 
 
 def lookup(env: Environment, name: str, rtype: str) -> tuple[set[str] | None, str | None]:
@@ -71,8 +72,9 @@ SmtpResult = probe.SmtpResult
 
 
 def origin(env: Environment) -> probe.Origin:
-    return probe.Origin(helo=env.helo, cafile=env.cafile, source_v4=env.source_v4,
-                        source_v6=env.source_v6, vantage=env.vantage)
+    return probe.Origin(
+        helo=env.helo, cafile=env.cafile, source_v4=env.source_v4, source_v6=env.source_v6, vantage=env.vantage
+    )
 
 
 def port_open(env: Environment, ip: str, port: int) -> bool:

@@ -6,15 +6,17 @@ Standard library only: the operator's side (outside.py wraps these with its vant
 point, trust store and source addresses) and the MX hosts looking at each other
 (collect.py, which `inside.program` and the daily job ship with this file) run the
 very same code. Every network call has a timeout; results are plain data for decide.py."""
+
 from __future__ import annotations
 
 import datetime
 import socket
 import ssl
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, cast
+from typing import cast
 
 TIMEOUT = 8.0
 PORT_TIMEOUT = 2.0
@@ -26,6 +28,7 @@ class Origin:
     """Where probes start from: the name to greet with, the CAs to trust (None: the
     system's store), source addresses, and a context every connect runs in (the lab's
     internet namespace for the operator's view)."""
+
     helo: str
     cafile: str | None = None
     source_v4: str | None = None
@@ -105,6 +108,7 @@ class Lines:
 
 # ------------------------------------------------------------------ certificates
 
+
 @dataclass
 class TlsResult:
     days_left: float | None = None
@@ -118,7 +122,7 @@ def _der(data: bytes, i: int) -> tuple[int, int, int]:
     i += 2
     if n & 0x80:
         k = n & 0x7F
-        n = int.from_bytes(data[i:i + k], "big")
+        n = int.from_bytes(data[i : i + k], "big")
         i += k
     return tag, i, i + n
 
@@ -132,7 +136,7 @@ def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
     return out
 
 
-_SAN_OID = bytes.fromhex("551d11")   # 2.5.29.17 subjectAltName
+_SAN_OID = bytes.fromhex("551d11")  # 2.5.29.17 subjectAltName
 
 
 def cert_info(der: bytes, now: datetime.datetime | None = None) -> tuple[float, tuple[str, ...]]:
@@ -141,25 +145,25 @@ def cert_info(der: bytes, now: datetime.datetime | None = None) -> tuple[float, 
     worth describing, so the two fields are read here (RFC 5280 4.1)."""
     _, s, e = _der(der, 0)
     tbs = _children(der, *_der(der, s)[1:])
-    if tbs[0][0] == 0xA0:            # [0] version
+    if tbs[0][0] == 0xA0:  # [0] version
         tbs = tbs[1:]
-    _, vs, ve = tbs[3]               # serial, signature, issuer, validity
+    _, vs, ve = tbs[3]  # serial, signature, issuer, validity
     tag, a, b = _children(der, vs, ve)[1]
     text = der[a:b].decode("ascii").rstrip("Z")
     fmt = "%y%m%d%H%M%S" if tag == 0x17 else "%Y%m%d%H%M%S"
-    not_after = datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.timezone.utc)
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    not_after = datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.UTC)
+    now = now or datetime.datetime.now(datetime.UTC)
     names: list[str] = []
-    for tag, a, b in tbs[6:]:        # subject, subjectPublicKeyInfo, then [1] [2] [3]
+    for tag, a, b in tbs[6:]:  # subject, subjectPublicKeyInfo, then [1] [2] [3]
         if tag != 0xA3:
             continue
         for _, xa, xb in _children(der, *_der(der, a)[1:]):
             parts = _children(der, xa, xb)
-            if der[parts[0][1]:parts[0][2]] != _SAN_OID:
+            if der[parts[0][1] : parts[0][2]] != _SAN_OID:
                 continue
-            _, oa, ob = parts[-1]    # extnValue: OCTET STRING holding GeneralNames
+            _, oa, ob = parts[-1]  # extnValue: OCTET STRING holding GeneralNames
             for gtag, ga, gb in _children(der, *_der(der, oa)[1:]):
-                if gtag == 0x82:     # [2] dNSName
+                if gtag == 0x82:  # [2] dNSName
                     names.append(der[ga:gb].decode("ascii", errors="replace"))
     return (not_after - now).total_seconds() / 86400, tuple(names)
 
@@ -198,7 +202,7 @@ def certificate(o: Origin, ip: str, port: int, sni: str) -> TlsResult:
         err = exc.verify_message or str(exc)
     except (OSError, ConnectionError, ValueError, IndexError) as exc:
         return TlsResult(verify_error=f"{type(exc).__name__}: {exc}"[:160])
-    try:   # not trusted: look at it anyway, for the report
+    try:  # not trusted: look at it anyway, for the report
         with handshake(o, ip, port, sni, verify=False) as s:
             left, names = cert_info(cast(bytes, s.getpeercert(binary_form=True)))
             return TlsResult(left, names, err)
@@ -207,6 +211,7 @@ def certificate(o: Origin, ip: str, port: int, sni: str) -> TlsResult:
 
 
 # ------------------------------------------------------------------ SMTP
+
 
 @dataclass
 class SmtpResult:
@@ -277,13 +282,16 @@ def smtps_banner(o: Origin, ip: str, port: int, sni: str) -> tuple[str | None, s
 
 # ------------------------------------------------------------------ HTTPS
 
+
 def https_get(o: Origin, ip: str, name: str, path: str) -> tuple[int | None, str | None, str | None]:
     """(status, body, error) of GET https://name/path, connecting to ip."""
     try:
         with handshake(o, ip, 443, name, verify=True) as s:
             s.settimeout(TIMEOUT)
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n"
-                      f"User-Agent: mailstack-status\r\n\r\n".encode())
+            s.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n"
+                f"User-Agent: mailstack-status\r\n\r\n".encode()
+            )
             data = b""
             while len(data) < 1 << 20:
                 chunk = s.recv(65536)
@@ -310,5 +318,5 @@ def _unchunk(body: bytes) -> bytes:
         if size == 0:
             break
         out += rest[:size]
-        body = rest[size + 2:]
+        body = rest[size + 2 :]
     return out

@@ -6,6 +6,7 @@ and mails the postmaster what changed.
 It cannot see the other hosts' inside view or probe from outside: that is `make status`
 on the operator's machine. The host's files are this package's standard-library modules,
 installed unchanged, plus the parameters rendered here."""
+
 from __future__ import annotations
 
 import json
@@ -32,16 +33,22 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     s = ctx.settings
     pubs = {d: dns.dkim_public_from_private(ctx.secrets.dkim_keys[d]) for d in s.domains}
     signing = dkim.plan(s).signing.selector
-    others = {sel: {d: dns.dkim_public_from_private(pem) for d, pem in keys.items()}
-              for sel, keys in ctx.secrets.dkim_keyring.items() if sel != signing}
+    others = {
+        sel: {d: dns.dkim_public_from_private(pem) for d, pem in keys.items()}
+        for sel, keys in ctx.secrets.dkim_keyring.items()
+        if sel != signing
+    }
     env = expect.Environment(s, ctx.addresses, pubs, {}, None, dkim_published=others)
     here = Path(__file__).parent
     files = [File(f"{LIB}/mailstack/__init__.py", "")]
     files += [File(f"{LIB}/mailstack/status/{m}", (here / m).read_text()) for m in MODULES]
     conf = {
-        "role": host.role, "host": host.fqdn,
-        "mail_from": f"mailstack-status@{host.fqdn}", "mail_to": f"postmaster@{s.primary_domain}",
-        "params_file": f"{CONF_DIR}/params.json", "state_file": STATE_FILE,
+        "role": host.role,
+        "host": host.fqdn,
+        "mail_from": f"mailstack-status@{host.fqdn}",
+        "mail_to": f"postmaster@{s.primary_domain}",
+        "params_file": f"{CONF_DIR}/params.json",
+        "state_file": STATE_FILE,
         "published_dkim": pubs,
     }
     files += [
@@ -49,5 +56,4 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         File(f"{CONF_DIR}/daily.json", json.dumps(conf, indent=1, sort_keys=True) + "\n"),
     ]
     files += [File(f"/etc/systemd/system/{u}", read(f"status/{u}")) for u in UNITS]
-    return Bundle(tuple(files), render("status/deploy.sh.j2", lib=LIB, conf_dir=CONF_DIR,
-                                                timer=expect.DAILY_TIMER))
+    return Bundle(tuple(files), render("status/deploy.sh.j2", lib=LIB, conf_dir=CONF_DIR, timer=expect.DAILY_TIMER))

@@ -1,5 +1,6 @@
 """Dovecot with the rendered config: installed into a temp dir (`install`), on loopback
 ports against a throwaway PostgreSQL (the `dovecot` fixture, single topology)."""
+
 from __future__ import annotations
 
 import os
@@ -12,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import database as D
+from mailstack import dovecot as imap
 from mailstack import hosts as H
-from mailstack import imap
+from mailstack import postgresql as D
 from tests.conftest import make_context, settings_from
 from tests.daemons.certs import ec_pair
 from tests.daemons.ports import free_port, port_open, wait
-from tests.daemons.postgres import start_primary
+from tests.daemons.postgresql import start_primary
 
 
 def imap_host(ctx) -> H.Host:
@@ -40,14 +41,23 @@ def with_vmail_user(base: Path, argv: list[str]) -> list[str]:
     """argv in a mount namespace whose /etc/passwd and /etc/group know vmail, as the
     servers' do (Dovecot's quota-warning and dict services run as, or for, vmail): the
     machine running the tests keeps its own. A daemonized Dovecot stays in it."""
-    for name, line in (("passwd", f"vmail:x:{H.VMAIL_UID}:{H.VMAIL_UID}::/var/vmail:/usr/sbin/nologin"),
-                       ("group", f"vmail:x:{H.VMAIL_UID}:")):
+    for name, line in (
+        ("passwd", f"vmail:x:{H.VMAIL_UID}:{H.VMAIL_UID}::/var/vmail:/usr/sbin/nologin"),
+        ("group", f"vmail:x:{H.VMAIL_UID}:"),
+    ):
         copy = base / f"etc-{name}"
         if not copy.exists():
             copy.write_text(Path(f"/etc/{name}").read_text() + line + "\n")
-    return ["unshare", "-m", "--propagation", "private", "sh", "-c",
-            f"mount --bind {base}/etc-passwd /etc/passwd && mount --bind {base}/etc-group /etc/group "
-            f"&& exec {shlex.join(argv)}"]
+    return [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f"mount --bind {base}/etc-passwd /etc/passwd && mount --bind {base}/etc-group /etc/group "
+        f"&& exec {shlex.join(argv)}",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +73,18 @@ def dovecot():
         primary = start_primary(base, ctx)
         primary.sql(D.sync_sql(settings, ctx.secrets.user_hashes), D.DB_NAME)
         layout = imap.Layout(
-            etc=str(base / "etc"), vmail=str(base / "vmail"), tls_dir=str(base / "tls"),
-            base_dir=str(base / "run"), state_dir=str(base / "state"),
-            log_path=str(base / "dovecot.log"), imaps_port=free_port(), lmtp_port=free_port(),
-            sieve_port=free_port(), db_port=primary.port, libexec=str(base / "libexec"))
+            etc=str(base / "etc"),
+            vmail=str(base / "vmail"),
+            tls_dir=str(base / "tls"),
+            base_dir=str(base / "run"),
+            state_dir=str(base / "state"),
+            log_path=str(base / "dovecot.log"),
+            imaps_port=free_port(),
+            lmtp_port=free_port(),
+            sieve_port=free_port(),
+            db_port=primary.port,
+            libexec=str(base / "libexec"),
+        )
         for d in ("etc/sieve", "tls", "state", "libexec"):
             (base / d).mkdir(parents=True)
         (base / "vmail").mkdir(mode=0o750)
@@ -75,11 +93,18 @@ def dovecot():
         install(ctx, host, layout)
         conf = str(base / "etc" / "dovecot.conf")
         for name in imap.global_sieves():
-            subprocess.run(["sievec", "-c", conf, base / "etc" / "sieve" / name], check=True,
-                           capture_output=True, timeout=30)
+            subprocess.run(
+                ["sievec", "-c", conf, base / "etc" / "sieve" / name], check=True, capture_output=True, timeout=30
+            )
         # The master daemonizes; its children would hold captured pipes open.
-        subprocess.run(with_vmail_user(base, ["dovecot", "-c", conf]), check=True, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+        subprocess.run(
+            with_vmail_user(base, ["dovecot", "-c", conf]),
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=30,
+        )
         try:
             wait(lambda: all(port_open(p) for p in (layout.imaps_port, layout.sieve_port)), "dovecot", 30)
         except AssertionError:
@@ -90,8 +115,11 @@ def dovecot():
     finally:
         if pid_file.exists():
             pid = int(pid_file.read_text())
-            subprocess.run(with_vmail_user(base, ["doveadm", "-c", str(base / "etc" / "dovecot.conf"), "stop"]),
-                           capture_output=True, timeout=30)
+            subprocess.run(
+                with_vmail_user(base, ["doveadm", "-c", str(base / "etc" / "dovecot.conf"), "stop"]),
+                capture_output=True,
+                timeout=30,
+            )
             end = time.monotonic() + 15
             while time.monotonic() < end and Path(f"/proc/{pid}").exists():
                 time.sleep(0.1)

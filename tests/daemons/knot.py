@@ -1,4 +1,5 @@
 """knot: an authoritative server on a loopback port serving given zone files."""
+
 from __future__ import annotations
 
 import shutil
@@ -54,12 +55,12 @@ zone:
 {zone_conf}""")
 
     def check(self) -> subprocess.CompletedProcess:
-        return subprocess.run(["knotc", "-c", str(self.conf), "zone-check"],
-                              capture_output=True, text=True, timeout=30)
+        return subprocess.run(["knotc", "-c", str(self.conf), "zone-check"], capture_output=True, text=True, timeout=30)
 
     def start(self):
-        self.proc = subprocess.Popen(["knotd", "-c", str(self.conf)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            ["knotd", "-c", str(self.conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         deadline = time.monotonic() + 15
         pending = set(self.zones)
         while pending and time.monotonic() < deadline:

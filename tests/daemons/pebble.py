@@ -1,5 +1,6 @@
 """Pebble (the ACME test server) on loopback, with pebble-challtestsrv for its DNS and a
 plain HTTP server in nginx's place for HTTP-01."""
+
 from __future__ import annotations
 
 import json
@@ -44,13 +45,25 @@ def pebble(tmp_path):
     acme, dns, http = free_port(), free_port(), free_port()
     webroot = tmp_path / "var-up" / "www" / "acme"
     webroot.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"pebble": {
-        "listenAddress": f"127.0.0.1:{acme}", "managementListenAddress": f"127.0.0.1:{free_port()}",
-        "certificate": str(d / "fullchain.pem"), "privateKey": str(d / "privkey.pem"),
-        "httpPort": http, "tlsPort": free_port(),
-        "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "pebble": {
+                    "listenAddress": f"127.0.0.1:{acme}",
+                    "managementListenAddress": f"127.0.0.1:{free_port()}",
+                    "certificate": str(d / "fullchain.pem"),
+                    "privateKey": str(d / "privkey.pem"),
+                    "httpPort": http,
+                    "tlsPort": free_port(),
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": False,
+                }
+            }
+        )
+    )
     env = dict(os.environ, PEBBLE_VA_NOSLEEP="1", PEBBLE_WFE_NONCEREJECT="0")
     with ExitStack() as stack:
+
         def start(name, cmd, port, cwd=None):
             log = open(tmp_path / f"{name}.log", "w")
             stack.callback(log.close)
@@ -60,10 +73,31 @@ def pebble(tmp_path):
             if port:
                 _wait_port(port, p, tmp_path / f"{name}.log")
 
-        start("challtestsrv", ["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-                               "-dns01", f"127.0.0.1:{dns}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-                               "-management", f"127.0.0.1:{free_port()}"], None)
+        start(
+            "challtestsrv",
+            [
+                "pebble-challtestsrv",
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+                "-dns01",
+                f"127.0.0.1:{dns}",
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                f"127.0.0.1:{free_port()}",
+            ],
+            None,
+        )
         start("http", ["python3", "-m", "http.server", "--bind", "127.0.0.1", str(http)], http, cwd=webroot)
-        start("pebble", ["pebble", "-config", str(d / "config.json"), "-dnsserver", f"127.0.0.1:{dns}",
-                         "-strict=false"], acme)
+        start(
+            "pebble",
+            ["pebble", "-config", str(d / "config.json"), "-dnsserver", f"127.0.0.1:{dns}", "-strict=false"],
+            acme,
+        )
         yield f"https://127.0.0.1:{acme}/dir", d / "fullchain.pem"

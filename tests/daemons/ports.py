@@ -1,4 +1,5 @@
 """Loopback ports and waiting: the one copy every harness uses."""
+
 from __future__ import annotations
 
 import socket

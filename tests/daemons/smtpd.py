@@ -1,16 +1,17 @@
 """OpenSMTPD 7.4 staged from the rendered files (paths pointing into a temp dir), its
 second instance for mx2 in the same namespace, and the swaks client."""
+
 from __future__ import annotations
 
 import re
 import shutil
 from pathlib import Path
 
-from mailstack import mx
+from mailstack import smtpd
 from tests.daemons.certs import rsa_pair
 
 SMTPD = shutil.which("smtpd") or "/usr/sbin/smtpd"
-MX2_LISTEN = "10.98.0.13"     # mx2's smtpd beside mx1's, when both share a namespace
+MX2_LISTEN = "10.98.0.13"  # mx2's smtpd beside mx1's, when both share a namespace
 
 
 def stage(ctx, host, root: Path, *, rspamd: bool = True, bind_ip: str | None = None) -> Path:
@@ -18,30 +19,36 @@ def stage(ctx, host, root: Path, *, rspamd: bool = True, bind_ip: str | None = N
     listen on that address only, so two hosts' smtpd can share a network namespace."""
     rsa_pair(root / "tls")
     (root / "smtpd").mkdir(parents=True, exist_ok=True)
-    b = mx.bundle(ctx, host)
+    b = smtpd.bundle(ctx, host)
     table = root / "smtpd" / "pgsql.conf"
-    table.write_text(b.file(mx.TABLE_CONF).content)
+    table.write_text(b.file(smtpd.TABLE_CONF).content)
     shutil.chown(table, "root", "opensmtpd")
     table.chmod(0o640)
-    (root / "smtpd" / "dyndns.regex").write_text(b.file(mx.DYNDNS_REGEX).content)
+    (root / "smtpd" / "dyndns.regex").write_text(b.file(smtpd.DYNDNS_REGEX).content)
     srs = root / "smtpd" / "srs.conf"
-    srs.write_text(b.file(mx.SRS_CONF).content)
+    srs.write_text(b.file(smtpd.SRS_CONF).content)
     srs.chmod(0o600)
     quota = root / "smtpd" / "quota.conf"
-    quota.write_text(b.file(mx.QUOTA_CONF).content)
+    quota.write_text(b.file(smtpd.QUOTA_CONF).content)
     shutil.chown(quota, "root", "opensmtpd")
     quota.chmod(0o640)
     guard, quota_filter = root / "filter-guard", root / "filter-quota"
-    for path, src in ((guard, mx.FILTER_GUARD), (quota_filter, mx.FILTER_QUOTA)):
+    for path, src in ((guard, smtpd.FILTER_GUARD), (quota_filter, smtpd.FILTER_QUOTA)):
         path.write_text(b.file(src).content)
         path.chmod(0o755)
-    conf = b.file(mx.SMTPD_CONF).content
-    conf = (conf.replace("/etc/smtpd/", f"{root}/smtpd/").replace(mx.TLS_DIR, f"{root}/tls")
-            .replace(mx.FILTER_GUARD, str(guard)).replace(mx.FILTER_QUOTA, str(quota_filter)))
+    conf = b.file(smtpd.SMTPD_CONF).content
+    conf = (
+        conf.replace("/etc/smtpd/", f"{root}/smtpd/")
+        .replace(smtpd.TLS_DIR, f"{root}/tls")
+        .replace(smtpd.FILTER_GUARD, str(guard))
+        .replace(smtpd.FILTER_QUOTA, str(quota_filter))
+    )
     if not rspamd:
         conf = without_rspamd(conf)
     if bind_ip:
-        conf = re.sub(r"^listen on :: .*\n", "", conf, flags=re.M).replace("listen on 0.0.0.0 ", f"listen on {bind_ip} ")
+        conf = re.sub(r"^listen on :: .*\n", "", conf, flags=re.M).replace(
+            "listen on 0.0.0.0 ", f"listen on {bind_ip} "
+        )
     path = root / "smtpd.conf"
     path.write_text(conf)
     return path
@@ -57,9 +64,16 @@ def without_rspamd(conf: str) -> str:
 def start_mx2(ns, conf: Path, root: Path):
     """mx2's smtpd (conf from stage(..., bind_ip=MX2_LISTEN)) in ns's server namespace,
     with its own queue and control socket in a mount namespace of its own."""
-    mx2 = ns.start("unshare", "-m", "--propagation", "private", "sh", "-c",
-                   "mount -t tmpfs tmpfs /var/spool && mount -t tmpfs tmpfs /run && "
-                   f"exec {SMTPD} -d -f {conf}", log=root / "mx2-smtpd.log")
+    mx2 = ns.start(
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f"mount -t tmpfs tmpfs /var/spool && mount -t tmpfs tmpfs /run && exec {SMTPD} -d -f {conf}",
+        log=root / "mx2-smtpd.log",
+    )
     ns.wait_port(MX2_LISTEN, 25, mx2, root / "mx2-smtpd.log")
     return mx2
 
@@ -74,5 +88,5 @@ def rcpt_reply(transcript: str) -> str:
     lines = transcript.splitlines()
     for i, line in enumerate(lines):
         if re.match(r"^ ?-> RCPT TO", line) or re.match(r"^ ?~> RCPT TO", line):
-            return next(reply for reply in lines[i + 1:] if re.match(r"^ ?<[~*-]", reply))
+            return next(reply for reply in lines[i + 1 :] if re.match(r"^ ?<[~*-]", reply))
     return next((line for line in lines if line.lstrip().startswith("<*")), transcript)

@@ -1,17 +1,18 @@
 """unbound in the server namespace: the resolver of the daemons there, with the outside
 clients' reverse and forward names (FCrDNS, dial-up names, SenderScore answers)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 # The outside clients (client namespace addresses) and what DNS says about them.
-OUTSIDE_OK = "10.99.0.5"      # PTR good.test, and good.test A points back
+OUTSIDE_OK = "10.99.0.5"  # PTR good.test, and good.test A points back
 OUTSIDE_NO_PTR = "10.99.0.6"
-OUTSIDE_DYN = "10.99.0.8"     # PTR and A match, but the name is a dial-up pool's
-OUTSIDE_LIAR = "10.99.0.7"    # PTR liar.test, whose A is another address (no FCrDNS)
-OUTSIDE_LOW = "10.99.0.10"    # FCrDNS fine, SenderScore 5: below -blockBelow 10
-OUTSIDE_MEH = "10.99.0.11"    # FCrDNS fine, SenderScore 65: below -junkBelow 70
-SINK = "10.99.0.12"           # elsewhere.test's MX: records what our smtpd sends out
+OUTSIDE_DYN = "10.99.0.8"  # PTR and A match, but the name is a dial-up pool's
+OUTSIDE_LIAR = "10.99.0.7"  # PTR liar.test, whose A is another address (no FCrDNS)
+OUTSIDE_LOW = "10.99.0.10"  # FCrDNS fine, SenderScore 5: below -blockBelow 10
+OUTSIDE_MEH = "10.99.0.11"  # FCrDNS fine, SenderScore 65: below -junkBelow 70
+SINK = "10.99.0.12"  # elsewhere.test's MX: records what our smtpd sends out
 
 TEST_CONF = """server:
   interface: 127.0.0.53
@@ -53,7 +54,17 @@ def _rev(ip: str) -> str:
 def start(ns, root: Path, extra_dns: str = ""):
     """unbound on 127.0.0.53 with TEST_CONF + extra_dns; the caller waits for port 53."""
     (root / "unbound.conf").write_text(
-        TEST_CONF.format(root=root, ok=OUTSIDE_OK, dyn=OUTSIDE_DYN, liar=OUTSIDE_LIAR,
-                         low=OUTSIDE_LOW, meh=OUTSIDE_MEH, sink=SINK, low_rev=_rev(OUTSIDE_LOW),
-                         meh_rev=_rev(OUTSIDE_MEH)) + extra_dns)
+        TEST_CONF.format(
+            root=root,
+            ok=OUTSIDE_OK,
+            dyn=OUTSIDE_DYN,
+            liar=OUTSIDE_LIAR,
+            low=OUTSIDE_LOW,
+            meh=OUTSIDE_MEH,
+            sink=SINK,
+            low_rev=_rev(OUTSIDE_LOW),
+            meh_rev=_rev(OUTSIDE_MEH),
+        )
+        + extra_dns
+    )
     return ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")

@@ -1,5 +1,6 @@
 """Rspamd local.d files, checked by the real `rspamadm configtest` the way the deploy
 script does it (LOCAL_CONFDIR pointing at the staged files)."""
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import imap, redis, spam
+from mailstack import dovecot, redis
+from mailstack import rspamd as spam
 from tests.daemons.netns import Netns
 from tests.daemons.rspamd import CONTROLLER_PASSWORD
 from tests.daemons.rspamd import start as start_rspamd
@@ -30,8 +32,8 @@ def stage_local(bundle, root: Path) -> Path:
 
 def configtest(local_confdir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["rspamadm", f"--var=LOCAL_CONFDIR={local_confdir}", "configtest"],
-        capture_output=True, text=True, timeout=60)
+        ["rspamadm", f"--var=LOCAL_CONFDIR={local_confdir}", "configtest"], capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("role", ["mx1", "mx2"])
@@ -57,8 +59,7 @@ def test_dkim_signing_only_where_mail_is_submitted(ctx, single_ctx):
         assert (key.owner, key.group, key.mode, key.secret) == ("root", "_rspamd", 0o640, True)
         assert f"{d} {{" in mx1.file(f"{spam.LOCAL_D}/dkim_signing.conf").content
     assert not any("dkim" in f.path for f in mx2.files)
-    assert spam.bundle(single_ctx, single_ctx.hosts["mx1"]).file(
-        f"{spam.LOCAL_D}/dkim_signing.conf")
+    assert spam.bundle(single_ctx, single_ctx.hosts["mx1"]).file(f"{spam.LOCAL_D}/dkim_signing.conf")
     assert spam.bundle(ctx, ctx.hosts["imap"]).files == ()
 
 
@@ -71,7 +72,7 @@ def test_controller_password_is_hashed_on_the_server_only(ctx):
     # Staged for hashing, never installed.
     assert "install_file " + spam.PASSWORD_FILE not in b.script
     # The clear text never goes on a command line (visible in /proc to every process).
-    assert "rspamadm pw -q -p" not in b.script and "$(cat \"$(staged" not in b.script
+    assert "rspamadm pw -q -p" not in b.script and '$(cat "$(staged' not in b.script
     assert not spam.PASSWORD_FILE.startswith(spam.LOCAL_D)
 
 
@@ -84,32 +85,42 @@ def test_controller_hash_script_is_idempotent(ctx, tmp_path):
     script = b.script.split("# --- Rspamd")[1].split("# local.d is included")[0]
     inc, pw_sum = tmp_path / "worker-controller.inc", tmp_path / "pw.sha256"
     script = script.replace(spam.CONTROLLER_INC, str(inc)).replace(spam.PASSWORD_SUM, str(pw_sum))
-    program = "\n".join([
-        "set -euo pipefail",
-        f"STAGE={tmp_path}/stage; STEP=test",
-        "staged() { printf '%s%s' \"$STAGE\" \"$1\"; }",
-        "log() { echo \"$*\" >&2; }",
-        f"mkdir -p \"$STAGE$(dirname {spam.PASSWORD_FILE})\"",
-        f"printf '%s' {ctx.secrets.rspamd_controller_password!r} > \"$STAGE{spam.PASSWORD_FILE}\"",
-        script,
-        # what install_file would do
-        f"if [ -e \"$STAGE{inc}\" ]; then cp \"$STAGE{inc}\" {inc}; cp \"$STAGE{pw_sum}\" {pw_sum}; echo hashed; fi",
-        "rm -rf \"$STAGE\"",
-    ])
+    program = "\n".join(
+        [
+            "set -euo pipefail",
+            f"STAGE={tmp_path}/stage; STEP=test",
+            'staged() { printf \'%s%s\' "$STAGE" "$1"; }',
+            'log() { echo "$*" >&2; }',
+            f'mkdir -p "$STAGE$(dirname {spam.PASSWORD_FILE})"',
+            f"printf '%s' {ctx.secrets.rspamd_controller_password!r} > \"$STAGE{spam.PASSWORD_FILE}\"",
+            script,
+            # what install_file would do
+            f'if [ -e "$STAGE{inc}" ]; then cp "$STAGE{inc}" {inc}; cp "$STAGE{pw_sum}" {pw_sum}; echo hashed; fi',
+            'rm -rf "$STAGE"',
+        ]
+    )
     first = subprocess.run(["bash", "-c", program], capture_output=True, text=True)
     assert first.returncode == 0 and first.stdout.strip() == "hashed", first.stderr
     assert ctx.secrets.rspamd_controller_password not in first.stdout + first.stderr
     text = inc.read_text()
     assert ctx.secrets.rspamd_controller_password not in text
     pw_hash = text.split('password = "')[1].split('"')[0]
+
     def verify(password: str) -> bool:
         # rspamadm pw -c reads the clear text from a terminal only.
         # script(1) gives it one; the clear text is typed once the prompt can be there.
         r = subprocess.run(
-            ["bash", "-c", 'for i in 1 2 3 4 5; do sleep 0.2; printf "%s\\n" "$PW"; done '
-             '| script -qec "rspamadm pw -c -p \'$HASH\'" /dev/null'],
+            [
+                "bash",
+                "-c",
+                'for i in 1 2 3 4 5; do sleep 0.2; printf "%s\\n" "$PW"; done '
+                "| script -qec \"rspamadm pw -c -p '$HASH'\" /dev/null",
+            ],
             env={"PW": password, "HASH": pw_hash, "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"},
-            capture_output=True, text=True, timeout=30)
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         return r.returncode == 0 and "password correct" in r.stdout
 
     assert verify(ctx.secrets.rspamd_controller_password)
@@ -130,7 +141,10 @@ def test_test_patterns_only_when_asked(enabled, tmp_path):
     assert configtest(confdir).returncode == 0
     dump = subprocess.run(
         ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "options"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert dump.returncode == 0, dump.stderr
     assert ("enable_test_patterns = true" in dump.stdout) is enabled, dump.stdout
     assert '"127.0.0.1:53"' in dump.stdout
@@ -141,12 +155,16 @@ def test_greylisting_is_off(ctx, tmp_path):
     confdir = stage_local(spam.bundle(ctx, ctx.hosts["mx1"]), tmp_path)
     dump = subprocess.run(
         ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "greylist"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert dump.returncode == 0, dump.stderr
     assert "enabled = false" in dump.stdout, dump.stdout
 
 
 # --------------------------------------------------------------------------- DKIM rotation
+
 
 def _rotating_ctx(now: str):
     import dataclasses
@@ -154,20 +172,27 @@ def _rotating_ctx(now: str):
     from tests.conftest import make_context
     from tests.test_dkim import rotating
     from tests.test_dns import _other_key
+
     ctx = make_context(rotating(now))
     ring = {sel: {d: _other_key(sel) for d in ctx.settings.domains} for sel in ("mail", "mail-g1")}
     sign = spam.dkim.plan(ctx.settings).signing.selector
-    return dataclasses.replace(ctx, secrets=dataclasses.replace(
-        ctx.secrets, dkim_keys=ring[sign],
-        dkim_keyring={s: ring[s] for s in spam.dkim.plan(ctx.settings).selectors})), ring
+    return dataclasses.replace(
+        ctx,
+        secrets=dataclasses.replace(
+            ctx.secrets, dkim_keys=ring[sign], dkim_keyring={s: ring[s] for s in spam.dkim.plan(ctx.settings).selectors}
+        ),
+    ), ring
 
 
-@pytest.mark.parametrize("now,signing,files", [
-    ("2026-12-01T00:00:00Z", "mail", ("mail",)),
-    ("2026-12-26T00:00:00Z", "mail", ("mail", "mail-g1")),      # next key staged, unused
-    ("2027-01-02T00:00:00Z", "mail-g1", ("mail", "mail-g1")),   # previous kept in its grace
-    ("2027-01-09T00:00:00Z", "mail-g1", ("mail-g1",)),          # previous key file dropped
-])
+@pytest.mark.parametrize(
+    "now,signing,files",
+    [
+        ("2026-12-01T00:00:00Z", "mail", ("mail",)),
+        ("2026-12-26T00:00:00Z", "mail", ("mail", "mail-g1")),  # next key staged, unused
+        ("2027-01-02T00:00:00Z", "mail-g1", ("mail", "mail-g1")),  # previous kept in its grace
+        ("2027-01-09T00:00:00Z", "mail-g1", ("mail-g1",)),  # previous key file dropped
+    ],
+)
 def test_dkim_signing_follows_the_rotation_phase(now, signing, files, tmp_path):
     ctx, ring = _rotating_ctx(now)
     b = spam.bundle(ctx, ctx.hosts["mx1"])
@@ -191,20 +216,30 @@ def test_retired_key_files_are_pruned_only_where_keys_live(ctx):
 def _guard(ctx, key_dir: Path, conf: Path) -> str:
     """The signing-switch guard of mx1's rspamd step, pointed at a scratch directory."""
     from mailstack.templates import render
-    script = render("rspamd/deploy.sh.j2", password_file="", password_sum="", controller_inc="",
-                    key_dir=str(key_dir), prune_keys=True, signing_conf=str(conf),
-                    signing_selector=spam.dkim.plan(ctx.settings).signing.selector,
-                    domains=ctx.settings.domains, ttl=ctx.settings.dns.ttl)
+
+    script = render(
+        "rspamd/deploy.sh.j2",
+        password_file="",
+        password_sum="",
+        controller_inc="",
+        key_dir=str(key_dir),
+        prune_keys=True,
+        signing_conf=str(conf),
+        signing_selector=spam.dkim.plan(ctx.settings).signing.selector,
+        domains=ctx.settings.domains,
+        ttl=ctx.settings.dns.ttl,
+    )
     lines = script.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith('current=""'))
     end = next(i for i in range(start + 4, len(lines)) if lines[i] == "fi")
     # As every step runs (mailstack/bundle.py).
-    return "set -euo pipefail\nlog() { echo \"$*\" >&2; }\n" + "\n".join(lines[start:end + 1]) + "\necho switched\n"
+    return 'set -euo pipefail\nlog() { echo "$*" >&2; }\n' + "\n".join(lines[start : end + 1]) + "\necho switched\n"
 
 
 def _run_guard(ctx, tmp_path, current: str | None, key_age: int | None):
     import os
     import time
+
     key_dir, conf = tmp_path / "dkim", tmp_path / "dkim_signing.conf"
     key_dir.mkdir(exist_ok=True)
     if current is not None:
@@ -221,22 +256,28 @@ def _run_guard(ctx, tmp_path, current: str | None, key_age: int | None):
 
 def test_signing_never_switches_to_a_key_published_less_than_a_ttl_ago(tmp_path):
     """A missed run of the schedule (publish and switch in one run): mx1's step refuses."""
-    ctx, _ = _rotating_ctx("2027-01-02T00:00:00Z")          # mail-g1 signs
+    ctx, _ = _rotating_ctx("2027-01-02T00:00:00Z")  # mail-g1 signs
     ttl = ctx.settings.dns.ttl
     r = _run_guard(ctx, tmp_path, current="mail", key_age=10)
     assert r.returncode == 1 and "switched" not in r.stdout
-    assert ("refusing to sign with DKIM selector mail-g1 (now mail): the key for example.org "
-            "was published 10s ago") in r.stderr
+    assert (
+        "refusing to sign with DKIM selector mail-g1 (now mail): the key for example.org was published 10s ago"
+    ) in r.stderr
     assert f"less than the record's TTL ({ttl}s); run the deploy (pulumi up) again in" in r.stderr
     # published a TTL ago (the publish window's run): switches
     assert _run_guard(ctx, tmp_path, current="mail", key_age=ttl + 5).stdout == "switched\n"
     # already signing with it, or a fresh host: nothing to guard
     assert _run_guard(ctx, tmp_path, current="mail-g1", key_age=1).stdout == "switched\n"
-    assert _run_guard(ctx, tmp_path / "fresh" if (tmp_path / "fresh").mkdir() is None else None,
-                      current=None, key_age=1).stdout == "switched\n"
+    assert (
+        _run_guard(
+            ctx, tmp_path / "fresh" if (tmp_path / "fresh").mkdir() is None else None, current=None, key_age=1
+        ).stdout
+        == "switched\n"
+    )
 
 
 # --------------------------------------------------------------------------- learning
+
 
 def test_bayes_lives_in_mx1_redis_for_every_scanner(tmp_path):
     """rspamd itself (configdump) reads the classifier from the rendered files: every
@@ -250,7 +291,10 @@ def test_bayes_lives_in_mx1_redis_for_every_scanner(tmp_path):
             confdir = stage_local(spam.bundle(c, c.hosts[role]), tmp_path / topology / role)
             dump = subprocess.run(
                 ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "classifier"],
-                capture_output=True, text=True, timeout=60)
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert dump.returncode == 0, dump.stderr
             want = "10.77.1.11" if role == "mx2" else "127.0.0.1"
             assert f'servers = "{want}:{redis.PORT}";' in dump.stdout, dump.stdout
@@ -266,7 +310,10 @@ def test_controller_on_the_private_network_only_for_a_separate_imap_host(ctx, si
         confdir = stage_local(spam.bundle(c, c.hosts[role]), tmp_path / f"{id(c)}-{role}")
         dump = subprocess.run(
             ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "worker"],
-            capture_output=True, text=True, timeout=60)
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert dump.returncode == 0, dump.stderr
         return {b for b in re.findall(r'bind_socket = "([^"]+)";', dump.stdout) if b.endswith(":11334")}
 
@@ -280,9 +327,27 @@ def start_redis(ns, ctx, host, root: Path):
     in the namespace; only where it keeps its data and logs is moved."""
     conf = root / "redis-mailstack.conf"
     conf.write_text(redis.conf(ctx, host))
-    p = ns.start("redis-server", conf, "--port", str(redis.PORT), "--save", "", "--appendonly", "no",
-                 "--dir", root, "--daemonize", "no", "--supervised", "no", "--logfile", "",
-                 "--pidfile", root / "redis.pid", log=root / "redis.log")
+    p = ns.start(
+        "redis-server",
+        conf,
+        "--port",
+        str(redis.PORT),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        root,
+        "--daemonize",
+        "no",
+        "--supervised",
+        "no",
+        "--logfile",
+        "",
+        "--pidfile",
+        root / "redis.pid",
+        log=root / "redis.log",
+    )
     ns.wait_port("127.0.0.1", redis.PORT, p, root / "redis.log")
     return p
 
@@ -304,6 +369,7 @@ def test_redis_wants_the_password_and_listens_on_loopback_and_the_private_ip(ctx
 
         def cli(ip, env=None):
             return ns.run("redis-cli", "-h", ip, "-p", str(redis.PORT), "ping", client=True, env=env)
+
         # From mx2's address: the private IP answers, with the password only.
         assert cli(mx1.private_ip, auth).stdout.strip() == "PONG"
         assert "NOAUTH" in cli(mx1.private_ip).stdout
@@ -318,8 +384,10 @@ def test_redis_wants_the_password_and_listens_on_loopback_and_the_private_ip(ctx
         shutil.rmtree(root, ignore_errors=True)
 
 
-SPAM_TEXT = ("cheap pharmacy pills discount casino jackpot bonus crypto wallet investment "
-             "guaranteed profit winner lottery claim prize urgent offer limited exclusive deal\n") * 4
+SPAM_TEXT = (
+    "cheap pharmacy pills discount casino jackpot bonus crypto wallet investment "
+    "guaranteed profit winner lottery claim prize urgent offer limited exclusive deal\n"
+) * 4
 
 
 def test_learning_from_the_imap_host_reaches_bayes_in_redis(ctx):
@@ -334,9 +402,9 @@ def test_learning_from_the_imap_host_reaches_bayes_in_redis(ctx):
         start_redis(ns, ctx, ctx.hosts["mx1"], root)
         rspamd = start_rspamd(ns, ctx, root)
         ns.wait_port(ctx.hosts["mx1"].private_ip, spam.CONTROLLER_PORT, rspamd, root / "rspamd.out")
-        layout = imap.Layout(etc=str(root / "imap"), libexec=str(root / "libexec"))
-        files = {Path(f.path).name: f for f in imap.learn_files(ctx, imap_host, layout)}
-        program, pwfile = files[imap.LEARN_PROGRAM], files["rspamd-learn.password"]
+        layout = dovecot.Layout(etc=str(root / "imap"), libexec=str(root / "libexec"))
+        files = {Path(f.path).name: f for f in dovecot.learn_files(ctx, imap_host, layout)}
+        program, pwfile = files[dovecot.LEARN_PROGRAM], files["rspamd-learn.password"]
         for f in (program, pwfile):
             Path(f.path).parent.mkdir(parents=True, exist_ok=True)
             Path(f.path).write_text(f.content if f is program else CONTROLLER_PASSWORD)
@@ -344,14 +412,23 @@ def test_learning_from_the_imap_host_reaches_bayes_in_redis(ctx):
         assert ctx.secrets.rspamd_controller_password not in program.content
 
         def stat():
-            r = ns.run("rspamc", "-h", f"{ctx.hosts['mx1'].private_ip}:{spam.CONTROLLER_PORT}",
-                       "-P", pwfile.path, "stat", client=True)
+            r = ns.run(
+                "rspamc",
+                "-h",
+                f"{ctx.hosts['mx1'].private_ip}:{spam.CONTROLLER_PORT}",
+                "-P",
+                pwfile.path,
+                "stat",
+                client=True,
+            )
             assert r.returncode == 0, r.stdout + r.stderr
             return {k: int(v) for k, v in re.findall(r"Statfile: (BAYES_\w+) .*?learned: (\d+)", r.stdout)}
 
         assert stat() == {"BAYES_SPAM": 0, "BAYES_HAM": 0}
-        msg = ("From: a@outside.example.com\r\nTo: alice@example.org\r\nSubject: offer\r\n"
-               f"Message-ID: <{uuid.uuid4().hex}@outside.example.com>\r\n\r\n{SPAM_TEXT}")
+        msg = (
+            "From: a@outside.example.com\r\nTo: alice@example.org\r\nSubject: offer\r\n"
+            f"Message-ID: <{uuid.uuid4().hex}@outside.example.com>\r\n\r\n{SPAM_TEXT}"
+        )
         r = ns.run("sh", program.path, "spam", client=True, input=msg)
         assert r.returncode == 0, r.stdout + r.stderr
         # The controller refreshes its counts from Redis every half minute or so.
@@ -362,8 +439,13 @@ def test_learning_from_the_imap_host_reaches_bayes_in_redis(ctx):
         r = ns.run("sh", program.path, "nonsense", client=True, input=msg)
         assert r.returncode != 0
         # The learned data is in Redis (Rspamd keeps nothing of it itself).
-        keys = ns.run("redis-cli", "--scan", "--pattern", "BAYES_SPAM*",
-                      env={**os.environ, "REDISCLI_AUTH": ctx.secrets.redis_password})
+        keys = ns.run(
+            "redis-cli",
+            "--scan",
+            "--pattern",
+            "BAYES_SPAM*",
+            env={**os.environ, "REDISCLI_AUTH": ctx.secrets.redis_password},
+        )
         assert keys.stdout.split(), keys
         # A wrong password is refused.
         Path(pwfile.path).write_text("not-the-password")

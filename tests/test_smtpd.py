@@ -1,11 +1,12 @@
 """OpenSMTPD configs, checked by the real smtpd 7.4: `smtpd -n` for every host, and a
 behavioural run of mx1's config against a real PostgreSQL and unbound in a private
 network namespace."""
+
 from __future__ import annotations
 
+import json
 import re
 import shutil
-import json
 import subprocess
 import sys
 import tempfile
@@ -16,14 +17,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mailstack import smtpd as mx
 from tests.conftest import EXAMPLE_STACK, TEST_PASSWORD, make_context, settings_from
 from tests.daemons.netns import Netns, start_resolver_and_database
-from tests.daemons.postgres import PG_BIN
+from tests.daemons.postgresql import PG_BIN
 from tests.daemons.smtpd import MX2_LISTEN, SMTPD, rcpt_reply, stage, start_mx2, swaks
 from tests.daemons.unbound import (
-    SINK, OUTSIDE_DYN, OUTSIDE_LIAR, OUTSIDE_LOW, OUTSIDE_MEH, OUTSIDE_NO_PTR, OUTSIDE_OK,
+    OUTSIDE_DYN,
+    OUTSIDE_LIAR,
+    OUTSIDE_LOW,
+    OUTSIDE_MEH,
+    OUTSIDE_NO_PTR,
+    OUTSIDE_OK,
+    SINK,
 )
-from mailstack import mx
 
 
 def hosts_of(topology):
@@ -50,11 +57,13 @@ def test_smtpd_rejects_broken_config(tmp_path, ctx):
 
 def test_mail_data_never_changes_smtpd_conf():
     base = make_context(settings_from())
-    other = make_context(settings_from(
-        domains=["example.org", "example.com"],
-        users=[{"address": "zed@example.com"}],
-        aliases=[{"address": "postmaster@example.com", "to": ["zed@example.com"]}],
-    ))
+    other = make_context(
+        settings_from(
+            domains=["example.org", "example.com"],
+            users=[{"address": "zed@example.com"}],
+            aliases=[{"address": "postmaster@example.com", "to": ["zed@example.com"]}],
+        )
+    )
     for role in ("mx1", "mx2"):
         a, b = mx.bundle(base, base.hosts[role]), mx.bundle(other, other.hosts[role])
         assert a.file(mx.SMTPD_CONF).content == b.file(mx.SMTPD_CONF).content
@@ -75,6 +84,7 @@ def test_srs_key_only_in_a_root_only_file(ctx, single_ctx):
     SRS_CONF, root:root 0600, staged from a deploy step; never in smtpd.conf, a step's
     script, another file of any step, or any host's user-data."""
     from mailstack import cloudinit, deploy
+
     key = ctx.secrets.srs_key
     for c in (ctx, single_ctx):
         for role in ("mx1", "mx2"):
@@ -99,6 +109,7 @@ def test_srs_key_only_in_a_root_only_file(ctx, single_ctx):
 def test_srs_key_must_be_usable():
     """An empty or odd key is a clear error naming it, before anything is rendered."""
     import dataclasses
+
     base = make_context(settings_from())
     for bad in ("", "short", 'with"quote-and-more'):
         c = dataclasses.replace(base, secrets=dataclasses.replace(base.secrets, srs_key=bad))
@@ -112,7 +123,7 @@ def test_relay_targets(ctx, single_ctx):
     single = mx.smtpd_conf(single_ctx, single_ctx.hosts["mx1"])
     assert f'lmtp "{ctx.hosts["imap"].private_ip}:24"' in mx1
     assert 'lmtp "127.0.0.1:24"' in single
-    assert f'smtp://{ctx.hosts["mx1"].private_ip}:{mx.RELAY_PORT}' in mx2
+    assert f"smtp://{ctx.hosts['mx1'].private_ip}:{mx.RELAY_PORT}" in mx2
     # mx2 answers for existing recipients only, and never delivers or takes submissions.
     assert "rcpt-to <pgsql>" in mx2 and "lmtp" not in mx2 and "auth" not in mx2
     assert f"port {mx.RELAY_PORT}" not in single
@@ -130,8 +141,9 @@ def test_flush_timer_only_on_backup_mx(ctx):
 EXAMPLE_ALIASES = yaml.safe_load(EXAMPLE_STACK.read_text())["config"]["mailstack:aliases"]
 # The role addresses of the second domain are left to the stack (settings.role_aliases):
 # postmaster@ and abuse@ of example.net must still be accepted, by mx1 and mx2.
-MX_ALIASES = [a for a in EXAMPLE_ALIASES if not a["address"].endswith("@example.net")
-              or a["address"] == "team@example.net"]
+MX_ALIASES = [
+    a for a in EXAMPLE_ALIASES if not a["address"].endswith("@example.net") or a["address"] == "team@example.net"
+]
 # An alias that forwards outside as well as inside, as people keep for a family address.
 FORWARD_ALIAS = {"address": "family@example.org", "to": ["alice@example.org", "grandma@elsewhere.test"]}
 
@@ -139,7 +151,7 @@ FORWARD_ALIAS = {"address": "family@example.org", "to": ["alice@example.org", "g
 @pytest.fixture(scope="module")
 def mx1_running():
     """mx1's rendered smtpd.conf (HA) with PostgreSQL holding the example stack's
-    accounts. Without the rspamd filter: rspamd needs ~20 s to start (see test_spam)."""
+    accounts. Without the rspamd filter: rspamd needs ~20 s to start (see test_rspamd)."""
     ctx = make_context(settings_from(aliases=[*MX_ALIASES, FORWARD_ALIAS]))
     assert "postmaster@example.net" not in {a["address"] for a in MX_ALIASES}
     mx1 = ctx.hosts["mx1"]
@@ -151,10 +163,22 @@ def mx1_running():
         # mx2's smtpd beside it, on the same database: its private address is a client
         # here (the relay-port tests), so it listens on its public one.
         mx2_conf = stage(ctx, ctx.hosts["mx2"], root / "mx2", rspamd=False, bind_ip=MX2_LISTEN)
-        ns = Netns(root, mx1.private_ip,
-                   [ctx.hosts["mx2"].private_ip, ctx.hosts["imap"].private_ip,
-                    OUTSIDE_OK, OUTSIDE_NO_PTR, OUTSIDE_DYN, OUTSIDE_LIAR, OUTSIDE_LOW, OUTSIDE_MEH, SINK],
-                   more_server_ips=(MX2_LISTEN,))
+        ns = Netns(
+            root,
+            mx1.private_ip,
+            [
+                ctx.hosts["mx2"].private_ip,
+                ctx.hosts["imap"].private_ip,
+                OUTSIDE_OK,
+                OUTSIDE_NO_PTR,
+                OUTSIDE_DYN,
+                OUTSIDE_LIAR,
+                OUTSIDE_LOW,
+                OUTSIDE_MEH,
+                SINK,
+            ],
+            more_server_ips=(MX2_LISTEN,),
+        )
         # Kept on the namespace for the test that stops PostgreSQL (the module's last).
         ns.daemons = start_resolver_and_database(ns, ctx, root)
         ns.root = root
@@ -164,9 +188,12 @@ def mx1_running():
         start_mx2(ns, mx2_conf, root)
         # elsewhere.test's MX, in the client namespace: what smtpd relays out lands here.
         ns.sink_log = root / "sink.jsonl"
-        sink = subprocess.Popen(ns.cmd(sys.executable, "-c", SINK_SERVER, SINK, ns.sink_log, ns=ns.client),
-                                stdout=subprocess.DEVNULL, stderr=open(root / "sink.err", "w"),
-                                start_new_session=True)
+        sink = subprocess.Popen(
+            ns.cmd(sys.executable, "-c", SINK_SERVER, SINK, ns.sink_log, ns=ns.client),
+            stdout=subprocess.DEVNULL,
+            stderr=open(root / "sink.err", "w"),
+            start_new_session=True,
+        )
         ns.procs.append(sink)
         yield ctx, ns
     finally:
@@ -178,14 +205,21 @@ def mx1_running():
 def test_inbound_accepts_users_and_aliases_only(mx1_running):
     ctx, ns = mx1_running
     ip = ctx.hosts["mx1"].private_ip
-    for rcpt in ("alice@example.org", "postmaster@example.org", "team@example.net",
-                 "carol@example.net", FORWARD_ALIAS["address"]):
-        out = swaks(ns, "--server", ip, "--li", OUTSIDE_OK, "--from", "x@good.test",
-                    "--to", rcpt, "--quit-after", "RCPT")
+    for rcpt in (
+        "alice@example.org",
+        "postmaster@example.org",
+        "team@example.net",
+        "carol@example.net",
+        FORWARD_ALIAS["address"],
+    ):
+        out = swaks(
+            ns, "--server", ip, "--li", OUTSIDE_OK, "--from", "x@good.test", "--to", rcpt, "--quit-after", "RCPT"
+        )
         assert rcpt_reply(out).strip().startswith("<-  250"), out
     for rcpt in ("nobody@example.org", "alice@example.com"):
-        out = swaks(ns, "--server", ip, "--li", OUTSIDE_OK, "--from", "x@good.test",
-                    "--to", rcpt, "--quit-after", "RCPT")
+        out = swaks(
+            ns, "--server", ip, "--li", OUTSIDE_OK, "--from", "x@good.test", "--to", rcpt, "--quit-after", "RCPT"
+        )
         assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
 
 
@@ -236,13 +270,22 @@ def smtp(ns, server, port, src, mode="plain", **kw) -> dict:
 
 RECIPIENTS = {
     # address: accepted at RCPT by both MX hosts?
-    "alice@example.org": True, "alice+lists@example.org": True, "Alice+Lists@Example.org": True,
-    "alice+a+b@example.org": True, "team+x@example.net": True, "postmaster@example.org": True,
+    "alice@example.org": True,
+    "alice+lists@example.org": True,
+    "Alice+Lists@Example.org": True,
+    "alice+a+b@example.org": True,
+    "team+x@example.net": True,
+    "postmaster@example.org": True,
     "family+x@example.org": True,
     # Role addresses no alias of the settings names: created by the stack.
-    "postmaster@example.net": True, "abuse@example.net": True, "abuse@example.org": True,
-    "nobody@example.org": False, "nobody+alice@example.org": False, "alice@example.com": False,
-    "alice+@example.org": True, "alice+@other.example.org": False,
+    "postmaster@example.net": True,
+    "abuse@example.net": True,
+    "abuse@example.org": True,
+    "nobody@example.org": False,
+    "nobody+alice@example.org": False,
+    "alice@example.com": False,
+    "alice+@example.org": True,
+    "alice+@other.example.org": False,
 }
 
 
@@ -253,8 +296,19 @@ def test_mx1_and_mx2_decide_recipients_alike(mx1_running):
     ctx, ns = mx1_running
     for rcpt, ok in RECIPIENTS.items():
         for server in (ctx.hosts["mx1"].private_ip, MX2_LISTEN):
-            out = swaks(ns, "--server", server, "--li", OUTSIDE_OK, "--from", "x@good.test",
-                        "--to", rcpt, "--quit-after", "RCPT")
+            out = swaks(
+                ns,
+                "--server",
+                server,
+                "--li",
+                OUTSIDE_OK,
+                "--from",
+                "x@good.test",
+                "--to",
+                rcpt,
+                "--quit-after",
+                "RCPT",
+            )
             reply = rcpt_reply(out).strip()
             assert reply.startswith("<-  250") if ok else re.match(r"^<\*\* +5\d\d", reply), (server, rcpt, out)
 
@@ -263,8 +317,7 @@ def test_no_open_relay(mx1_running):
     ctx, ns = mx1_running
     ip = ctx.hosts["mx1"].private_ip
     for port, mode in ((25, "plain"), (25, "starttls"), (587, "starttls")):
-        r = smtp(ns, ip, port, OUTSIDE_OK, mode, **{"from": "alice@example.org"},
-                 to="someone@elsewhere.test")
+        r = smtp(ns, ip, port, OUTSIDE_OK, mode, **{"from": "alice@example.org"}, to="someone@elsewhere.test")
         # Port 25 refuses the recipient; 587 refuses MAIL until AUTH.
         assert (r["mail"] == 250 and 500 <= r["rcpt"][0] < 600) or r["mail"] == 530, r
         assert port == 587 or r["mail"] == 250, r
@@ -273,25 +326,22 @@ def test_no_open_relay(mx1_running):
 def test_connect_filters(mx1_running):
     ctx, ns = mx1_running
     ip = ctx.hosts["mx1"].private_ip
-    out = swaks(ns, "--server", ip, "--li", OUTSIDE_NO_PTR, "--to", "alice@example.org",
-                "--quit-after", "RCPT")
+    out = swaks(ns, "--server", ip, "--li", OUTSIDE_NO_PTR, "--to", "alice@example.org", "--quit-after", "RCPT")
     assert "550 5.7.25 Client host has no reverse DNS" in out, out
-    out = swaks(ns, "--server", ip, "--li", OUTSIDE_DYN, "--to", "alice@example.org",
-                "--quit-after", "RCPT")
+    out = swaks(ns, "--server", ip, "--li", OUTSIDE_DYN, "--to", "alice@example.org", "--quit-after", "RCPT")
     assert "dynamic address" in out, out
     # A PTR that doesn't resolve back to the client: forward-confirmed rDNS fails.
-    out = swaks(ns, "--server", ip, "--li", OUTSIDE_LIAR, "--to", "alice@example.org",
-                "--quit-after", "RCPT")
+    out = swaks(ns, "--server", ip, "--li", OUTSIDE_LIAR, "--to", "alice@example.org", "--quit-after", "RCPT")
     assert "550 5.7.25 Client host reverse DNS does not resolve back to its address" in out, out
     # A SenderScore below -blockBelow: refused before any command.
-    out = swaks(ns, "--server", ip, "--li", OUTSIDE_LOW, "--to", "alice@example.org",
-                "--quit-after", "RCPT")
+    out = swaks(ns, "--server", ip, "--li", OUTSIDE_LOW, "--to", "alice@example.org", "--quit-after", "RCPT")
     assert "550 your IP reputation is too low for this MX" in out, out
 
 
 def _queued(ns: Netns, subject: str) -> str:
     """The queued message (smtpd keeps it: LMTP on imap's address isn't there) whose
     Subject is `subject`, as smtpd stored it."""
+
     def find():
         queue = ns.run("smtpctl", "show", "queue").stdout.splitlines()
         for evp in (line.split("|")[0] for line in queue if line):
@@ -299,6 +349,7 @@ def _queued(ns: Netns, subject: str) -> str:
             if f"Subject: {subject}" in text:
                 return text
         return None
+
     for _ in range(100):
         text = find()
         if text:
@@ -312,8 +363,19 @@ def test_senderscore_junks_a_poor_score(mx1_running):
     files it into Junk), and the session slowed (not timed here: no timing assertions)."""
     ctx, ns = mx1_running
     for src, subject in ((OUTSIDE_MEH, "poor reputation"), (OUTSIDE_OK, "no reputation")):
-        out = swaks(ns, "--server", ctx.hosts["mx1"].private_ip, "--li", src, "--from", "x@good.test",
-                    "--to", "alice@example.org", "--header", f"Subject: {subject}")
+        out = swaks(
+            ns,
+            "--server",
+            ctx.hosts["mx1"].private_ip,
+            "--li",
+            src,
+            "--from",
+            "x@good.test",
+            "--to",
+            "alice@example.org",
+            "--header",
+            f"Subject: {subject}",
+        )
         assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
     assert "X-Spam: Yes" in _queued(ns, "poor reputation")  # what the Sieve script files into Junk
     assert "X-Spam" not in _queued(ns, "no reputation")
@@ -326,14 +388,34 @@ def test_submission_masks_the_client_address(mx1_running):
     ip = ctx.hosts["mx1"].private_ip
     for port, mode in ((587, "starttls"), (465, "smtps")):
         subject = f"masked {port}"
-        r = smtp(ns, ip, port, OUTSIDE_NO_PTR, mode, user="alice@example.org", password=TEST_PASSWORD,
-                 to="bob@example.org", data=f"Subject: {subject}\r\n\r\nhello\r\n",
-                 **{"from": "alice@example.org"})
+        r = smtp(
+            ns,
+            ip,
+            port,
+            OUTSIDE_NO_PTR,
+            mode,
+            user="alice@example.org",
+            password=TEST_PASSWORD,
+            to="bob@example.org",
+            data=f"Subject: {subject}\r\n\r\nhello\r\n",
+            **{"from": "alice@example.org"},
+        )
         assert r.get("data") == 250, r
         text = _queued(ns, subject)
         assert "Received:" in text and OUTSIDE_NO_PTR not in text, text
-    out = swaks(ns, "--server", ip, "--li", OUTSIDE_OK, "--from", "x@good.test",
-                "--to", "bob@example.org", "--header", "Subject: unmasked 25")
+    out = swaks(
+        ns,
+        "--server",
+        ip,
+        "--li",
+        OUTSIDE_OK,
+        "--from",
+        "x@good.test",
+        "--to",
+        "bob@example.org",
+        "--header",
+        "Subject: unmasked 25",
+    )
     assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
     assert OUTSIDE_OK in _queued(ns, "unmasked 25")
 
@@ -342,25 +424,24 @@ def test_submission_requires_tls_auth_and_own_sender(mx1_running):
     ctx, ns = mx1_running
     ip = ctx.hosts["mx1"].private_ip
     auth = dict(user="alice@example.org", password=TEST_PASSWORD)
-    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", **{"from": "alice@example.org"},
-             to="someone@elsewhere.test", **auth)
+    r = smtp(
+        ns, ip, 587, OUTSIDE_NO_PTR, "starttls", **{"from": "alice@example.org"}, to="someone@elsewhere.test", **auth
+    )
     # No AUTH before STARTTLS; after it, a login from the database submits anywhere.
     assert "auth" not in r["features"] and "starttls" in r["features"], r
     assert "auth" in r["tls_features"] and r["auth"] == 235, r
     assert r["rcpt"][0] == 250, r
-    r = smtp(ns, ip, 465, OUTSIDE_NO_PTR, "smtps", **{"from": "alice@example.org"},
-             to="someone@elsewhere.test", **auth)
+    r = smtp(ns, ip, 465, OUTSIDE_NO_PTR, "smtps", **{"from": "alice@example.org"}, to="someone@elsewhere.test", **auth)
     assert r["auth"] == 235 and r["rcpt"][0] == 250, r
     # Only as herself (or her aliases), and only with the right password.
-    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", **{"from": "bob@example.org"},
-             to="someone@elsewhere.test", **auth)
+    r = smtp(
+        ns, ip, 587, OUTSIDE_NO_PTR, "starttls", **{"from": "bob@example.org"}, to="someone@elsewhere.test", **auth
+    )
     assert r["auth"] == 235 and r["mail"] == 530, r
-    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", to="x@elsewhere.test",
-             user="alice@example.org", password="wrong")
+    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", to="x@elsewhere.test", user="alice@example.org", password="wrong")
     assert r["auth"] == 535, r
     # Without AUTH, submission accepts nothing.
-    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", **{"from": "alice@example.org"},
-             to="bob@example.org")
+    r = smtp(ns, ip, 587, OUTSIDE_NO_PTR, "starttls", **{"from": "alice@example.org"}, to="bob@example.org")
     assert r["mail"] == 530 and r["rcpt"][0] >= 500, r
 
 
@@ -369,23 +450,57 @@ def test_internal_port_only_for_our_hosts(mx1_running):
     ip = ctx.hosts["mx1"].private_ip
     mx2 = ctx.hosts["mx2"].private_ip
     # mx2's private address has no PTR, yet its backup queue is taken for our domains...
-    out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", mx2,
-                "--to", "alice@example.org", "--quit-after", "RCPT")
+    out = swaks(
+        ns,
+        "--server",
+        ip,
+        "--port",
+        str(mx.RELAY_PORT),
+        "--li",
+        mx2,
+        "--to",
+        "alice@example.org",
+        "--quit-after",
+        "RCPT",
+    )
     assert rcpt_reply(out).strip().startswith("<-  250"), out
     # Aliases too, including one that forwards outside, from mx2's queue and from imap's
     # Sieve redirects: smtpd matches what an alias expands to as mail "from local", not
     # from the peer (this bounced mail once).
     for peer in (mx2, ctx.hosts["imap"].private_ip):
         for rcpt in ("team@example.net", FORWARD_ALIAS["address"]):
-            out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", peer,
-                        "--to", rcpt, "--quit-after", "RCPT")
+            out = swaks(
+                ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", peer, "--to", rcpt, "--quit-after", "RCPT"
+            )
             assert rcpt_reply(out).strip().startswith("<-  250"), (peer, rcpt, out)
-    out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", mx2,
-                "--to", "someone@elsewhere.test", "--quit-after", "RCPT")
+    out = swaks(
+        ns,
+        "--server",
+        ip,
+        "--port",
+        str(mx.RELAY_PORT),
+        "--li",
+        mx2,
+        "--to",
+        "someone@elsewhere.test",
+        "--quit-after",
+        "RCPT",
+    )
     assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
     # ...and anyone else reaching that port gets nothing.
-    out = swaks(ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", OUTSIDE_OK,
-                "--to", "alice@example.org", "--quit-after", "RCPT")
+    out = swaks(
+        ns,
+        "--server",
+        ip,
+        "--port",
+        str(mx.RELAY_PORT),
+        "--li",
+        OUTSIDE_OK,
+        "--to",
+        "alice@example.org",
+        "--quit-after",
+        "RCPT",
+    )
     assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
 
 
@@ -458,8 +573,21 @@ def test_forwarded_mail_leaves_with_an_srs_sender_and_its_bounce_comes_back(mx1_
     mx1 = ctx.hosts["mx1"].private_ip
 
     def send(server, sender, rcpt, subject, port=25, src=OUTSIDE_OK):
-        return swaks(ns, "--server", server, "--port", str(port), "--li", src, "--from", sender,
-                     "--to", rcpt, "--header", f"Subject: {subject}")
+        return swaks(
+            ns,
+            "--server",
+            server,
+            "--port",
+            str(port),
+            "--li",
+            src,
+            "--from",
+            sender,
+            "--to",
+            rcpt,
+            "--header",
+            f"Subject: {subject}",
+        )
 
     out = send(mx1, "someone@elsewhere.test", FORWARD_ALIAS["address"], "srs forward 1")
     assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
@@ -470,16 +598,26 @@ def test_forwarded_mail_leaves_with_an_srs_sender_and_its_bounce_comes_back(mx1_
     srs = env["mail"]
 
     # A user's own mail keeps its sender: only forwarded copies are rewritten.
-    r = smtp(ns, mx1, 587, OUTSIDE_NO_PTR, "starttls", user="alice@example.org", password=TEST_PASSWORD,
-             to="friend@elsewhere.test", data="Subject: srs own mail\r\n\r\nhi\r\n",
-             **{"from": "alice@example.org"})
+    r = smtp(
+        ns,
+        mx1,
+        587,
+        OUTSIDE_NO_PTR,
+        "starttls",
+        user="alice@example.org",
+        password=TEST_PASSWORD,
+        to="friend@elsewhere.test",
+        data="Subject: srs own mail\r\n\r\nhi\r\n",
+        **{"from": "alice@example.org"},
+    )
     assert r.get("data") == 250, r
     assert _sunk(ns, "srs own mail")["mail"] == "alice@example.org"
 
     # The bounce: null sender to the SRS address, on mx1 and on mx2 (which knows the key).
     for server in (mx1, MX2_LISTEN):
-        reply = rcpt_reply(swaks(ns, "--server", server, "--li", OUTSIDE_OK, "--from", "<>",
-                                 "--to", srs, "--quit-after", "RCPT")).strip()
+        reply = rcpt_reply(
+            swaks(ns, "--server", server, "--li", OUTSIDE_OK, "--from", "<>", "--to", srs, "--quit-after", "RCPT")
+        ).strip()
         assert reply.startswith("<-  250"), (server, reply)
     out = send(mx1, "<>", srs, "srs bounce 1")
     assert "<-  250 2.0.0" in out.split("DATA", 1)[-1], out
@@ -495,10 +633,12 @@ def test_forwarded_mail_leaves_with_an_srs_sender_and_its_bounce_comes_back(mx1_
     # smtpctl's envelope line: id|family|type|flags|sender|rcpt|dest|...
     queue = [line.split("|") for line in ns.run("smtpctl", "show", "queue").stdout.splitlines()]
     assert [f[2:7] for f in queue if f[5:6] == [local_srs]] == [
-        ["mda", "internal", "@", local_srs, "alice@example.org"]], queue
+        ["mda", "internal", "@", local_srs, "alice@example.org"]
+    ], queue
     # mx2 takes it too (its `primary` action hands it to mx1 for alice's mailbox).
-    reply = rcpt_reply(swaks(ns, "--server", MX2_LISTEN, "--li", OUTSIDE_OK, "--from", "<>",
-                             "--to", local_srs, "--quit-after", "RCPT")).strip()
+    reply = rcpt_reply(
+        swaks(ns, "--server", MX2_LISTEN, "--li", OUTSIDE_OK, "--from", "<>", "--to", local_srs, "--quit-after", "RCPT")
+    ).strip()
     assert reply.startswith("<-  250"), reply
 
     # A forged hash, or the SRS address used as a sender-bearing relay: no such user (5xx).
@@ -506,8 +646,11 @@ def test_forwarded_mail_leaves_with_an_srs_sender_and_its_bounce_comes_back(mx1_
     forged = f"SRS0={'AAAA' if user[5:9] != 'AAAA' else 'BBBB'}{user[9:]}@{domain}"
     for server in (mx1, MX2_LISTEN):
         for sender, rcpt in (("<>", forged), ("x@good.test", srs)):
-            reply = rcpt_reply(swaks(ns, "--server", server, "--li", OUTSIDE_OK, "--from", sender,
-                                     "--to", rcpt, "--quit-after", "RCPT")).strip()
+            reply = rcpt_reply(
+                swaks(
+                    ns, "--server", server, "--li", OUTSIDE_OK, "--from", sender, "--to", rcpt, "--quit-after", "RCPT"
+                )
+            ).strip()
             assert re.match(r"^<\*\* +5\d\d", reply), (server, sender, rcpt, reply)
 
 
@@ -517,8 +660,19 @@ REPO = Path(__file__).resolve().parent.parent
 def _tls_scan(ns, ip: str, port: int, starttls: bool, name: str) -> dict:
     """sslyze from the client namespace (lab/tls_scan.py), as whichever source address the
     route to `ip` names."""
-    r = ns.run(sys.executable, "-m", "lab.tls_scan", ip, port, "--name", name,
-               *(["--starttls", "smtp"] if starttls else []), client=True, cwd=REPO, timeout=300)
+    r = ns.run(
+        sys.executable,
+        "-m",
+        "lab.tls_scan",
+        ip,
+        port,
+        "--name",
+        name,
+        *(["--starttls", "smtp"] if starttls else []),
+        client=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -528,10 +682,10 @@ def test_tls_profiles_of_every_listener(mx1_running):
     offer only Mozilla's intermediate profile; port 25 keeps older strong suites for
     opportunistic senders but nothing before TLS 1.2 (docs/hardening.md)."""
     from lab import tls_scan
+
     ctx, ns = mx1_running
     ip, fqdn, smtp_fqdn = ctx.hosts["mx1"].private_ip, ctx.hosts["mx1"].fqdn, ctx.settings.fqdn("smtp")
-    for port, starttls, name in ((587, True, smtp_fqdn), (465, False, smtp_fqdn),
-                                 (mx.RELAY_PORT, True, fqdn)):
+    for port, starttls, name in ((587, True, smtp_fqdn), (465, False, smtp_fqdn), (mx.RELAY_PORT, True, fqdn)):
         accepted = _tls_scan(ns, ip, port, starttls, name)
         assert tls_scan.problems(accepted) == [], (port, accepted)
     # Port 25's connect filters want a client with forward-confirmed reverse DNS.
@@ -550,7 +704,7 @@ def test_smtpd_waits_for_its_database_and_comes_back(ctx):
     smtpd with it, if the database isn't up), and return if the database restarts."""
     import configparser
 
-    from mailstack import mx
+    from mailstack import smtpd as mx
 
     for role in ("mx1", "mx2"):
         b = mx.bundle(ctx, ctx.hosts[role])
@@ -569,8 +723,12 @@ def _guard(ctx, tmp_path, lines, *options):
     """Runs the rendered filter guard for real, with `cat` standing in for the filter."""
     script = tmp_path / "guard"
     script.write_text(mx.bundle(ctx, ctx.hosts["mx1"]).file(mx.FILTER_GUARD).content)
-    r = subprocess.run([sys.executable, script, *options, "cat"], input="\n".join(lines).encode() + b"\n",
-                       capture_output=True, timeout=10)
+    r = subprocess.run(
+        [sys.executable, script, *options, "cat"],
+        input="\n".join(lines).encode() + b"\n",
+        capture_output=True,
+        timeout=10,
+    )
     assert r.returncode == 0, r.stderr
     return r.stdout.decode("latin-1").splitlines()
 
@@ -579,8 +737,10 @@ def test_filters_run_behind_the_guard(ctx):
     b = mx.bundle(ctx, ctx.hosts["mx1"])
     assert b.file(mx.FILTER_GUARD).mode == 0o755
     conf = b.file(mx.SMTPD_CONF).content
-    assert (f'filter "rspamd" proc-exec "{mx.FILTER_GUARD} --swap-login-fields '
-            f'--strip-headers {ctx.settings.host_domain} {mx.FILTER_DIR}/filter-rspamd"') in conf
+    assert (
+        f'filter "rspamd" proc-exec "{mx.FILTER_GUARD} --swap-login-fields '
+        f'--strip-headers {ctx.settings.host_domain} {mx.FILTER_DIR}/filter-rspamd"'
+    ) in conf
     assert f'filter "senderscore" proc-exec "{mx.FILTER_GUARD} {mx.FILTER_DIR}/filter-senderscore ' in conf
 
 
@@ -606,13 +766,18 @@ def test_guard_keeps_strangers_fields_in_their_place(ctx, tmp_path):
     """A '|' in a failed login's user name, a HELO name or a PTR name must not add
     fields (the filters exit on that); a data line over Go's 64 KiB line is cut."""
     sid = "report|0.7|1.0|smtp-in"
-    out = _guard(ctx, tmp_path, [
-        f"{sid}|link-auth|s1|fail|a|b|c@x",
-        f"{sid}|link-identify|s1|EHLO|evil|host",
-        f"{sid}|link-connect|s1|a|b.evil.test|pass|10.0.0.1:1|10.0.0.2:25",
-        "filter|0.7|1.0|smtp-in|data-line|s1|tok|" + "x" * 65520,
-        "filter|0.7|1.0|smtp-in|data-line|s1|tok|a|b\x00c",
-    ], "--swap-login-fields")
+    out = _guard(
+        ctx,
+        tmp_path,
+        [
+            f"{sid}|link-auth|s1|fail|a|b|c@x",
+            f"{sid}|link-identify|s1|EHLO|evil|host",
+            f"{sid}|link-connect|s1|a|b.evil.test|pass|10.0.0.1:1|10.0.0.2:25",
+            "filter|0.7|1.0|smtp-in|data-line|s1|tok|" + "x" * 65520,
+            "filter|0.7|1.0|smtp-in|data-line|s1|tok|a|b\x00c",
+        ],
+        "--swap-login-fields",
+    )
     assert out[:3] == [
         f"{sid}|link-auth|s1|a%7Cb%7Cc@x|fail",
         f"{sid}|link-identify|s1|EHLO|evil%7Chost",
@@ -629,16 +794,33 @@ def test_guard_strips_forged_verdict_headers(ctx, tmp_path):
     header section (any case, folded or not), with their continuation lines; others stay,
     and the body is never touched. Each message of a session starts a header section."""
     p = "filter|0.7|1.0|smtp-in|data-line|s1|tok|"
-    msg = ["Received: from x", "X-Spam-Status: No,", "  score=-100", "Authentication-Results:",
-           "\tmx1.example.org; dkim=pass", "Authentication-Results: relay.other.test; spf=pass",
-           "aUTHENTICATION-results: (v1) Example.org. ; dkim=pass",
-           "Authentication-Results: evilexample.org; spf=pass", "x-spam: no", "Subject: hi", "",
-           "X-Spam: a body line", "."]
-    kept = ["Received: from x", "Authentication-Results: relay.other.test; spf=pass",
-            "Authentication-Results: evilexample.org; spf=pass", "Subject: hi", "", "X-Spam: a body line", "."]
+    msg = [
+        "Received: from x",
+        "X-Spam-Status: No,",
+        "  score=-100",
+        "Authentication-Results:",
+        "\tmx1.example.org; dkim=pass",
+        "Authentication-Results: relay.other.test; spf=pass",
+        "aUTHENTICATION-results: (v1) Example.org. ; dkim=pass",
+        "Authentication-Results: evilexample.org; spf=pass",
+        "x-spam: no",
+        "Subject: hi",
+        "",
+        "X-Spam: a body line",
+        ".",
+    ]
+    kept = [
+        "Received: from x",
+        "Authentication-Results: relay.other.test; spf=pass",
+        "Authentication-Results: evilexample.org; spf=pass",
+        "Subject: hi",
+        "",
+        "X-Spam: a body line",
+        ".",
+    ]
     out = _guard(ctx, tmp_path, [p + x for x in msg + msg], "--swap-login-fields", "--strip-headers", "example.org")
     assert out == [p + x for x in kept + kept]
-    assert _guard(ctx, tmp_path, [p + x for x in msg]) == [p + x for x in msg]   # without the option
+    assert _guard(ctx, tmp_path, [p + x for x in msg]) == [p + x for x in msg]  # without the option
 
 
 def test_smtpd_stops_before_dovecot_on_one_host(ctx, single_ctx):
@@ -646,7 +828,7 @@ def test_smtpd_stops_before_dovecot_on_one_host(ctx, single_ctx):
     sessions before Dovecot goes, or a message Dovecot stored is delivered again."""
     import configparser
 
-    from mailstack import mx
+    from mailstack import smtpd as mx
 
     def after(c, role):
         unit = configparser.ConfigParser(strict=False)
@@ -664,20 +846,50 @@ def test_rcpt_is_451_while_the_database_is_down(mx1_running):
     the mail), never 550; smtpd stays up and answers 250 again once the database is back."""
     ctx, ns = mx1_running
     ip = ctx.hosts["mx1"].private_ip
-    probe = lambda rcpt: rcpt_reply(swaks(ns, "--server", ip, "--li", OUTSIDE_OK, "--from",  # noqa: E731
-                                          "x@good.test", "--to", rcpt, "--quit-after", "RCPT"))
+    probe = lambda rcpt: rcpt_reply(
+        swaks(
+            ns,
+            "--server",
+            ip,
+            "--li",
+            OUTSIDE_OK,
+            "--from",  # noqa: E731
+            "x@good.test",
+            "--to",
+            rcpt,
+            "--quit-after",
+            "RCPT",
+        )
+    )
     assert probe("alice@example.org").strip().startswith("<-  250")
     pg = ns.root / "pg"
-    subprocess.run(["runuser", "-u", "postgres", "--", PG_BIN / "pg_ctl", "-D", pg / "data", "-m",
-                    "fast", "-w", "stop"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        ["runuser", "-u", "postgres", "--", PG_BIN / "pg_ctl", "-D", pg / "data", "-m", "fast", "-w", "stop"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     try:
         for rcpt in ("alice@example.org", "nobody@example.org"):
             reply = probe(rcpt)
             assert re.search(r"\b451\b", reply), f"{rcpt} with the database down: {reply}"
     finally:
-        postgres = ns.start("runuser", "-u", "postgres", "--", PG_BIN / "postgres", "-D", pg / "data",
-                            "-k", pg, "-c", "listen_addresses=127.0.0.1", "-c", "port=5432",
-                            log=ns.root / "postgres.log")
+        postgres = ns.start(
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            PG_BIN / "postgres",
+            "-D",
+            pg / "data",
+            "-k",
+            pg,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "port=5432",
+            log=ns.root / "postgres.log",
+        )
         ns.wait_port("127.0.0.1", 5432, postgres, ns.root / "postgres.log")
     wait_for = time.monotonic() + 60
     while not probe("alice@example.org").strip().startswith("<-  250"):

@@ -1,4 +1,4 @@
-"""fail2ban against the real daemons (mailstack/bans.py, docs/hardening.md).
+"""fail2ban against the real daemons (mailstack/fail2ban.py, docs/hardening.md).
 
 The rendered jails pass `fail2ban-client -t` with Debian's packaged configuration; then,
 in network namespaces the test creates, the single host's real smtpd (submission on 465
@@ -13,6 +13,7 @@ same jails at log files (backend polling). smtpd's debug output carries no time 
 so its lines are written the way the journal hands them to fail2ban
 ("<time> <host> smtpd[<pid>]: <message>").
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import bans, imap, mx
+from mailstack import dovecot, fail2ban
 from mailstack import hosts as H
+from mailstack import smtpd as mx
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
 from tests.daemons.dovecot import install as install_dovecot
 from tests.daemons.netns import Netns, start_resolver_and_database
@@ -42,14 +44,14 @@ ATTACKER6 = "fd00:99::6"
 GOOD6 = "fd00:99::5"
 SERVER6 = "fd00:77::11"
 ADMIN = "203.0.113.9"  # inside the test stack's admin.sshCidrs
-FAILURES = 3          # the smallest loginFailures the settings allow
+FAILURES = 3  # the smallest loginFailures the settings allow
 
 
 def _confdir(ctx, host, root: Path) -> Path:
     """Debian's /etc/fail2ban with the rendered files, as the deploy step checks it."""
     d = root / "fail2ban"
     shutil.copytree("/etc/fail2ban", d)
-    b = bans.bundle(ctx, host)
+    b = fail2ban.bundle(ctx, host)
     for f in b.files:
         (d / Path(f.path).relative_to("/etc/fail2ban")).write_text(f.content)
     return d
@@ -61,16 +63,16 @@ def test_rendered_jails_pass_fail2ban_check(topology, role, tmp_path):
     d = _confdir(ctx, ctx.hosts[role], tmp_path)
     r = subprocess.run(["fail2ban-client", "-c", d, "-d"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    jails = {j.name: j for j in bans.jails(ctx.hosts[role])}
+    jails = {j.name: j for j in fail2ban.jails(ctx.hosts[role])}
     for name, j in jails.items():
-        assert f"['add', '{name}', 'systemd']" in r.stdout        # the journal
+        assert f"['add', '{name}', 'systemd']" in r.stdout  # the journal
         assert f"['port', '{','.join(map(str, j.ports))}']" in r.stdout
     # The journal units the filters read are the daemons' own.
     if "mailstack-smtpd" in jails:
         assert f"'addjournalmatch', '_SYSTEMD_UNIT={mx.UNIT}'" in r.stdout
         assert sorted(jails["mailstack-smtpd"].ports) == [465, 587]
     if "mailstack-dovecot" in jails:
-        assert f"'addjournalmatch', '_SYSTEMD_UNIT={imap.UNIT}'" in r.stdout
+        assert f"'addjournalmatch', '_SYSTEMD_UNIT={dovecot.UNIT}'" in r.stdout
         assert sorted(jails["mailstack-dovecot"].ports) == [993, 4190]
     assert "'sshd'" not in r.stdout
 
@@ -79,25 +81,26 @@ def test_fail2ban_check_catches_a_broken_filter(tmp_path):
     """The deploy step's check (fail2ban-regex compiles the filter; -t does not)."""
     ctx = make_context(settings_from(topology="single"))
     d = _confdir(ctx, ctx.hosts["mx1"], tmp_path)
-    f = d / "filter.d" / Path(bans.SMTPD_FILTER).name
+    f = d / "filter.d" / Path(fail2ban.SMTPD_FILTER).name
     check = ["fail2ban-regex", "-c", d, "mailstack probe", f]
-    assert "fail2ban-regex -c \"$f2b_check\" \"mailstack probe\"" in bans.bundle(ctx, ctx.hosts["mx1"]).script
+    assert 'fail2ban-regex -c "$f2b_check" "mailstack probe"' in fail2ban.bundle(ctx, ctx.hosts["mx1"]).script
     assert subprocess.run(check, capture_output=True, timeout=60).returncode == 0
     f.write_text(f.read_text().replace("failregex = ^", "failregex = ^(", 1))
     assert subprocess.run(check, capture_output=True, timeout=60).returncode != 0
 
 
 def test_never_banned(ctx):
-    ips = bans.ignore_ips(ctx)
+    ips = fail2ban.ignore_ips(ctx)
     for role, a in ctx.addresses.items():
         assert a.ipv4 in ips and a.ipv6 in ips, role
     assert ctx.settings.hetzner.private_cidr in ips
     assert set(ctx.settings.admin.ssh_cidrs) <= set(ips)
-    assert not bans.runs_fail2ban(ctx.hosts["mx2"])   # no logins there
+    assert not fail2ban.runs_fail2ban(ctx.hosts["mx2"])  # no logins there
     from mailstack import supervision
-    assert bans.UNIT in supervision.units(ctx.hosts["mx1"])
-    assert bans.UNIT in supervision.units(ctx.hosts["imap"])
-    assert bans.UNIT not in supervision.units(ctx.hosts["mx2"])
+
+    assert fail2ban.UNIT in supervision.units(ctx.hosts["mx1"])
+    assert fail2ban.UNIT in supervision.units(ctx.hosts["imap"])
+    assert fail2ban.UNIT not in supervision.units(ctx.hosts["mx2"])
 
 
 # --------------------------------------------------------------------------- real daemons
@@ -179,20 +182,26 @@ def banning():
         ns = Netns(root, host.private_ip, [OUTSIDE_OK, OUTSIDE_NO_PTR, ADMIN])
         # IPv6 on the same link (nodad: usable at once).
         for cmd, client in (
-                (["ip", "-6", "addr", "add", f"{SERVER6}/128", "dev", "vs", "nodad"], False),
-                (["ip", "-6", "route", "add", f"{ATTACKER6}/128", "dev", "vs"], False),
-                (["ip", "-6", "route", "add", f"{GOOD6}/128", "dev", "vs"], False),
-                (["ip", "-6", "addr", "add", f"{ATTACKER6}/128", "dev", "vc", "nodad"], True),
-                (["ip", "-6", "addr", "add", f"{GOOD6}/128", "dev", "vc", "nodad"], True),
-                (["ip", "-6", "route", "add", f"{SERVER6}/128", "dev", "vc"], True)):
+            (["ip", "-6", "addr", "add", f"{SERVER6}/128", "dev", "vs", "nodad"], False),
+            (["ip", "-6", "route", "add", f"{ATTACKER6}/128", "dev", "vs"], False),
+            (["ip", "-6", "route", "add", f"{GOOD6}/128", "dev", "vs"], False),
+            (["ip", "-6", "addr", "add", f"{ATTACKER6}/128", "dev", "vc", "nodad"], True),
+            (["ip", "-6", "addr", "add", f"{GOOD6}/128", "dev", "vc", "nodad"], True),
+            (["ip", "-6", "route", "add", f"{SERVER6}/128", "dev", "vc"], True),
+        ):
             r = ns.run(*cmd, client=client)
             assert r.returncode == 0, (cmd, r.stderr)
         start_resolver_and_database(ns, ctx, root)
         # Dovecot with the rendered config, on the namespace's PostgreSQL and real ports.
-        layout = imap.Layout(etc=str(root / "dovecot"), vmail=str(root / "vmail"),
-                             tls_dir=str(root / "tls"), base_dir=str(root / "dovecot-run"),
-                             state_dir=str(root / "dovecot-state"), log_path=str(root / "dovecot.log"),
-                             libexec=str(root / "libexec"))
+        layout = dovecot.Layout(
+            etc=str(root / "dovecot"),
+            vmail=str(root / "vmail"),
+            tls_dir=str(root / "tls"),
+            base_dir=str(root / "dovecot-run"),
+            state_dir=str(root / "dovecot-state"),
+            log_path=str(root / "dovecot.log"),
+            libexec=str(root / "libexec"),
+        )
         for d in ("dovecot/sieve", "dovecot-state", "libexec"):
             (root / d).mkdir(parents=True)
         (root / "vmail").mkdir(mode=0o750)
@@ -200,12 +209,19 @@ def banning():
         install_dovecot(ctx, host, layout)
         dovecot_conf = root / "dovecot" / "dovecot.conf"
         # The master daemonizes; its children would hold captured pipes open.
-        subprocess.run(ns.cmd("dovecot", "-c", dovecot_conf), check=True, timeout=30,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ns.cmd("dovecot", "-c", dovecot_conf),
+            check=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         # smtpd, its lines stamped the way the journal hands them to fail2ban.
         (root / "stamp.py").write_text(STAMP)
-        smtpd = ns.start("sh", "-c", f"{SMTPD} -d -f {conf} 2>&1 | {sys.executable} -u {root}/stamp.py $$",
-                         log=root / "smtpd.log")
+        smtpd = ns.start(
+            "sh", "-c", f"{SMTPD} -d -f {conf} 2>&1 | {sys.executable} -u {root}/stamp.py $$", log=root / "smtpd.log"
+        )
         for port in (465, 587):
             ns.wait_port(host.private_ip, port, smtpd, root / "smtpd.log")
         ns.wait_port(host.private_ip, 993, smtpd, root / "dovecot.log")
@@ -213,11 +229,13 @@ def banning():
         f2b = _confdir(ctx, host, root)
         (f2b / "fail2ban.local").write_text(
             f"[Definition]\nlogtarget = {root}/fail2ban.log\nloglevel = INFO\n"
-            f"socket = {root}/f2b.sock\npidfile = {root}/f2b.pid\ndbfile = :memory:\n")
+            f"socket = {root}/f2b.sock\npidfile = {root}/f2b.pid\ndbfile = :memory:\n"
+        )
         (f2b / "jail.d" / "zz-test.local").write_text(
             "[DEFAULT]\nbackend = polling\n"
             f"[mailstack-smtpd]\nlogpath = {root}/smtpd.log\n"
-            f"[mailstack-dovecot]\nlogpath = {root}/dovecot.log\n")
+            f"[mailstack-dovecot]\nlogpath = {root}/dovecot.log\n"
+        )
         server = ns.start("fail2ban-server", "-f", "-x", "-c", f2b, log=root / "fail2ban.out")
         client = ["fail2ban-client", "-c", f2b]
         for _ in range(300):
@@ -261,7 +279,7 @@ def banned(env, jail: str) -> list[str]:
 
 
 def wait_banned(env, jail: str, ip: str) -> bool:
-    for _ in range(100):   # fail2ban polls its files once a second
+    for _ in range(100):  # fail2ban polls its files once a second
         if ip in banned(env, jail):
             return True
         time.sleep(0.2)
@@ -269,8 +287,11 @@ def wait_banned(env, jail: str, ip: str) -> bool:
 
 
 def _log(env) -> str:
-    return "\n".join((env["root"] / n).read_text(errors="replace")[-2500:]
-                     for n in ("fail2ban.log", "smtpd.log", "dovecot.log") if (env["root"] / n).exists())
+    return "\n".join(
+        (env["root"] / n).read_text(errors="replace")[-2500:]
+        for n in ("fail2ban.log", "smtpd.log", "dovecot.log")
+        if (env["root"] / n).exists()
+    )
 
 
 def good(src: str, kind: str, port: int = 0) -> dict:
@@ -293,7 +314,7 @@ def test_failed_smtp_logins_get_the_address_blocked(banning):
     # Someone else with the right password is not affected, nor is that user.
     assert attempts(banning, [good(OUTSIDE_OK, "smtp", 587), good(OUTSIDE_OK, "smtp", 465)]) == ["235", "235"], out
     # The ban is an element of fail2ban's own set in its own table.
-    r = banning["ns"].run("nft", "list", "table", "inet", bans.NFT_TABLE)
+    r = banning["ns"].run("nft", "list", "table", "inet", fail2ban.NFT_TABLE)
     assert attacker in r.stdout, r.stdout
 
 
@@ -303,8 +324,12 @@ def test_failed_imap_and_sieve_logins_over_ipv6_get_the_address_blocked(banning)
     assert wait_banned(banning, "mailstack-dovecot", ATTACKER6), _log(banning)
     assert attempts(banning, [good(ATTACKER6, "imap"), good(ATTACKER6, "sieve")]) == ["refused", "refused"]
     # Another IPv6 address, and IPv4, with the right password: unaffected.
-    assert attempts(banning, [good(GOOD6, "imap"), good(GOOD6, "sieve"), good(OUTSIDE_OK, "imap")]) == ["OK", "OK", "OK"]
-    r = banning["ns"].run("nft", "list", "table", "inet", bans.NFT_TABLE)
+    assert attempts(banning, [good(GOOD6, "imap"), good(GOOD6, "sieve"), good(OUTSIDE_OK, "imap")]) == [
+        "OK",
+        "OK",
+        "OK",
+    ]
+    r = banning["ns"].run("nft", "list", "table", "inet", fail2ban.NFT_TABLE)
     assert ATTACKER6 in r.stdout, r.stdout
 
 
@@ -312,7 +337,7 @@ def test_admin_networks_are_never_banned(banning):
     out = attempts(banning, [bad(ADMIN, "smtp", 587) for _ in range(FAILURES + 1)])
     assert set(out) == {"535"}, out
     log = banning["root"] / "fail2ban.log"
-    for _ in range(100):     # until fail2ban has read those lines (it says it ignores them)
+    for _ in range(100):  # until fail2ban has read those lines (it says it ignores them)
         if f"Ignore {ADMIN}" in log.read_text(errors="replace"):
             break
         time.sleep(0.2)

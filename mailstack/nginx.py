@@ -1,9 +1,9 @@
 """nginx on the WEB host: MTA-STS policies and mail client autoconfiguration."""
+
 from __future__ import annotations
 
-from . import dns
+from . import dns, tls
 from . import hosts as H
-from . import tls
 from .bundle import Bundle, File
 from .context import Context
 from .templates import render
@@ -14,20 +14,16 @@ TLS_DIR = "/etc/mailstack/tls"
 
 
 def server_names(ctx: Context) -> list[str]:
-    return [f"{label}.{d}" for d in ctx.settings.domains
-            for label in ("mta-sts", "autoconfig", "autodiscover")]
+    return [f"{label}.{d}" for d in ctx.settings.domains for label in ("mta-sts", "autoconfig", "autodiscover")]
 
 
 def site_conf(ctx: Context) -> str:
-    return render("nginx/mailstack-web.j2", names=server_names(ctx),
-                  tls_dir=TLS_DIR, web_root=WEB_ROOT, tls=tls)
+    return render("nginx/mailstack-web.j2", names=server_names(ctx), tls_dir=TLS_DIR, web_root=WEB_ROOT, tls=tls)
 
 
 def _clients(ctx: Context) -> dict[str, object]:
     s = ctx.settings
-    return dict(domains=s.domains, primary_domain=s.primary_domain,
-                imap_fqdn=s.fqdn("imap"),
-                smtp_fqdn=s.fqdn("smtp"))
+    return dict(domains=s.domains, primary_domain=s.primary_domain, imap_fqdn=s.fqdn("imap"), smtp_fqdn=s.fqdn("smtp"))
 
 
 def autoconfig_xml(ctx: Context) -> str:

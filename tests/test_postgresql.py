@@ -1,6 +1,7 @@
 """PostgreSQL: the rendered config, roles, schema, slots and sync, applied to a real
 PostgreSQL 15 primary and a streaming replica made with the rendered pg_basebackup
 command, on loopback in a temp dir."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from mailstack import database as D
+from mailstack import postgresql as D
 from mailstack.context import Context
 
 from .conftest import TEST_HASH, make_context, settings_from
 from .daemons.ports import wait
-from .daemons.postgres import PG_BIN, Pg, as_postgres, start_primary, start_replica
+from .daemons.postgresql import PG_BIN, Pg, as_postgres, start_primary, start_replica
 
 pytestmark = pytest.mark.skipif(
     not (PG_BIN / "postgres").exists() or os.geteuid() != 0,
@@ -58,8 +59,7 @@ def lab():
         primary.sql(D.sync_sql(settings, hashes), D.DB_NAME)
         replica = start_replica(base, ctx, primary, "imap")
         clusters.append(replica)
-        yield dict(ctx=ctx, settings=settings, primary=primary, replica=replica, base=base,
-                   hashes=hashes)
+        yield dict(ctx=ctx, settings=settings, primary=primary, replica=replica, base=base, hashes=hashes)
     finally:
         for c in reversed(clusters):
             c.stop()
@@ -72,6 +72,7 @@ def snapshot(pg: Pg):
 
 # --------------------------------------------------------------------------- rendering
 
+
 def test_rendered_primary_config(ctx):
     mx1 = ctx.hosts["mx1"]
     conf = D.server_conf(ctx, mx1)
@@ -79,11 +80,11 @@ def test_rendered_primary_config(ctx):
     assert "wal_level = replica" in conf and "max_slot_wal_keep_size = 2GB" in conf
     hba = D.hba_conf(ctx, mx1)
     repl = [line.split() for line in hba.splitlines() if line.startswith("host") and "replication" in line]
-    assert repl == [["host", "replication", D.REPLICATION_USER, ip, "scram-sha-256"]
-                    for ip in ("10.77.1.12/32", "10.77.1.13/32")]
+    assert repl == [
+        ["host", "replication", D.REPLICATION_USER, ip, "scram-sha-256"] for ip in ("10.77.1.12/32", "10.77.1.13/32")
+    ]
     # Only loopback may use the lookup role, and nothing reaches other databases.
-    assert all(line.split()[1] in (D.DB_NAME, "replication") for line in hba.splitlines()
-               if line.startswith("host"))
+    assert all(line.split()[1] in (D.DB_NAME, "replication") for line in hba.splitlines() if line.startswith("host"))
     assert "listen_addresses = 'localhost'\n" in D.server_conf(ctx, ctx.hosts["imap"])
     assert "replication" not in D.hba_conf(ctx, ctx.hosts["imap"]).replace("# ", "").split("local")[-1]
 
@@ -97,8 +98,11 @@ def test_single_topology_has_no_replicas(single_ctx):
 
 
 def test_secrets_stay_out_of_scripts_and_public_files(ctx):
-    for bundle in (D.primary_bundle(ctx, ctx.hosts["mx1"]), D.replica_bundle(ctx, ctx.hosts["imap"]),
-                   D.sync_bundle(ctx)):
+    for bundle in (
+        D.primary_bundle(ctx, ctx.hosts["mx1"]),
+        D.replica_bundle(ctx, ctx.hosts["imap"]),
+        D.sync_bundle(ctx),
+    ):
         assert bundle.secret
         for secret in (ctx.secrets.lookup_password, ctx.secrets.replication_password, TEST_HASH):
             assert secret not in bundle.script
@@ -127,6 +131,7 @@ def test_sync_sql_quotes_and_needs_every_hash(settings):
 
 # --------------------------------------------------------------------------- real server
 
+
 def test_replication_streams_and_replica_is_read_only(lab):
     primary, replica = lab["primary"], lab["replica"]
     rows = primary.q("SELECT application_name, state, usename FROM pg_stat_replication", "postgres")
@@ -135,8 +140,7 @@ def test_replication_streams_and_replica_is_read_only(lab):
     assert slots == [["mailstack_imap", "t"], ["mailstack_mx2", "f"]]
     primary.sql("INSERT INTO domains (name) VALUES ('replicated.example')", D.DB_NAME)
     try:
-        wait(lambda: replica.q("SELECT name FROM domains WHERE name = 'replicated.example'"),
-             "the row on the replica")
+        wait(lambda: replica.q("SELECT name FROM domains WHERE name = 'replicated.example'"), "the row on the replica")
     finally:
         primary.sql("DELETE FROM domains WHERE name = 'replicated.example'", D.DB_NAME)
     res = replica.sql("INSERT INTO domains (name) VALUES ('nope.example')", D.DB_NAME, check=False)
@@ -148,21 +152,32 @@ def test_replication_streams_and_replica_is_read_only(lab):
     assert "primary_slot_name = 'mailstack_imap'" in auto
     assert "host=127.0.0.11 " in auto
     # ...and the replica step's identity check: same system identifier both sides.
-    ident = as_postgres(PG_BIN / "psql", "-X", "-w", "-Atc", "IDENTIFY_SYSTEM",
-                        f"host=127.0.0.11 port={primary.port} user={D.REPLICATION_USER} "
-                        "dbname=replication replication=true",
-                        env={"PGPASSFILE": str(replica.dir / "pgpass")}).stdout.split("|")[0]
+    ident = as_postgres(
+        PG_BIN / "psql",
+        "-X",
+        "-w",
+        "-Atc",
+        "IDENTIFY_SYSTEM",
+        f"host=127.0.0.11 port={primary.port} user={D.REPLICATION_USER} dbname=replication replication=true",
+        env={"PGPASSFILE": str(replica.dir / "pgpass")},
+    ).stdout.split("|")[0]
     ctl = as_postgres(PG_BIN / "pg_controldata", replica.data).stdout
     assert f"Database system identifier:           {ident}" in ctl
 
 
 def test_settings_applied(lab):
     primary = lab["primary"]
-    rows = primary.q("SELECT name, setting FROM pg_settings WHERE name IN "
-                     "('max_slot_wal_keep_size', 'wal_level', 'listen_addresses', 'hot_standby') ORDER BY 1",
-                     "postgres")
-    assert rows == [["hot_standby", "on"], ["listen_addresses", "localhost, 127.0.0.11"],
-                    ["max_slot_wal_keep_size", "2048"], ["wal_level", "replica"]]
+    rows = primary.q(
+        "SELECT name, setting FROM pg_settings WHERE name IN "
+        "('max_slot_wal_keep_size', 'wal_level', 'listen_addresses', 'hot_standby') ORDER BY 1",
+        "postgres",
+    )
+    assert rows == [
+        ["hot_standby", "on"],
+        ["listen_addresses", "localhost, 127.0.0.11"],
+        ["max_slot_wal_keep_size", "2048"],
+        ["wal_level", "replica"],
+    ]
     assert primary.q("SELECT count(*) FROM pg_settings WHERE pending_restart", "postgres") == [["0"]]
     assert primary.q("SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL", "postgres") == [["0"]]
 
@@ -190,9 +205,15 @@ def test_reload_reports_settings_that_need_a_restart(lab):
 def test_replication_only_from_replica_addresses(lab):
     primary, ctx = lab["primary"], lab["ctx"]
     ident = lambda: as_postgres(  # noqa: E731
-        PG_BIN / "psql", "-X", "-w", "-Atc", "IDENTIFY_SYSTEM",
+        PG_BIN / "psql",
+        "-X",
+        "-w",
+        "-Atc",
+        "IDENTIFY_SYSTEM",
         f"host=127.0.0.11 port={primary.port} user={D.REPLICATION_USER} dbname=replication replication=true",
-        env={"PGPASSFILE": str(lab["replica"].dir / "pgpass")}, check=False)
+        env={"PGPASSFILE": str(lab["replica"].dir / "pgpass")},
+        check=False,
+    )
     assert ident().returncode == 0
     elsewhere = loopback_context(lab["settings"], replica_ip="127.0.0.12")
     hba = (primary.dir / "pg_hba.conf").read_text()
@@ -208,8 +229,10 @@ def test_replication_only_from_replica_addresses(lab):
     # The lookup role gets no replication and no other database.
     pw = ctx.secrets.lookup_password
     assert primary.as_user(D.LOOKUP_USER, pw, "SELECT 1", db="postgres").returncode != 0
-    assert primary.as_user(D.LOOKUP_USER, pw, "IDENTIFY_SYSTEM", db="replication",
-                           extra="replication=true").returncode != 0
+    assert (
+        primary.as_user(D.LOOKUP_USER, pw, "IDENTIFY_SYSTEM", db="replication", extra="replication=true").returncode
+        != 0
+    )
 
 
 @pytest.mark.parametrize("where", ["primary", "replica"])
@@ -220,15 +243,25 @@ def test_smtpd_queries(lab, where):
     # A mailbox resolves to the vmail user; aliases to their destinations.
     assert smtpd(pg, "query_alias", "alice@example.org") == ["vmail"]
     assert smtpd(pg, "query_alias", "team@example.net") == sorted(
-        ["alice@example.org", "bob@example.org", "carol@example.net"])
+        ["alice@example.org", "bob@example.org", "carol@example.net"]
+    )
     assert smtpd(pg, "query_alias", "abuse@example.org") == ["postmaster@example.org"]
     assert smtpd(pg, "query_alias", "nobody@example.org") == []
     assert smtpd(pg, "query_credentials", "alice@example.org") == [f"alice@example.org|{TEST_HASH}"]
     assert smtpd(pg, "query_credentials", "postmaster@example.org") == []
     # alice may send as herself and the aliases that deliver to her, not as bob.
     alice_may = smtpd(pg, "query_mailaddrmap", "alice@example.org")
-    assert alice_may == sorted(["abuse@example.net", "alice@example.org", "dmarc-reports@example.org", "postmaster@example.net",
-                                "postmaster@example.org", "team@example.net", "tls-reports@example.org"])
+    assert alice_may == sorted(
+        [
+            "abuse@example.net",
+            "alice@example.org",
+            "dmarc-reports@example.org",
+            "postmaster@example.net",
+            "postmaster@example.org",
+            "team@example.net",
+            "tls-reports@example.org",
+        ]
+    )
     assert "bob@example.org" not in alice_may
     assert smtpd(pg, "query_mailaddrmap", "team@example.net") == []
     assert smtpd(pg, "query_mailaddr", "bob@example.org") == ["bob@example.org"]
@@ -244,7 +277,10 @@ def test_dovecot_queries(lab):
     uq = D.dovecot_user_query("/var/vmail", 5000)
     assert user(uq, "bob@example.org") == [["5000", "5000", "/var/vmail/example.org/bob", "*:storage=5120M"]]
     assert pg.q(D.DOVECOT_ITERATE_QUERY.replace('AS "user"', "") + " ORDER BY 1") == [
-        ["alice@example.org"], ["bob@example.org"], ["carol@example.net"]]
+        ["alice@example.org"],
+        ["bob@example.org"],
+        ["carol@example.net"],
+    ]
 
 
 def test_lookup_role_reads_but_cannot_write(lab):
@@ -264,25 +300,34 @@ def test_quota_role_writes_usage_only_and_replicas_decide(lab):
     """Dovecot's quota clone writes usage as the quota role (an upsert, as its dict
     does); it can't touch anything else, and the RCPT query on a replica sees it."""
     primary, pw = lab["primary"], lab["ctx"].secrets.quota_password
-    upsert = (f"INSERT INTO {D.QUOTA_TABLE} (address, bytes) VALUES ('bob@example.org', {{n}}) "
-              "ON CONFLICT (address) DO UPDATE SET bytes = EXCLUDED.bytes")
+    upsert = (
+        f"INSERT INTO {D.QUOTA_TABLE} (address, bytes) VALUES ('bob@example.org', {{n}}) "
+        "ON CONFLICT (address) DO UPDATE SET bytes = EXCLUDED.bytes"
+    )
     full = 5120 * 1048576  # bob's quota in the example stack
     try:
         res = primary.as_user(D.QUOTA_USER, pw, upsert.format(n=full - 1))
         assert res.returncode == 0, res.stderr
-        for sql in ("UPDATE users SET quota_mb = 0", "SELECT count(*) FROM users",
-                    "DELETE FROM aliases", "CREATE TABLE t (x int)"):
+        for sql in (
+            "UPDATE users SET quota_mb = 0",
+            "SELECT count(*) FROM users",
+            "DELETE FROM aliases",
+            "CREATE TABLE t (x int)",
+        ):
             res = primary.as_user(D.QUOTA_USER, pw, sql)
             assert res.returncode != 0 and "permission denied" in res.stderr, sql
-        res = lab["primary"].as_user(D.LOOKUP_USER, lab["ctx"].secrets.lookup_password,
-                                     f"UPDATE {D.QUOTA_TABLE} SET bytes = 0")
+        res = lab["primary"].as_user(
+            D.LOOKUP_USER, lab["ctx"].secrets.lookup_password, f"UPDATE {D.QUOTA_TABLE} SET bytes = 0"
+        )
         assert res.returncode != 0 and "permission denied" in res.stderr
 
         def full_on_replica(rcpt):
-            return lab["replica"].q(f"PREPARE f(text) AS {D.QUOTA_FULL_QUERY}; "
-                                    f"EXECUTE f({D.sql_literal(rcpt)});")
-        wait(lambda: lab["replica"].q(f"SELECT bytes FROM {D.QUOTA_TABLE}") == [[str(full - 1)]],
-             "the usage on the replica")
+            return lab["replica"].q(f"PREPARE f(text) AS {D.QUOTA_FULL_QUERY}; EXECUTE f({D.sql_literal(rcpt)});")
+
+        wait(
+            lambda: lab["replica"].q(f"SELECT bytes FROM {D.QUOTA_TABLE}") == [[str(full - 1)]],
+            "the usage on the replica",
+        )
         assert full_on_replica("bob@example.org") == []
         assert primary.as_user(D.QUOTA_USER, pw, upsert.format(n=full)).returncode == 0
         wait(lambda: full_on_replica("Bob+x@Example.org") == [["bob@example.org"]], "bob full")
@@ -306,25 +351,30 @@ def test_setup_and_sync_are_idempotent(lab):
 
 def test_sync_updates_renames_and_removes(lab):
     primary, settings = lab["primary"], lab["settings"]
-    users = [{"address": "alice@example.org", "quotaMb": 20480},
-             {"address": "robert@example.org", "quotaMb": 5120},  # bob, renamed
-             {"address": "carol@example.net", "active": False}]
-    aliases = [{"address": "postmaster@example.org", "to": ["alice@example.org"]},
-               {"address": "postmaster@example.net", "to": ["alice@example.org"]},
-               {"address": "team@example.net", "to": ["alice@example.org", "robert@example.org"]}]
+    users = [
+        {"address": "alice@example.org", "quotaMb": 20480},
+        {"address": "robert@example.org", "quotaMb": 5120},  # bob, renamed
+        {"address": "carol@example.net", "active": False},
+    ]
+    aliases = [
+        {"address": "postmaster@example.org", "to": ["alice@example.org"]},
+        {"address": "postmaster@example.net", "to": ["alice@example.org"]},
+        {"address": "team@example.net", "to": ["alice@example.org", "robert@example.org"]},
+    ]
     changed = settings_from(users=users, aliases=aliases)
-    hashes = {"alice@example.org": OTHER_HASH, "robert@example.org": TEST_HASH,
-              "carol@example.net": TEST_HASH}
+    hashes = {"alice@example.org": OTHER_HASH, "robert@example.org": TEST_HASH, "carol@example.net": TEST_HASH}
     before = snapshot(primary)
     try:
         primary.sql(D.sync_sql(changed, hashes), D.DB_NAME)
         after = snapshot(primary)
         assert [r[1:3] for r in after["users"]] == [
-            ["alice@example.org", "example.org"], ["carol@example.net", "example.net"],
-            ["robert@example.org", "example.org"]]
+            ["alice@example.org", "example.org"],
+            ["carol@example.net", "example.net"],
+            ["robert@example.org", "example.org"],
+        ]
         assert smtpd(primary, "query_credentials", "alice@example.org") == [f"alice@example.org|{OTHER_HASH}"]
         assert smtpd(primary, "query_alias", "bob@example.org") == []
-        assert smtpd(primary, "query_alias", "carol@example.net") == []   # inactive
+        assert smtpd(primary, "query_alias", "carol@example.net") == []  # inactive
         assert smtpd(primary, "query_credentials", "carol@example.net") == []
         assert smtpd(primary, "query_alias", "team@example.net") == ["alice@example.org", "robert@example.org"]
         # Role addresses the settings dropped go to the admin mailbox (the first user).
@@ -333,8 +383,10 @@ def test_sync_updates_renames_and_removes(lab):
         # The unchanged alias rows were not rewritten.
         keep = [r for r in before["aliases"] if r[1] == "postmaster@example.net"]
         assert keep and keep[0] in after["aliases"]
-        wait(lambda: lab["replica"].q("SELECT quota_mb FROM users WHERE address = 'robert@example.org'")
-             == [["5120"]], "the rename on the replica")
+        wait(
+            lambda: lab["replica"].q("SELECT quota_mb FROM users WHERE address = 'robert@example.org'") == [["5120"]],
+            "the rename on the replica",
+        )
         primary.sql(D.sync_sql(changed, hashes), D.DB_NAME)
         assert snapshot(primary) == after
     finally:
@@ -392,11 +444,13 @@ def test_config_pending_asks_the_server(lab):
 
     primary = lab["primary"]
     conf = primary.dir / "mailstack.conf"
-    program = "\n".join([
-        f"PSQL='runuser -u postgres -- {PG_BIN}/psql -X -q -h {primary.dir} -p {primary.port} -d postgres'",
-        templates.read("postgresql/reload.sh"),
-        f"if config_pending {conf}; then echo pending; else echo applied; fi",
-    ])
+    program = "\n".join(
+        [
+            f"PSQL='runuser -u postgres -- {PG_BIN}/psql -X -q -h {primary.dir} -p {primary.port} -d postgres'",
+            templates.read("postgresql/reload.sh"),
+            f"if config_pending {conf}; then echo pending; else echo applied; fi",
+        ]
+    )
 
     def state() -> str:
         r = subprocess.run(["bash", "-c", program], capture_output=True, text=True, timeout=30)

@@ -7,13 +7,13 @@ input, priority -1, before the host firewall's `inet filter`), so neither rulese
 the other. Our own hosts and `admin.sshCidrs` are never banned; a good login from any
 other address is never affected. Decisions: docs/hardening.md.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import firewall
+from . import firewall, smtpd
 from . import hosts as H
-from . import mx
 from .bundle import Bundle, File
 from .context import Context
 from .templates import render
@@ -29,7 +29,7 @@ PACKAGES = ("fail2ban", "python3-systemd")
 @dataclass(frozen=True)
 class Jail:
     name: str
-    filter: str                  # a file in /etc/fail2ban/filter.d (without .conf)
+    filter: str  # a file in /etc/fail2ban/filter.d (without .conf)
     ports: tuple[int, ...]
 
 
@@ -42,7 +42,7 @@ def jails(host: H.Host) -> list[Jail]:
     if host.runs(H.SUBMISSION):
         out.append(Jail("mailstack-smtpd", "mailstack-smtpd", _ports(H.SUBMISSION)))
     if host.runs(H.IMAP):
-        # Debian's own dovecot filter matches 2.3's "auth failed" lines (tests/test_bans.py)
+        # Debian's own dovecot filter matches 2.3's "auth failed" lines (tests/test_fail2ban.py)
         # and reads the journal of dovecot.service.
         out.append(Jail("mailstack-dovecot", "dovecot", _ports(H.IMAP)))
     return out
@@ -67,13 +67,19 @@ def ignore_ips(ctx: Context) -> list[str]:
 
 def jail_local(ctx: Context, host: H.Host) -> str:
     lim = ctx.settings.limits
-    return render("fail2ban/jail.local.j2", jails=jails(host), ignoreip=ignore_ips(ctx),
-                  maxretry=lim.login_failures, findtime=lim.login_window,
-                  bantime=lim.ban_seconds, table=NFT_TABLE)
+    return render(
+        "fail2ban/jail.local.j2",
+        jails=jails(host),
+        ignoreip=ignore_ips(ctx),
+        maxretry=lim.login_failures,
+        findtime=lim.login_window,
+        bantime=lim.ban_seconds,
+        table=NFT_TABLE,
+    )
 
 
 def smtpd_filter() -> str:
-    return render("fail2ban/mailstack-smtpd.conf.j2", unit=mx.UNIT)
+    return render("fail2ban/mailstack-smtpd.conf.j2", unit=smtpd.UNIT)
 
 
 def bundle(ctx: Context, host: H.Host) -> Bundle:
@@ -82,5 +88,7 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     files = [File(JAIL_LOCAL, jail_local(ctx, host))]
     if host.runs(H.SUBMISSION):
         files.append(File(SMTPD_FILTER, smtpd_filter()))
-    return Bundle(tuple(files), render("fail2ban/deploy.sh.j2", packages=PACKAGES, unit=UNIT,
-                                       jail_local=JAIL_LOCAL, smtpd_filter=SMTPD_FILTER))
+    return Bundle(
+        tuple(files),
+        render("fail2ban/deploy.sh.j2", packages=PACKAGES, unit=UNIT, jail_local=JAIL_LOCAL, smtpd_filter=SMTPD_FILTER),
+    )

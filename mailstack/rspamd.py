@@ -1,5 +1,6 @@
 """Rspamd on the MX hosts: spam verdicts for inbound mail (both MXes), DKIM signing of
 submitted mail (mx1 only, where the keys are)."""
+
 from __future__ import annotations
 
 from . import dkim, redis
@@ -59,11 +60,27 @@ def redis_files(ctx: Context, host: H.Host) -> list[File]:
     """Rspamd's Redis settings; they hold the Redis password, so only _rspamd reads them."""
     pw = redis.check_password(ctx.secrets.redis_password)
     return [
-        File(f"{LOCAL_D}/redis.conf", render("rspamd/redis.conf.j2", port=redis.PORT, password=pw),
-             0o640, "root", "_rspamd", secret=True),
-        File(f"{LOCAL_D}/classifier-bayes.conf", render(
-            "rspamd/classifier-bayes.conf.j2", server=redis.bayes_server(ctx, host), password=pw,
-            min_learns=ctx.settings.spam.bayes_min_learns), 0o640, "root", "_rspamd", secret=True),
+        File(
+            f"{LOCAL_D}/redis.conf",
+            render("rspamd/redis.conf.j2", port=redis.PORT, password=pw),
+            0o640,
+            "root",
+            "_rspamd",
+            secret=True,
+        ),
+        File(
+            f"{LOCAL_D}/classifier-bayes.conf",
+            render(
+                "rspamd/classifier-bayes.conf.j2",
+                server=redis.bayes_server(ctx, host),
+                password=pw,
+                min_learns=ctx.settings.spam.bayes_min_learns,
+            ),
+            0o640,
+            "root",
+            "_rspamd",
+            secret=True,
+        ),
     ]
 
 
@@ -75,11 +92,20 @@ def submission_files(ctx: Context, host: H.Host) -> list[File]:
     """Only where users submit mail: outbound limits, the postmaster's note when one is
     reached, and the header From check."""
     return [
-        File(f"{LOCAL_D}/ratelimit.conf", render(
-            "rspamd/ratelimit.conf.j2", limits=ctx.settings.limits, symbol=RATELIMIT_SYMBOL)),
-        File(f"{LOCAL_D}/metadata_exporter.conf", render(
-            "rspamd/metadata_exporter.conf.j2", symbol=RATELIMIT_SYMBOL, helo=host.fqdn,
-            mail_from=f"mailer-daemon@{host.fqdn}", mail_to=postmaster(ctx))),
+        File(
+            f"{LOCAL_D}/ratelimit.conf",
+            render("rspamd/ratelimit.conf.j2", limits=ctx.settings.limits, symbol=RATELIMIT_SYMBOL),
+        ),
+        File(
+            f"{LOCAL_D}/metadata_exporter.conf",
+            render(
+                "rspamd/metadata_exporter.conf.j2",
+                symbol=RATELIMIT_SYMBOL,
+                helo=host.fqdn,
+                mail_from=f"mailer-daemon@{host.fqdn}",
+                mail_to=postmaster(ctx),
+            ),
+        ),
         File(LOCAL_LUA, render("rspamd/from-check.lua.j2", symbol=FROM_SYMBOL)),
     ]
 
@@ -90,8 +116,9 @@ def key_path(domain: str, selector: str) -> str:
 
 def dkim_signing_conf(ctx: Context) -> str:
     s = ctx.settings
-    return render("rspamd/dkim_signing.conf.j2", selector=dkim.plan(s).signing.selector,
-                  key_dir=KEY_DIR, domains=s.domains)
+    return render(
+        "rspamd/dkim_signing.conf.j2", selector=dkim.plan(s).signing.selector, key_dir=KEY_DIR, domains=s.domains
+    )
 
 
 def keyring(ctx: Context) -> dict[str, dict[str, str]]:

@@ -1,4 +1,5 @@
 """unbound on every host: a local resolver on 127.0.0.1 for smtpd, rspamd and certbot."""
+
 from __future__ import annotations
 
 from . import hosts as H

@@ -1,5 +1,6 @@
 """nginx site for MTA-STS and autoconfig: `nginx -t` the way the deploy script runs it,
 then a real nginx on loopback answering over HTTPS; and unbound's config."""
+
 from __future__ import annotations
 
 import http.client
@@ -15,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from lab import tls_scan
-
-from mailstack import dns, resolver, web
+from mailstack import dns, unbound
+from mailstack import nginx as web
 from tests.conftest import make_context, settings_from
 from tests.daemons.certs import rsa_pair
 from tests.daemons.knot import Knot
@@ -46,8 +47,7 @@ def test_nginx_accepts_site_next_to_the_packaged_config(ctx, tmp_path):
     for other in Path("/etc/nginx/sites-enabled").iterdir():
         (site.parent / other.name).symlink_to(other.resolve())
     check = tmp_path / "nginx-check.conf"
-    check.write_text(Path("/etc/nginx/nginx.conf").read_text()
-                     .replace("/etc/nginx/sites-enabled/", f"{site.parent}/"))
+    check.write_text(Path("/etc/nginx/nginx.conf").read_text().replace("/etc/nginx/sites-enabled/", f"{site.parent}/"))
     r = subprocess.run(["nginx", "-t", "-c", check], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     site.write_text(site.read_text().replace("location / {", "location / "))
@@ -70,8 +70,9 @@ http {{
     include {site};
 }}
 """)
-    p = subprocess.Popen(["nginx", "-c", main], start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        ["nginx", "-c", main], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         for _ in range(100):
             try:
@@ -91,8 +92,7 @@ def _get(port: int, host: str, path: str, method: str = "GET") -> tuple[int, str
     tls.check_hostname = False
     tls.verify_mode = ssl.CERT_NONE
     c = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=10)
-    c.request(method, path, body="<Autodiscover/>" if method == "POST" else None,
-              headers={"Host": host})
+    c.request(method, path, body="<Autodiscover/>" if method == "POST" else None, headers={"Host": host})
     r = c.getresponse()
     return r.status, r.getheader("Content-Type", ""), r.read().decode()
 
@@ -109,10 +109,15 @@ def test_mta_sts_and_autoconfig_over_https(ctx, nginx):
         provider = ET.fromstring(body).find("emailProvider")
         assert d in [e.text for e in provider.findall("domain")]
         imap = provider.find("incomingServer")
-        assert (imap.findtext("hostname"), imap.findtext("port"), imap.findtext("socketType")) == \
-            ("imap.example.org", "993", "SSL")
-        smtp = {(s.findtext("port"), s.findtext("socketType"), s.findtext("hostname"))
-                for s in provider.findall("outgoingServer")}
+        assert (imap.findtext("hostname"), imap.findtext("port"), imap.findtext("socketType")) == (
+            "imap.example.org",
+            "993",
+            "SSL",
+        )
+        smtp = {
+            (s.findtext("port"), s.findtext("socketType"), s.findtext("hostname"))
+            for s in provider.findall("outgoingServer")
+        }
         assert smtp == {("465", "SSL", "smtp.example.org"), ("587", "STARTTLS", "smtp.example.org")}
 
         status, _, body = _get(nginx, f"autodiscover.{d}", "/autodiscover/autodiscover.xml", "POST")
@@ -135,11 +140,12 @@ def test_web_only_on_the_web_host(ctx):
 
 # --------------------------------------------------------------------------- unbound
 
+
 @pytest.mark.parametrize("forward_to", [[], ["192.0.2.53", "2001:db8::53"]])
 def test_unbound_accepts_rendered_config(forward_to, tmp_path):
     ctx = make_context(settings_from(resolver={"forwardTo": forward_to}))
     conf = tmp_path / "mailstack.conf"
-    conf.write_text(resolver.bundle(ctx, ctx.hosts["mx1"]).file(resolver.CONF).content)
+    conf.write_text(unbound.bundle(ctx, ctx.hosts["mx1"]).file(unbound.CONF).content)
     r = subprocess.run(["unbound-checkconf", conf], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     for ip in forward_to:
@@ -159,27 +165,32 @@ def _unbound_ptr(conf_text: str, knot_port: int, tmp_path) -> str:
     import dns.reversename
 
     port = free_port()
-    conf_text = (conf_text.replace("port: 53", f"port: {port}")
-                 .replace("forward-addr: 127.0.0.1", f"forward-addr: 127.0.0.1@{knot_port}")
-                 .replace("interface: ::1\n", ""))
+    conf_text = (
+        conf_text.replace("port: 53", f"port: {port}")
+        .replace("forward-addr: 127.0.0.1", f"forward-addr: 127.0.0.1@{knot_port}")
+        .replace("interface: ::1\n", "")
+    )
     (tmp_path / "mailstack.conf").write_text(conf_text)
     (tmp_path / "unbound.conf").write_text(
         f'server:\n  chroot: ""\n  username: ""\n  directory: "{tmp_path}"\n'
         f'  pidfile: "{tmp_path}/pid"\n  use-syslog: no\n  logfile: ""\n'
-        f'include: "{tmp_path}/mailstack.conf"\n')
-    proc = subprocess.Popen(["unbound", "-d", "-c", tmp_path / "unbound.conf"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        f'include: "{tmp_path}/mailstack.conf"\n'
+    )
+    proc = subprocess.Popen(
+        ["unbound", "-d", "-c", tmp_path / "unbound.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         q = dns.message.make_query(dns.reversename.from_address("198.51.100.25"), "PTR")
         deadline = _time.monotonic() + 15
         while True:
             try:
                 r = dns.query.udp(q, "127.0.0.1", port=port, timeout=1)
-                return dns.rcode.to_text(r.rcode()) + " " + " ".join(
-                    rd.to_text() for rr in r.answer for rd in rr)
+                return dns.rcode.to_text(r.rcode()) + " " + " ".join(rd.to_text() for rr in r.answer for rd in rr)
             except (OSError, dns.exception.Timeout):
                 if _time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"unbound did not answer: {proc.stderr.read() if proc.poll() is not None else ''}")
+                    raise AssertionError(
+                        f"unbound did not answer: {proc.stderr.read() if proc.poll() is not None else ''}"
+                    )
                 _time.sleep(0.1)
     finally:
         proc.terminate()
@@ -191,12 +202,16 @@ def test_forwarding_resolver_asks_upstream_for_private_reverse_zones(tmp_path):
     ("no such name") unless told otherwise; with forwarders, smtpd's rDNS filters need
     the forwarder's answer (the lab's outside host lives in 198.51.100.0/24)."""
     zone = "100.51.198.in-addr.arpa"
-    knot = Knot({zone: f"$ORIGIN {zone}.\n$TTL 60\n@ IN SOA ns.lab.test. h.lab.test. 1 60 60 60 60\n"
-                       "@ IN NS ns.lab.test.\n25 IN PTR mx.outside.test.\n"})
+    knot = Knot(
+        {
+            zone: f"$ORIGIN {zone}.\n$TTL 60\n@ IN SOA ns.lab.test. h.lab.test. 1 60 60 60 60\n"
+            "@ IN NS ns.lab.test.\n25 IN PTR mx.outside.test.\n"
+        }
+    )
     knot.start()
     try:
         ctx = make_context(settings_from(resolver={"forwardTo": ["127.0.0.1"]}))
-        rendered = resolver.bundle(ctx, ctx.hosts["mx1"]).file(resolver.CONF).content
+        rendered = unbound.bundle(ctx, ctx.hosts["mx1"]).file(unbound.CONF).content
         (tmp_path / "a").mkdir()
         assert _unbound_ptr(rendered, knot.port, tmp_path / "a") == "NOERROR mx.outside.test."
         # Control: without the unblock lines unbound answers by itself.

@@ -4,6 +4,7 @@ mx2, and the sync of domains/users/aliases from settings.
 Every lookup (OpenSMTPD, Dovecot) reads the local server, so mail keeps flowing on imap
 and mx2 while mx1 is down. Decisions are explained in docs/database.md.
 """
+
 from __future__ import annotations
 
 import base64
@@ -11,7 +12,7 @@ import hashlib
 import hmac
 import re
 import shlex
-from typing import Mapping
+from collections.abc import Mapping
 
 from . import hosts as H
 from . import templates
@@ -47,13 +48,9 @@ _D = re.escape(H.SUBADDRESS_DELIMITER)
 _RCPT_KEYS = f"lower($1), regexp_replace(lower($1), '^([^@{_D}]*){_D}[^@]*@', '\\1@')"
 
 # table-postgres queries; `$1` is the looked-up key. Only active rows of active domains.
-_ACTIVE_USER = (
-    "SELECT u.address FROM users u JOIN domains d ON d.name = u.domain "
-    "WHERE u.active AND d.active"
-)
+_ACTIVE_USER = "SELECT u.address FROM users u JOIN domains d ON d.name = u.domain WHERE u.active AND d.active"
 _ACTIVE_ALIAS = (
-    "SELECT a.alias, a.destination FROM aliases a JOIN domains d ON d.name = a.domain "
-    "WHERE a.active AND d.active"
+    "SELECT a.alias, a.destination FROM aliases a JOIN domains d ON d.name = a.domain WHERE a.active AND d.active"
 )
 SMTPD_QUERIES: dict[str, str] = {
     # Every mailbox must resolve through the alias table (to the vmail user), or smtpd
@@ -84,7 +81,7 @@ SMTPD_QUERIES: dict[str, str] = {
 
 # Dovecot (%u is SQL-escaped by Dovecot and lower-cased by auth_username_format = %Lu).
 DOVECOT_PASSWORD_QUERY = (
-    "SELECT u.address AS \"user\", u.password_hash AS password FROM users u "
+    'SELECT u.address AS "user", u.password_hash AS password FROM users u '
     "JOIN domains d ON d.name = u.domain WHERE u.address = '%u' AND u.active AND d.active"
 )
 
@@ -111,8 +108,7 @@ QUOTA_FULL_QUERY = (
 )
 
 DOVECOT_ITERATE_QUERY = (
-    "SELECT u.address AS \"user\" FROM users u JOIN domains d ON d.name = u.domain "
-    "WHERE u.active AND d.active"
+    'SELECT u.address AS "user" FROM users u JOIN domains d ON d.name = u.domain WHERE u.active AND d.active'
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -125,8 +121,7 @@ def check_secret(name: str, value: str) -> str:
     restricting their alphabet keeps every one of those free of quoting rules."""
     if not _SAFE_SECRET.match(value):
         raise ValueError(
-            f"{name}: must be at least 12 characters of [A-Za-z0-9._~+=-] "
-            "(generate it with special characters off)"
+            f"{name}: must be at least 12 characters of [A-Za-z0-9._~+=-] (generate it with special characters off)"
         )
     return value
 
@@ -175,6 +170,7 @@ def slot_name(host: H.Host) -> str:
 
 # --------------------------------------------------------------------------- files
 
+
 def server_conf(ctx, host: H.Host) -> str:
     """conf.d/mailstack.conf; primary and replicas share the WAL settings because a hot
     standby refuses to start with max_wal_senders etc. below the primary's."""
@@ -191,9 +187,15 @@ def server_conf(ctx, host: H.Host) -> str:
 
 def hba_conf(ctx, host: H.Host) -> str:
     replicas = replica_hosts(ctx) if host.runs(H.DB_PRIMARY) else []
-    return _render("pg_hba.conf.j2", db=DB_NAME, lookup=LOOKUP_USER,
-                   replicator=REPLICATION_USER, replicas=replicas,
-                   quota=QUOTA_USER, quota_writers=quota_writers(ctx, host))
+    return _render(
+        "pg_hba.conf.j2",
+        db=DB_NAME,
+        lookup=LOOKUP_USER,
+        replicator=REPLICATION_USER,
+        replicas=replicas,
+        quota=QUOTA_USER,
+        quota_writers=quota_writers(ctx, host),
+    )
 
 
 def quota_writers(ctx, host: H.Host) -> list[str]:
@@ -227,7 +229,8 @@ def setup_sql(ctx) -> str:
         quota_verifier=scram_verifier(check_secret("quota_password", s.quota_password), QUOTA_USER),
         lookup_verifier=scram_verifier(check_secret("lookup_password", s.lookup_password), LOOKUP_USER),
         replicator_verifier=scram_verifier(
-            check_secret("replication_password", s.replication_password), REPLICATION_USER),
+            check_secret("replication_password", s.replication_password), REPLICATION_USER
+        ),
         slots=[slot_name(h) for h in replica_hosts(ctx)],
         slot_prefix=SLOT_PREFIX,
     )
@@ -244,8 +247,21 @@ def basebackup_args(ctx, host: H.Host, data_dir: str = PG_DATA) -> list[str]:
     # reuses its slot instead of failing on "already exists". `-c fast`: otherwise the
     # backup waits for a spread checkpoint, minutes on an idle primary.
     return [
-        "pg_basebackup", "-h", primary_host(ctx).private_ip, "-U", REPLICATION_USER,
-        "-D", data_dir, "-R", "-X", "stream", "-S", slot_name(host), "-c", "fast", "-w",
+        "pg_basebackup",
+        "-h",
+        primary_host(ctx).private_ip,
+        "-U",
+        REPLICATION_USER,
+        "-D",
+        data_dir,
+        "-R",
+        "-X",
+        "stream",
+        "-S",
+        slot_name(host),
+        "-c",
+        "fast",
+        "-w",
     ]
 
 
@@ -256,26 +272,36 @@ def sync_sql(settings: Settings, user_hashes: Mapping[str, str]) -> str:
     if missing:
         raise ValueError(f"no password hash for {', '.join(missing)}")
     users = [
-        dict(address=u.address, domain=u.domain, local_part=u.local_part,
-             hash=user_hashes[u.address], quota_mb=settings.quota_mb(u), active=u.active)
+        dict(
+            address=u.address,
+            domain=u.domain,
+            local_part=u.local_part,
+            hash=user_hashes[u.address],
+            quota_mb=settings.quota_mb(u),
+            active=u.active,
+        )
         for u in settings.users
     ]
     aliases = [
         dict(alias=a.address, destination=d, domain=a.domain, active=a.active)
-        for a in settings.all_aliases for d in dict.fromkeys(a.to)
+        for a in settings.all_aliases
+        for d in dict.fromkeys(a.to)
     ]
     return _render("sync.sql.j2", domains=list(settings.domains), users=users, aliases=aliases)
 
 
 # --------------------------------------------------------------------------- bundles
 
+
 def config_check(data_dir: str = PG_DATA, config_file: str = f"{PG_ETC}/postgresql.conf") -> str:
     """A command that exits non-zero if the config files on disk hold any error.
     pg_file_settings can't be used for this: it reports an invalid value and a valid
     restart-only change with the same 'setting could not be applied'. `postgres -C`
     parses and validates everything, and works beside the running server."""
-    return (f"runuser -u postgres -- /usr/lib/postgresql/{PG_VERSION}/bin/postgres "
-            f"-D {data_dir} -c config_file={config_file} -C wal_level")
+    return (
+        f"runuser -u postgres -- /usr/lib/postgresql/{PG_VERSION}/bin/postgres "
+        f"-D {data_dir} -c config_file={config_file} -C wal_level"
+    )
 
 
 def _psql(db: str = "postgres") -> str:
@@ -288,9 +314,15 @@ def primary_bundle(ctx, host: H.Host) -> Bundle:
         File(PG_HBA, hba_conf(ctx, host), 0o640, "postgres", "postgres"),
         File(SETUP_SQL, setup_sql(ctx), 0o600, secret=True),
     )
-    script = templates.render("postgresql/primary.sh.j2", conf=PG_CONF, hba=PG_HBA,
-                              setup_sql=SETUP_SQL, psql=_psql(), version=PG_VERSION,
-                              config_check=config_check())
+    script = templates.render(
+        "postgresql/primary.sh.j2",
+        conf=PG_CONF,
+        hba=PG_HBA,
+        setup_sql=SETUP_SQL,
+        psql=_psql(),
+        version=PG_VERSION,
+        config_check=config_check(),
+    )
     return Bundle(files, script)
 
 
@@ -302,10 +334,18 @@ def replica_bundle(ctx, host: H.Host) -> Bundle:
         File(PG_HBA, hba_conf(ctx, host), 0o640, "postgres", "postgres"),
     )
     script = templates.render(
-        "postgresql/replica.sh.j2", conf=PG_CONF, hba=PG_HBA, pgpass=PGPASS, data=PG_DATA,
-        version=PG_VERSION, psql=_psql(), primary_ip=primary.private_ip,
-        replicator=REPLICATION_USER, slot=slot_name(host),
-        basebackup=shlex.join(basebackup_args(ctx, host)), db=DB_NAME,
+        "postgresql/replica.sh.j2",
+        conf=PG_CONF,
+        hba=PG_HBA,
+        pgpass=PGPASS,
+        data=PG_DATA,
+        version=PG_VERSION,
+        psql=_psql(),
+        primary_ip=primary.private_ip,
+        replicator=REPLICATION_USER,
+        slot=slot_name(host),
+        basebackup=shlex.join(basebackup_args(ctx, host)),
+        db=DB_NAME,
     )
     return Bundle(files, script)
 

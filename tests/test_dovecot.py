@@ -2,6 +2,7 @@
 with it (paths and ports moved into a temp dir) against a real PostgreSQL 15 holding the
 synced example stack, logs users in over IMAPS, delivers over LMTP and files spam into
 Junk through the global sieve script."""
+
 from __future__ import annotations
 
 import base64
@@ -21,16 +22,17 @@ from pathlib import Path
 import pytest
 
 from lab import tls_scan
-from mailstack import database as D
+from mailstack import dovecot as imap
 from mailstack import hosts as H
-from mailstack import imap
+from mailstack import postgresql as D
 
 from .conftest import TEST_HASH, TEST_PASSWORD, make_context, settings_from
 from .daemons.dovecot import imap_host, with_vmail_user
 from .daemons.ports import wait
 
 needs_dovecot = pytest.mark.skipif(
-    shutil.which("dovecot") is None or os.geteuid() != 0, reason="needs root and Dovecot")
+    shutil.which("dovecot") is None or os.geteuid() != 0, reason="needs root and Dovecot"
+)
 
 
 @needs_dovecot
@@ -64,6 +66,7 @@ def test_bundle_files_and_secrets(ctx):
 
 
 # --------------------------------------------------------------------------- real daemon
+
 
 def tls_context() -> ssl.SSLContext:
     c = ssl.create_default_context()
@@ -131,8 +134,7 @@ def new_messages(path: Path) -> list[str]:
 @needs_dovecot
 def test_imaps_login_with_stored_hash(dovecot):
     assert TEST_HASH.startswith("$2b$")  # BLF-CRYPT through crypt(), no {SCHEME} prefix
-    with imaplib.IMAP4_SSL("127.0.0.1", dovecot["layout"].imaps_port, ssl_context=tls_context(),
-                           timeout=20) as c:
+    with imaplib.IMAP4_SSL("127.0.0.1", dovecot["layout"].imaps_port, ssl_context=tls_context(), timeout=20) as c:
         typ, _ = c.login("Alice@Example.org", TEST_PASSWORD)
         assert typ == "OK"
         typ, boxes = c.list()
@@ -142,8 +144,9 @@ def test_imaps_login_with_stored_hash(dovecot):
         typ, quota = c.getquotaroot("INBOX")
         # bob has 5120 MB, alice the stack's 10240 MB: the rule comes from users.quota_mb.
         assert b"STORAGE 0 10485760" in b" ".join(x for x in quota[1] if isinstance(x, bytes)), quota
-    refused = refused_logins(dovecot, [("alice@example.org", "wrong password"),
-                                       ("postmaster@example.org", TEST_PASSWORD)])  # an alias is no login
+    refused = refused_logins(
+        dovecot, [("alice@example.org", "wrong password"), ("postmaster@example.org", TEST_PASSWORD)]
+    )  # an alias is no login
     assert all("AUTHENTICATIONFAILED" in r for r in refused), refused
 
 
@@ -153,8 +156,11 @@ def test_tls_offers_only_the_intermediate_profile(dovecot, listener):
     """sslyze against the real Dovecot, on 993 and through ManageSieve's STARTTLS: TLS 1.2
     and 1.3 only, and on 1.2 only Mozilla's intermediate suites."""
     layout, name = dovecot["layout"], dovecot["host"].fqdn
-    accepted = (tls_scan.scan("127.0.0.1", layout.imaps_port, name=name) if listener == "imaps"
-                else tls_scan.scan("127.0.0.2", layout.sieve_port, "sieve", name=name))
+    accepted = (
+        tls_scan.scan("127.0.0.1", layout.imaps_port, name=name)
+        if listener == "imaps"
+        else tls_scan.scan("127.0.0.2", layout.sieve_port, "sieve", name=name)
+    )
     assert tls_scan.problems(accepted) == [], accepted
 
 
@@ -221,13 +227,14 @@ def test_inactive_user_cannot_log_in_or_receive(dovecot):
 def test_sieve_mail_leaves_through_mx1_relay_port(ctx, single_ctx):
     """imap has no MTA: redirects and vacation replies go to mx1's private relay port,
     which smtpd accepts from imap for any destination (and the host firewall allows)."""
-    from mailstack import firewall, imap, mx
+    from mailstack import dovecot as imap
+    from mailstack import firewall, smtpd
 
     conf = imap.dovecot_conf(ctx, ctx.hosts["imap"])
-    assert f"submission_host = {ctx.hosts['mx1'].private_ip}:{mx.RELAY_PORT}" in conf
+    assert f"submission_host = {ctx.hosts['mx1'].private_ip}:{smtpd.RELAY_PORT}" in conf
     flows = firewall.private_flows(ctx.settings, ctx.hosts["mx1"])
-    assert any(f.port == mx.RELAY_PORT and ctx.hosts["imap"].private_ip in f.sources for f in flows)
-    assert "match from src <imap> tag INTERNAL for any action \"outbound\"" in mx.smtpd_conf(ctx, ctx.hosts["mx1"])
+    assert any(f.port == smtpd.RELAY_PORT and ctx.hosts["imap"].private_ip in f.sources for f in flows)
+    assert 'match from src <imap> tag INTERNAL for any action "outbound"' in smtpd.smtpd_conf(ctx, ctx.hosts["mx1"])
     # One host: Dovecot hands such mail to the local OpenSMTPD's sendmail.
     assert "submission_host" not in imap.dovecot_conf(single_ctx, single_ctx.hosts["mx1"])
 
@@ -235,6 +242,7 @@ def test_sieve_mail_leaves_through_mx1_relay_port(ctx, single_ctx):
 def managesieve(port: int, user: str, password: str, commands: list[bytes]) -> list[bytes]:
     """A minimal ManageSieve client (RFC 5804; Python has none): STARTTLS, AUTHENTICATE
     PLAIN, then each command; returns the final reply line of each."""
+
     def reply(s) -> bytes:
         """The response line (OK, NO or BYE), with its literal text if it has one."""
         buf = b""
@@ -245,9 +253,9 @@ def managesieve(port: int, user: str, password: str, commands: list[bytes]) -> l
                     literal = re.search(rb"\{(\d+)\+?\}$", line)
                     if not literal:
                         return line
-                    rest = b"\r\n".join(lines[i + 1:])
+                    rest = b"\r\n".join(lines[i + 1 :])
                     if len(rest) >= int(literal[1]):
-                        return line + b" " + rest[:int(literal[1])]
+                        return line + b" " + rest[: int(literal[1])]
             chunk = s.recv(65536)
             if not chunk:
                 return buf
@@ -279,11 +287,16 @@ def test_managesieve_upload_takes_effect(dovecot):
     delivery; a broken script is refused at upload and leaves the active one alone."""
     user = "carol@example.net"
     broken = b'require ["fileinto"];\r\nfileinto "x"\r\n'  # no semicolon
-    replies = managesieve(dovecot["layout"].sieve_port, user, TEST_PASSWORD, [
-        b'PUTSCRIPT "rules" {%d+}\r\n' % len(FILE_INTO) + FILE_INTO + b"\r\n",
-        b'SETACTIVE "rules"\r\n',
-        b'PUTSCRIPT "bad" {%d+}\r\n' % len(broken) + broken + b"\r\n",
-    ])
+    replies = managesieve(
+        dovecot["layout"].sieve_port,
+        user,
+        TEST_PASSWORD,
+        [
+            b'PUTSCRIPT "rules" {%d+}\r\n' % len(FILE_INTO) + FILE_INTO + b"\r\n",
+            b'SETACTIVE "rules"\r\n',
+            b'PUTSCRIPT "bad" {%d+}\r\n' % len(broken) + broken + b"\r\n",
+        ],
+    )
     assert replies[0].startswith(b"OK") and replies[1].startswith(b"OK"), replies
     assert replies[2].startswith(b"NO"), replies
     assert lmtp(dovecot, [user], message("[lists] weekly digest")) == {}
@@ -305,8 +318,9 @@ def test_delivery_goes_on_without_the_quota_clones_database(dovecot):
     seen = len(log.read_text()) if log.exists() else 0
 
     def reload():
-        r = subprocess.run(with_vmail_user(base, ["doveadm", "-c", conf, "reload"]),
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            with_vmail_user(base, ["doveadm", "-c", conf, "reload"]), capture_output=True, text=True, timeout=30
+        )
         assert r.returncode == 0, r.stderr
         time.sleep(1)  # the master restarts its services in the background
 
@@ -314,8 +328,7 @@ def test_delivery_goes_on_without_the_quota_clones_database(dovecot):
         dict_conf.write_text(good.replace(f"port={dovecot['layout'].db_port}", "port=1"))
         reload()
         assert lmtp(dovecot, ["bob@example.org"], message("while mx1 is down")) == {}
-        subjects = [m for m in new_messages(maildir(dovecot, "bob@example.org"))
-                    if "Subject: while mx1 is down" in m]
+        subjects = [m for m in new_messages(maildir(dovecot, "bob@example.org")) if "Subject: while mx1 is down" in m]
         assert len(subjects) == 1
         wait(lambda: "quota_clone" in log.read_text()[seen:], "the clone's failure in the log", 15)
     finally:
@@ -336,15 +349,20 @@ def test_redelivered_message_id_is_stored_once(dovecot):
     assert lmtp(dovecot, ["alice@example.org"], first) == {}
     assert lmtp(dovecot, ["alice@example.org"], first) == {}
     assert lmtp(dovecot, ["alice+tag@example.org"], first) == {}
-    assert lmtp(dovecot, ["alice@example.org"], message("another one",
-                Message_ID=f"<other-{os.urandom(4).hex()}@outside.example>")) == {}
+    assert (
+        lmtp(
+            dovecot,
+            ["alice@example.org"],
+            message("another one", Message_ID=f"<other-{os.urandom(4).hex()}@outside.example>"),
+        )
+        == {}
+    )
     # No Message-ID: nothing to compare, never dropped.
     assert lmtp(dovecot, ["alice@example.org"], message("no id")) == {}
     assert lmtp(dovecot, ["alice@example.org"], message("no id")) == {}
     got = new_messages(alice)[before:]
     subjects = sorted(line for m in got for line in m.splitlines() if line.startswith("Subject:"))
-    assert subjects == ["Subject: another one", "Subject: delivered twice",
-                        "Subject: no id", "Subject: no id"]
+    assert subjects == ["Subject: another one", "Subject: delivered twice", "Subject: no id", "Subject: no id"]
     # The same message for another user is that user's first copy.
     bob = maildir(dovecot, "bob@example.org")
     n = len(new_messages(bob))
@@ -407,6 +425,7 @@ def test_lookup_while_the_database_comes_back_is_never_unknown(dovecot):
 
 # --------------------------------------------------------------------------- spam learning
 
+
 @needs_dovecot
 @pytest.mark.parametrize("topology", ["ha", "single"])
 def test_learning_scripts_compile_and_reach_mx1s_controller(topology, tmp_path):
@@ -418,8 +437,7 @@ def test_learning_scripts_compile_and_reach_mx1s_controller(topology, tmp_path):
     layout = imap.Layout(etc=str(tmp_path), libexec=str(tmp_path / "libexec"))
     conf = tmp_path / "dovecot.conf"
     conf.write_text(imap.dovecot_conf(ctx, host, layout))
-    text = subprocess.run(["doveconf", "-n", "-c", conf], capture_output=True, text=True,
-                          check=True, timeout=30).stdout
+    text = subprocess.run(["doveconf", "-n", "-c", conf], capture_output=True, text=True, check=True, timeout=30).stdout
     assert f"imapsieve_mailbox1_before = file:{tmp_path}/sieve/{imap.LEARN_SPAM}" in text
     assert "imapsieve_mailbox2_from = Junk" in text
     assert "imap_quota imap_sieve" in text
@@ -435,8 +453,7 @@ def test_learning_scripts_compile_and_reach_mx1s_controller(topology, tmp_path):
     want = "127.0.0.1:11334" if topology == "single" else "10.77.1.11:11334"
     assert f"rspamc -h {want} -P {imap.LEARN_PASSWORD} " in program.content
     assert ctx.secrets.rspamd_controller_password not in program.content
-    assert (pw.path, pw.owner, pw.group, pw.mode, pw.secret) == (
-        imap.LEARN_PASSWORD, "root", "vmail", 0o640, True)
+    assert (pw.path, pw.owner, pw.group, pw.mode, pw.secret) == (imap.LEARN_PASSWORD, "root", "vmail", 0o640, True)
     assert pw.content == ctx.secrets.rspamd_controller_password
 
 
@@ -446,10 +463,15 @@ def test_users_scripts_cannot_pipe(dovecot):
     a user's script that asks for it at upload."""
     piping = b'require ["vnd.dovecot.pipe"];\r\npipe "rspamd-learn" ["spam"];\r\n'
     plain = b'require ["fileinto"];\r\nfileinto "Junk";\r\n'
-    replies = managesieve(dovecot["layout"].sieve_port, "bob@example.org", TEST_PASSWORD, [
-        b'PUTSCRIPT "pipe" {%d+}\r\n' % len(piping) + piping + b"\r\n",
-        b'PUTSCRIPT "plain" {%d+}\r\n' % len(plain) + plain + b"\r\n",
-    ])
+    replies = managesieve(
+        dovecot["layout"].sieve_port,
+        "bob@example.org",
+        TEST_PASSWORD,
+        [
+            b'PUTSCRIPT "pipe" {%d+}\r\n' % len(piping) + piping + b"\r\n",
+            b'PUTSCRIPT "plain" {%d+}\r\n' % len(plain) + plain + b"\r\n",
+        ],
+    )
     assert replies[0].startswith(b"NO") and b"pipe" in replies[0], replies
     assert replies[1].startswith(b"OK"), replies
 

@@ -4,10 +4,11 @@ Every mail lookup (domains, recipients, aliases, credentials, allowed senders) i
 query against the PostgreSQL server on the same host, so the rendered smtpd.conf
 depends on the topology and host names only, never on domains, users or aliases.
 """
+
 from __future__ import annotations
 
-from . import database, tls
 from . import hosts as H
+from . import postgresql, tls
 from .bundle import Bundle, File
 from .context import Context
 from .templates import read, render
@@ -42,8 +43,7 @@ def _internal_sources(ctx: Context, host: H.Host) -> list[str]:
     """Private addresses of the other hosts that hand mail to this MX."""
     if not host.runs(H.MX):
         return []
-    return [h.private_ip for h in ctx.hosts.values()
-            if h.role != host.role and (h.runs(H.BACKUP_MX) or h.runs(H.IMAP))]
+    return [h.private_ip for h in ctx.hosts.values() if h.role != host.role and (h.runs(H.BACKUP_MX) or h.runs(H.IMAP))]
 
 
 def lmtp_target(ctx: Context, host: H.Host) -> str:
@@ -97,26 +97,31 @@ def _conninfo_value(v: str) -> str:
 
 
 def _conninfo(ctx: Context) -> str:
-    return " ".join([
-        "host=127.0.0.1",
-        "port=5432",
-        f"dbname={database.DB_NAME}",
-        f"user={database.LOOKUP_USER}",
-        f"password={_conninfo_value(ctx.secrets.lookup_password)}",
-    ])
+    return " ".join(
+        [
+            "host=127.0.0.1",
+            "port=5432",
+            f"dbname={postgresql.DB_NAME}",
+            f"user={postgresql.LOOKUP_USER}",
+            f"password={_conninfo_value(ctx.secrets.lookup_password)}",
+        ]
+    )
 
 
 def srs_conf(ctx: Context) -> str:
     """`srs key` for smtpd (docs/mail-flow.md, "Forwarding"). The key's alphabet is the
     database passwords' (letters, digits, ._~+=-), so it needs no escaping in quotes."""
-    key = database.check_secret("srs_key", ctx.secrets.srs_key)
+    key = postgresql.check_secret("srs_key", ctx.secrets.srs_key)
     return render("smtpd/srs.conf.j2", key=key)
 
 
 def quota_conf(ctx: Context) -> str:
     """filter-quota's database connection (the local server, lookup role) and its query."""
-    return render("smtpd/quota.conf.j2", conninfo=_conninfo(ctx) + " connect_timeout=2",
-                  query=" ".join(database.QUOTA_FULL_QUERY.split()))
+    return render(
+        "smtpd/quota.conf.j2",
+        conninfo=_conninfo(ctx) + " connect_timeout=2",
+        query=" ".join(postgresql.QUOTA_FULL_QUERY.split()),
+    )
 
 
 def table_conf(ctx: Context, host: H.Host) -> str:
@@ -127,7 +132,7 @@ def table_conf(ctx: Context, host: H.Host) -> str:
         keys += ["query_credentials", "query_mailaddrmap"]
     queries = []
     for key in keys:
-        query = " ".join(database.SMTPD_QUERIES[key].split())
+        query = " ".join(postgresql.SMTPD_QUERIES[key].split())
         queries.append((key, query))
     return render("smtpd/pgsql.conf.j2", conninfo=conninfo, queries=queries)
 
@@ -157,8 +162,10 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
         File(TABLE_CONF, table_conf(ctx, host), mode=0o640, group="opensmtpd", secret=True),
         File(SRS_CONF, srs_conf(ctx), mode=0o600, secret=True),
         File(DYNDNS_REGEX, read("smtpd/dyndns.regex")),
-        File(UNIT_DROPIN, render("smtpd/opensmtpd.service.d.conf.j2", pg_unit=database.PG_UNIT,
-                                 after_dovecot=host.runs(H.IMAP))),
+        File(
+            UNIT_DROPIN,
+            render("smtpd/opensmtpd.service.d.conf.j2", pg_unit=postgresql.PG_UNIT, after_dovecot=host.runs(H.IMAP)),
+        ),
         File(FILTER_GUARD, read("smtpd/filter-guard.py"), mode=0o755),
         File(QUOTA_CONF, quota_conf(ctx), mode=0o640, group="opensmtpd", secret=True),
         File(FILTER_QUOTA, read("smtpd/filter-quota.py"), mode=0o755),
@@ -166,7 +173,13 @@ def bundle(ctx: Context, host: H.Host) -> Bundle:
     backup = not host.runs(H.MX)
     if backup:
         files += flush_units(host)
-    script = render("smtpd/deploy.sh.j2", backup=backup, unit_dropin=UNIT_DROPIN,
-                    filter_guard=FILTER_GUARD, filter_quota=FILTER_QUOTA,
-                    smtpd_conf=SMTPD_CONF, flush_timer=FLUSH_TIMER)
+    script = render(
+        "smtpd/deploy.sh.j2",
+        backup=backup,
+        unit_dropin=UNIT_DROPIN,
+        filter_guard=FILTER_GUARD,
+        filter_quota=FILTER_QUOTA,
+        smtpd_conf=SMTPD_CONF,
+        flush_timer=FLUSH_TIMER,
+    )
     return Bundle(tuple(files), script)

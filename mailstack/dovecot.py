@@ -4,14 +4,14 @@ from the local PostgreSQL (the replica on imap, the primary in `single`).
 One complete dovecot.conf instead of Debian's conf.d: every setting that matters is in
 one rendered file, and no packaged default can change behind it on an upgrade.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import mx, spam
-from . import database as D
 from . import hosts as H
-from . import templates, tls
+from . import postgresql as D
+from . import rspamd, smtpd, templates, tls
 from .bundle import Bundle, File
 
 UNIT = "dovecot.service"
@@ -47,12 +47,13 @@ DUPLICATE_PERIOD = "1d"
 class Layout:
     """Where things live. The defaults are the servers'; tests point them at a temp dir
     and unprivileged ports, and render the very same templates."""
+
     etc: str = ETC
     vmail: str = "/var/vmail"
     tls_dir: str = "/etc/mailstack/tls"
-    base_dir: str | None = None      # Dovecot's default /run/dovecot
-    state_dir: str | None = None     # Dovecot's default /var/lib/dovecot
-    log_path: str | None = None      # syslog
+    base_dir: str | None = None  # Dovecot's default /run/dovecot
+    state_dir: str | None = None  # Dovecot's default /var/lib/dovecot
+    log_path: str | None = None  # syslog
     imaps_port: int = 993
     lmtp_port: int = 24
     sieve_port: int = 4190
@@ -98,7 +99,7 @@ def submission_host(ctx, host: H.Host) -> str:
     mx_host = ctx.host_for(H.MX)
     if mx_host.role == host.role:
         return ""
-    return f"{mx_host.private_ip}:{mx.RELAY_PORT}"
+    return f"{mx_host.private_ip}:{smtpd.RELAY_PORT}"
 
 
 # Dovecot 2.3's pgsql driver escapes %u with PQescapeStringConn, which needs a live
@@ -109,9 +110,11 @@ def submission_host(ctx, host: H.Host) -> str:
 # temporarily. With this clause such a query is an error, which Dovecot answers as a
 # temporary failure (LMTP 451, IMAP "[UNAVAILABLE]"). The WHEN is a constant, so
 # PostgreSQL folds the CASE away for every real address and never evaluates the cast.
-EMPTY_ADDRESS_GUARD = (" AND CASE WHEN '%u' = '' THEN "
-                       "('lookup without an address: the database connection was lost' || '')::int = 0 "
-                       "ELSE true END")
+EMPTY_ADDRESS_GUARD = (
+    " AND CASE WHEN '%u' = '' THEN "
+    "('lookup without an address: the database connection was lost' || '')::int = 0 "
+    "ELSE true END"
+)
 
 
 def guarded(query: str) -> str:
@@ -132,13 +135,18 @@ def sql_conf(ctx, layout: Layout = Layout()) -> str:
 
 def dict_quota_conf(ctx, layout: Layout = Layout()) -> str:
     """Where the quota clone writes each mailbox's usage: the primary's quota table."""
-    return templates.render("dovecot/dovecot-dict-quota.conf.ext.j2",
-                            connect=D.quota_conninfo(ctx, layout.db_port), table=D.QUOTA_TABLE)
+    return templates.render(
+        "dovecot/dovecot-dict-quota.conf.ext.j2", connect=D.quota_conninfo(ctx, layout.db_port), table=D.QUOTA_TABLE
+    )
 
 
 def quota_warning_script(ctx, layout: Layout = Layout()) -> str:
-    return templates.render("dovecot/quota-warning.sh.j2", lda=LDA, conf=f"{layout.etc}/dovecot.conf",
-                            sender=f"postmaster@{ctx.settings.primary_domain}")
+    return templates.render(
+        "dovecot/quota-warning.sh.j2",
+        lda=LDA,
+        conf=f"{layout.etc}/dovecot.conf",
+        sender=f"postmaster@{ctx.settings.primary_domain}",
+    )
 
 
 def sieve_before(name: str) -> str:
@@ -151,25 +159,40 @@ def global_sieves() -> tuple[str, ...]:
 
 
 def learn_program(ctx, host: H.Host, layout: Layout = Layout()) -> str:
-    return templates.render("dovecot/rspamd-learn.sh.j2", controller=spam.controller_address(ctx, host),
-                            password_file=f"{layout.etc}/rspamd-learn.password", timeout=LEARN_TIMEOUT)
+    return templates.render(
+        "dovecot/rspamd-learn.sh.j2",
+        controller=rspamd.controller_address(ctx, host),
+        password_file=f"{layout.etc}/rspamd-learn.password",
+        timeout=LEARN_TIMEOUT,
+    )
 
 
 def learn_files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
     return (
         File(f"{layout.libexec}/sieve-pipe/{LEARN_PROGRAM}", learn_program(ctx, host, layout), 0o755),
-        File(f"{layout.etc}/rspamd-learn.password", ctx.secrets.rspamd_controller_password, 0o640,
-             "root", VMAIL_USER, secret=True),
+        File(
+            f"{layout.etc}/rspamd-learn.password",
+            ctx.secrets.rspamd_controller_password,
+            0o640,
+            "root",
+            VMAIL_USER,
+            secret=True,
+        ),
     )
 
 
 def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
     return (
         File(f"{layout.etc}/dovecot.conf", dovecot_conf(ctx, host, layout), 0o644),
-        File(f"{layout.etc}/dovecot-sql.conf.ext", sql_conf(ctx, layout), 0o640, "root", "dovecot",
-             secret=True),
-        File(f"{layout.etc}/dovecot-dict-quota.conf.ext", dict_quota_conf(ctx, layout), 0o640, "root",
-             "dovecot", secret=True),
+        File(f"{layout.etc}/dovecot-sql.conf.ext", sql_conf(ctx, layout), 0o640, "root", "dovecot", secret=True),
+        File(
+            f"{layout.etc}/dovecot-dict-quota.conf.ext",
+            dict_quota_conf(ctx, layout),
+            0o640,
+            "root",
+            "dovecot",
+            secret=True,
+        ),
         File(f"{layout.libexec}/quota-warning", quota_warning_script(ctx, layout), 0o755),
         *(File(f"{layout.etc}/sieve/{name}", sieve_before(name), 0o644) for name in global_sieves()),
         *learn_files(ctx, host, layout),
@@ -177,12 +200,19 @@ def files(ctx, host: H.Host, layout: Layout = Layout()) -> tuple[File, ...]:
 
 
 def bundle(ctx, host: H.Host) -> Bundle:
-    script = templates.render("dovecot/install.sh.j2", conf=CONF, sql_conf=SQL_CONF,
-                              dict_conf=DICT_QUOTA_CONF, quota_warning=QUOTA_WARNING,
-                              sieves=[f"{SIEVE_DIR}/{n}" for n in global_sieves()], vmail=Layout().vmail,
-                              vmail_uid=H.VMAIL_UID, learn_program=f"{SIEVE_PIPE_DIR}/{LEARN_PROGRAM}",
-                              learn_password=LEARN_PASSWORD,
-                              # rspamc comes with the rspamd package; where no Rspamd runs,
-                              # only the client is wanted.
-                              install_rspamc=not spam.runs_rspamd(host))
+    script = templates.render(
+        "dovecot/install.sh.j2",
+        conf=CONF,
+        sql_conf=SQL_CONF,
+        dict_conf=DICT_QUOTA_CONF,
+        quota_warning=QUOTA_WARNING,
+        sieves=[f"{SIEVE_DIR}/{n}" for n in global_sieves()],
+        vmail=Layout().vmail,
+        vmail_uid=H.VMAIL_UID,
+        learn_program=f"{SIEVE_PIPE_DIR}/{LEARN_PROGRAM}",
+        learn_password=LEARN_PASSWORD,
+        # rspamc comes with the rspamd package; where no Rspamd runs,
+        # only the client is wanted.
+        install_rspamc=not rspamd.runs_rspamd(host),
+    )
     return Bundle(files(ctx, host), script)
