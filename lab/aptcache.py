@@ -11,7 +11,7 @@ import os
 import socket
 import subprocess
 
-from .util import CACHE, STATE, log, stop_pidfile, wait_until
+from .util import CACHE, NETNS, STATE, log, stop_pidfile, wait_until
 
 ACNG_PORT = 3142
 PROXY_IP = "198.51.100.1"  # the lab internet host: every lab host's apt proxy
@@ -57,7 +57,28 @@ def start_cache() -> None:
 
 
 def stop_cache() -> None:
+    """Stop apt-cacher-ng when the last lab goes down, whichever lab started it: a second
+    lab (its own MAILSTACK_LAB_NETNS) may still be installing packages through it."""
+    others = [n for n in lab_namespaces() if n != NETNS]
+    if others:
+        log(f"apt-cacher-ng left running: {', '.join(others)} still up")
+        return
     stop_pidfile(STATE / "acng.mypid", 2.0)
+    # Started by a lab that went down before this one: its pid file went with its STATE.
+    conf = str(CACHE / "apt-cacher-ng-conf")
+    r = subprocess.run(["pgrep", "-f", f"apt-cacher-ng -c {conf}"], capture_output=True, text=True)
+    for pid in r.stdout.split():
+        try:
+            os.kill(int(pid), 15)
+        except ProcessLookupError:
+            pass
+
+
+def lab_namespaces() -> list[str]:
+    """Network namespaces of running labs (named mailstack-lab*, README "The lab")."""
+    r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
+    names = (line.split()[0] for line in r.stdout.splitlines() if line.strip())
+    return [n for n in names if n.startswith("mailstack-lab")]
 
 
 def _uid(name: str) -> int:
