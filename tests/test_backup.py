@@ -242,19 +242,37 @@ def _run(env, tmp: Path, *args, name="mailstack-backup"):
     return r
 
 
-def test_restic_backup_and_restore_of_a_mail_store_over_sftp(sftp_target, tmp_path):
-    s = settings_from(backup={"target": sftp_target.target(), "knownHosts": [sftp_target.known_hosts_line()]})
-    ctx = make_context(s)
-    priv, _ = ed25519_openssh("backup-imap")
-    ctx = replace(ctx, secrets=replace(ctx.secrets, backup_keys={"imap": priv}))
-    layout = B.Layout(
-        conf_dir=str(tmp_path / "etc"),
-        vmail=str(tmp_path / "vmail"),
-        dump_dir=str(tmp_path / "dump"),
-        status_file=str(tmp_path / "status.json"),
-        cache_dir=str(tmp_path / "cache"),
+def _layout(tmp: Path) -> B.Layout:
+    """Everything the backup program reads and writes, under tmp, without systemd."""
+    return B.Layout(
+        conf_dir=str(tmp / "etc"),
+        vmail=str(tmp / "vmail"),
+        dump_dir=str(tmp / "dump"),
+        status_file=str(tmp / "status.json"),
+        cache_dir=str(tmp / "cache"),
         systemd=False,
     )
+
+
+def _sftp_context(sftp_target, role: str):
+    """A stack backing up to sftp_target, role holding the key the storage host accepts."""
+    s = settings_from(backup={"target": sftp_target.target(), "knownHosts": [sftp_target.known_hosts_line()]})
+    priv, _ = ed25519_openssh("backup-imap")
+    ctx = make_context(s)
+    return replace(ctx, secrets=replace(ctx.secrets, backup_keys={role: priv}))
+
+
+def _lose_and_restore(env, tmp: Path, vmail: Path, before: dict[str, str]) -> None:
+    """The store is lost; a fresh host restores everything, exactly."""
+    shutil.rmtree(vmail)
+    vmail.mkdir()
+    _run(env, tmp, "--if-empty", name="mailstack-restore")
+    assert _tree(vmail) == before
+
+
+def test_restic_backup_and_restore_of_a_mail_store_over_sftp(sftp_target, tmp_path):
+    ctx = _sftp_context(sftp_target, "imap")
+    layout = _layout(tmp_path)
     env = _install(ctx, ctx.hosts["imap"], layout, tmp_path)
     vmail = Path(layout.vmail)
     _mail_store(vmail)
@@ -273,11 +291,7 @@ def test_restic_backup_and_restore_of_a_mail_store_over_sftp(sftp_target, tmp_pa
     # the password never shows in the config restic is run with
     assert ctx.secrets.backup_passwords["imap"] not in Path(layout.config).read_text()
 
-    # The store is lost; a fresh host restores everything, exactly.
-    shutil.rmtree(vmail)
-    vmail.mkdir()
-    _run(env, tmp_path, "--if-empty", name="mailstack-restore")
-    assert _tree(vmail) == before
+    _lose_and_restore(env, tmp_path, vmail, before)
     assert not (vmail / ".mailstack-restore").exists()
     # Not empty any more: --if-empty leaves it alone.
     r = _run(env, tmp_path, "--if-empty", name="mailstack-restore")
@@ -322,14 +336,7 @@ def test_backup_keys_step_writes_the_boxs_authorized_keys_with_the_boxs_own_key(
         storage_box={"server": "127.0.0.1", "username": LS.USER, "port": str(sftp_target.port)},
         secrets=replace(ctx.secrets, backup_keys=keys, backup_manager_key=manager),
     )
-    layout = B.Layout(
-        conf_dir=str(tmp_path / "etc"),
-        vmail=str(tmp_path / "vmail"),
-        dump_dir=str(tmp_path / "dump"),
-        status_file=str(tmp_path / "status.json"),
-        cache_dir=str(tmp_path / "cache"),
-        systemd=False,
-    )
+    layout = _layout(tmp_path)
     (tmp_path / "vmail").mkdir()
     env = _install(ctx, ctx.hosts["imap"], layout, tmp_path)
     r = subprocess.run(
@@ -393,14 +400,7 @@ def test_restic_backup_and_restore_of_a_mail_store_over_s3(s3_service, tmp_path)
         }
     )
     ctx = make_context(s)
-    layout = B.Layout(
-        conf_dir=str(tmp_path / "etc"),
-        vmail=str(tmp_path / "vmail"),
-        dump_dir=str(tmp_path / "dump"),
-        status_file=str(tmp_path / "status.json"),
-        cache_dir=str(tmp_path / "cache"),
-        systemd=False,
-    )
+    layout = _layout(tmp_path)
     # The credentials come only from the 0600 file (moto puts fake ones in our environment).
     env = {k: v for k, v in _install(ctx, ctx.hosts["imap"], layout, tmp_path).items() if not k.startswith("AWS_")}
     vmail = Path(layout.vmail)
@@ -410,10 +410,7 @@ def test_restic_backup_and_restore_of_a_mail_store_over_s3(s3_service, tmp_path)
     _run(env, tmp_path)
     status = json.loads(Path(layout.status_file).read_text())
     assert status["last_run"]["result"] == "ok" and status["last_success"]["snapshot"]
-    shutil.rmtree(vmail)
-    vmail.mkdir()
-    _run(env, tmp_path, "--if-empty", name="mailstack-restore")
-    assert _tree(vmail) == before
+    _lose_and_restore(env, tmp_path, vmail, before)
 
 
 def test_database_dump_and_restore_through_the_repository(sftp_target, tmp_path):
@@ -421,18 +418,9 @@ def test_database_dump_and_restore_through_the_repository(sftp_target, tmp_path)
     `--only db`, an emptied one (a fresh primary) with `--if-empty`."""
     from . import test_postgresql as TD
 
-    s = settings_from(backup={"target": sftp_target.target(), "knownHosts": [sftp_target.known_hosts_line()]})
-    priv, _ = ed25519_openssh("backup-imap")  # the key the storage host accepts
-    ctx = make_context(s)
-    ctx = replace(ctx, secrets=replace(ctx.secrets, backup_keys={"mx1": priv}))
-    layout = B.Layout(
-        conf_dir=str(tmp_path / "etc"),
-        vmail=str(tmp_path / "vmail"),
-        dump_dir=str(tmp_path / "dump"),
-        status_file=str(tmp_path / "status.json"),
-        cache_dir=str(tmp_path / "cache"),
-        systemd=False,
-    )
+    ctx = _sftp_context(sftp_target, "mx1")
+    s = ctx.settings
+    layout = _layout(tmp_path)
     env = _install(ctx, ctx.hosts["mx1"], layout, tmp_path)
     conf = json.loads(Path(layout.config).read_text())
     assert conf["parts"] == ["db", "rspamd"]

@@ -30,10 +30,10 @@ from pathlib import Path
 import pytest
 
 from mailstack import dovecot, fail2ban
-from mailstack import hosts as H
 from mailstack import smtpd as mx
 from tests.conftest import TEST_PASSWORD, make_context, settings_from
 from tests.daemons.dovecot import install as install_dovecot
+from tests.daemons.dovecot import layout_under, make_dirs
 from tests.daemons.netns import Netns, start_resolver_and_database
 from tests.daemons.smtpd import SMTPD, stage
 from tests.daemons.unbound import OUTSIDE_NO_PTR, OUTSIDE_OK
@@ -193,21 +193,11 @@ def banning():
             assert r.returncode == 0, (cmd, r.stderr)
         start_resolver_and_database(ns, ctx, root)
         # Dovecot with the rendered config, on the namespace's PostgreSQL and real ports.
-        layout = dovecot.Layout(
-            etc=str(root / "dovecot"),
-            vmail=str(root / "vmail"),
-            tls_dir=str(root / "tls"),
-            base_dir=str(root / "dovecot-run"),
-            state_dir=str(root / "dovecot-state"),
-            log_path=str(root / "dovecot.log"),
-            libexec=str(root / "libexec"),
-        )
-        for d in ("dovecot/sieve", "dovecot-state", "libexec"):
-            (root / d).mkdir(parents=True)
-        (root / "vmail").mkdir(mode=0o750)
-        os.chown(root / "vmail", H.VMAIL_UID, H.VMAIL_UID)
+        # Its certificate is smtpd's (the same host); its log where the jail reads it.
+        layout = layout_under(root / "dovecot", tls_dir=str(root / "tls"), log_path=str(root / "dovecot.log"))
+        make_dirs(layout)
         install_dovecot(ctx, host, layout)
-        dovecot_conf = root / "dovecot" / "dovecot.conf"
+        dovecot_conf = Path(layout.etc) / "dovecot.conf"
         # The master daemonizes; its children would hold captured pipes open.
         subprocess.run(
             ns.cmd("dovecot", "-c", dovecot_conf),
@@ -251,7 +241,7 @@ def banning():
         if ns:
             if dovecot_conf:
                 ns.run("doveadm", "-c", dovecot_conf, "stop")
-                pid = root / "dovecot-run" / "master.pid"
+                pid = Path(layout.base_dir) / "master.pid"
                 end = time.monotonic() + 15
                 while pid.exists() and time.monotonic() < end:
                     time.sleep(0.1)

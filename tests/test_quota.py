@@ -26,7 +26,7 @@ from mailstack import postgresql as D
 from mailstack import smtpd as mx
 from tests.conftest import make_context, settings_from
 from tests.daemons.certs import ec_pair
-from tests.daemons.dovecot import install
+from tests.daemons.dovecot import install, layout_under, make_dirs
 from tests.daemons.netns import Netns, start_resolver_and_database
 from tests.daemons.ports import wait
 from tests.daemons.postgresql import start_replica_in_netns
@@ -51,21 +51,10 @@ def _start_dovecot(ns: Netns, ctx, root: Path) -> dovecot.Layout:
     """The IMAP host's Dovecot, as rendered for ha: LMTP and the quota clone's database
     connection on the private addresses, the lookups on 127.0.0.1:5432."""
     base = root / "dovecot"
-    layout = dovecot.Layout(
-        etc=str(base / "etc"),
-        vmail=str(base / "vmail"),
-        tls_dir=str(base / "tls"),
-        base_dir=str(base / "run"),
-        state_dir=str(base / "state"),
-        log_path=str(base / "dovecot.log"),
-        libexec=str(base / "libexec"),
-    )
-    for d in ("etc/sieve", "tls", "state", "libexec"):
-        (base / d).mkdir(parents=True)
+    layout = layout_under(base)
+    make_dirs(layout)
     base.chmod(0o755)
-    (base / "vmail").mkdir(mode=0o750)
-    os.chown(base / "vmail", H.VMAIL_UID, H.VMAIL_UID)
-    ec_pair(base / "tls", "imap.example.org")
+    ec_pair(Path(layout.tls_dir), "imap.example.org")
     host = ctx.hosts["imap"]
     install(ctx, host, layout)
     # The servers log to syslog; here a file, which the warning's dovecot-lda opens as vmail.

@@ -36,6 +36,18 @@ def configtest(local_confdir: Path) -> subprocess.CompletedProcess:
     )
 
 
+def configdump(local_confdir: Path, section: str) -> str:
+    """section as rspamd itself reads it from the staged files."""
+    r = subprocess.run(
+        ["rspamadm", f"--var=LOCAL_CONFDIR={local_confdir}", "configdump", section],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 @pytest.mark.parametrize("role", ["mx1", "mx2"])
 def test_rspamd_accepts_rendered_config(ctx, role, tmp_path):
     r = configtest(stage_local(spam.bundle(ctx, ctx.hosts[role]), tmp_path))
@@ -139,28 +151,16 @@ def test_test_patterns_only_when_asked(enabled, tmp_path):
     c = make_context(settings_from(spam={"testPatterns": enabled}))
     confdir = stage_local(spam.bundle(c, c.hosts["mx1"]), tmp_path)
     assert configtest(confdir).returncode == 0
-    dump = subprocess.run(
-        ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "options"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert dump.returncode == 0, dump.stderr
-    assert ("enable_test_patterns = true" in dump.stdout) is enabled, dump.stdout
-    assert '"127.0.0.1:53"' in dump.stdout
+    dump = configdump(confdir, "options")
+    assert ("enable_test_patterns = true" in dump) is enabled, dump
+    assert '"127.0.0.1:53"' in dump
 
 
 def test_greylisting_is_off(ctx, tmp_path):
     """rspamd itself reports the greylist module disabled with the rendered local.d."""
     confdir = stage_local(spam.bundle(ctx, ctx.hosts["mx1"]), tmp_path)
-    dump = subprocess.run(
-        ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "greylist"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert dump.returncode == 0, dump.stderr
-    assert "enabled = false" in dump.stdout, dump.stdout
+    dump = configdump(confdir, "greylist")
+    assert "enabled = false" in dump, dump
 
 
 # --------------------------------------------------------------------------- DKIM rotation
@@ -289,17 +289,11 @@ def test_bayes_lives_in_mx1_redis_for_every_scanner(tmp_path):
         c = make_context(settings_from(topology=topology, spam={"bayesMinLearns": 7}))
         for role in roles:
             confdir = stage_local(spam.bundle(c, c.hosts[role]), tmp_path / topology / role)
-            dump = subprocess.run(
-                ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "classifier"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert dump.returncode == 0, dump.stderr
+            dump = configdump(confdir, "classifier")
             want = "10.77.1.11" if role == "mx2" else "127.0.0.1"
-            assert f'servers = "{want}:{redis.PORT}";' in dump.stdout, dump.stdout
-            assert f'password = "{c.secrets.redis_password}";' in dump.stdout
-            assert "min_learns = 7;" in dump.stdout
+            assert f'servers = "{want}:{redis.PORT}";' in dump, dump
+            assert f'password = "{c.secrets.redis_password}";' in dump
+            assert "min_learns = 7;" in dump
             for name in ("redis.conf", "classifier-bayes.conf"):
                 f = spam.bundle(c, c.hosts[role]).file(f"{spam.LOCAL_D}/{name}")
                 assert (f.owner, f.group, f.mode, f.secret) == ("root", "_rspamd", 0o640, True)
@@ -308,14 +302,8 @@ def test_bayes_lives_in_mx1_redis_for_every_scanner(tmp_path):
 def test_controller_on_the_private_network_only_for_a_separate_imap_host(ctx, single_ctx, tmp_path):
     def binds(c, role):
         confdir = stage_local(spam.bundle(c, c.hosts[role]), tmp_path / f"{id(c)}-{role}")
-        dump = subprocess.run(
-            ["rspamadm", f"--var=LOCAL_CONFDIR={confdir}", "configdump", "worker"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert dump.returncode == 0, dump.stderr
-        return {b for b in re.findall(r'bind_socket = "([^"]+)";', dump.stdout) if b.endswith(":11334")}
+        dump = configdump(confdir, "worker")
+        return {b for b in re.findall(r'bind_socket = "([^"]+)";', dump) if b.endswith(":11334")}
 
     assert binds(ctx, "mx1") == {"localhost:11334", "10.77.1.11:11334"}
     assert binds(ctx, "mx2") == {"localhost:11334"}

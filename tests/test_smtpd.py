@@ -19,8 +19,8 @@ import yaml
 
 from mailstack import smtpd as mx
 from tests.conftest import EXAMPLE_STACK, TEST_PASSWORD, make_context, settings_from
+from tests.daemons import postgresql
 from tests.daemons.netns import Netns, start_resolver_and_database
-from tests.daemons.postgresql import PG_BIN
 from tests.daemons.smtpd import MX2_LISTEN, SMTPD, rcpt_reply, stage, start_mx2, swaks
 from tests.daemons.unbound import (
     OUTSIDE_DYN,
@@ -445,63 +445,33 @@ def test_submission_requires_tls_auth_and_own_sender(mx1_running):
     assert r["mail"] == 530 and r["rcpt"][0] >= 500, r
 
 
+def _rcpt(ns, server: str, src: str, to: str, *more: str) -> tuple[str, str]:
+    """RCPT TO `to` on server from the client address src (then QUIT); more: other swaks
+    options. The reply to RCPT and the whole transcript."""
+    out = swaks(ns, "--server", server, *more, "--li", src, "--to", to, "--quit-after", "RCPT")
+    return rcpt_reply(out).strip(), out
+
+
 def test_internal_port_only_for_our_hosts(mx1_running):
     ctx, ns = mx1_running
     ip = ctx.hosts["mx1"].private_ip
     mx2 = ctx.hosts["mx2"].private_ip
+    relay = ("--port", str(mx.RELAY_PORT))
     # mx2's private address has no PTR, yet its backup queue is taken for our domains...
-    out = swaks(
-        ns,
-        "--server",
-        ip,
-        "--port",
-        str(mx.RELAY_PORT),
-        "--li",
-        mx2,
-        "--to",
-        "alice@example.org",
-        "--quit-after",
-        "RCPT",
-    )
-    assert rcpt_reply(out).strip().startswith("<-  250"), out
+    reply, out = _rcpt(ns, ip, mx2, "alice@example.org", *relay)
+    assert reply.startswith("<-  250"), out
     # Aliases too, including one that forwards outside, from mx2's queue and from imap's
     # Sieve redirects: smtpd matches what an alias expands to as mail "from local", not
     # from the peer (this bounced mail once).
     for peer in (mx2, ctx.hosts["imap"].private_ip):
         for rcpt in ("team@example.net", FORWARD_ALIAS["address"]):
-            out = swaks(
-                ns, "--server", ip, "--port", str(mx.RELAY_PORT), "--li", peer, "--to", rcpt, "--quit-after", "RCPT"
-            )
-            assert rcpt_reply(out).strip().startswith("<-  250"), (peer, rcpt, out)
-    out = swaks(
-        ns,
-        "--server",
-        ip,
-        "--port",
-        str(mx.RELAY_PORT),
-        "--li",
-        mx2,
-        "--to",
-        "someone@elsewhere.test",
-        "--quit-after",
-        "RCPT",
-    )
-    assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
+            reply, out = _rcpt(ns, ip, peer, rcpt, *relay)
+            assert reply.startswith("<-  250"), (peer, rcpt, out)
+    reply, out = _rcpt(ns, ip, mx2, "someone@elsewhere.test", *relay)
+    assert re.match(r"^<\*\* +5\d\d", reply), out
     # ...and anyone else reaching that port gets nothing.
-    out = swaks(
-        ns,
-        "--server",
-        ip,
-        "--port",
-        str(mx.RELAY_PORT),
-        "--li",
-        OUTSIDE_OK,
-        "--to",
-        "alice@example.org",
-        "--quit-after",
-        "RCPT",
-    )
-    assert re.match(r"^<\*\* +5\d\d", rcpt_reply(out).strip()), out
+    reply, out = _rcpt(ns, ip, OUTSIDE_OK, "alice@example.org", *relay)
+    assert re.match(r"^<\*\* +5\d\d", reply), out
 
 
 # A receiving server for elsewhere.test (test harness, not part of the stack): one JSON
@@ -846,53 +816,20 @@ def test_rcpt_is_451_while_the_database_is_down(mx1_running):
     the mail), never 550; smtpd stays up and answers 250 again once the database is back."""
     ctx, ns = mx1_running
     ip = ctx.hosts["mx1"].private_ip
-    probe = lambda rcpt: rcpt_reply(
-        swaks(
-            ns,
-            "--server",
-            ip,
-            "--li",
-            OUTSIDE_OK,
-            "--from",  # noqa: E731
-            "x@good.test",
-            "--to",
-            rcpt,
-            "--quit-after",
-            "RCPT",
-        )
-    )
-    assert probe("alice@example.org").strip().startswith("<-  250")
-    pg = ns.root / "pg"
-    subprocess.run(
-        ["runuser", "-u", "postgres", "--", PG_BIN / "pg_ctl", "-D", pg / "data", "-m", "fast", "-w", "stop"],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+
+    def probe(rcpt):
+        return _rcpt(ns, ip, OUTSIDE_OK, rcpt, "--from", "x@good.test")[0]
+
+    assert probe("alice@example.org").startswith("<-  250")
+    postgresql.stop_in_netns(ns.root)
     try:
         for rcpt in ("alice@example.org", "nobody@example.org"):
             reply = probe(rcpt)
             assert re.search(r"\b451\b", reply), f"{rcpt} with the database down: {reply}"
     finally:
-        postgres = ns.start(
-            "runuser",
-            "-u",
-            "postgres",
-            "--",
-            PG_BIN / "postgres",
-            "-D",
-            pg / "data",
-            "-k",
-            pg,
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-c",
-            "port=5432",
-            log=ns.root / "postgres.log",
-        )
-        ns.wait_port("127.0.0.1", 5432, postgres, ns.root / "postgres.log")
+        postgresql.restart_in_netns(ns, ns.root)
     wait_for = time.monotonic() + 60
-    while not probe("alice@example.org").strip().startswith("<-  250"):
+    while not probe("alice@example.org").startswith("<-  250"):
         assert time.monotonic() < wait_for, "smtpd did not answer 250 again after the database came back"
         time.sleep(2)
-    assert re.match(r"^<\*\* +550", probe("nobody@example.org").strip())
+    assert re.match(r"^<\*\* +550", probe("nobody@example.org"))

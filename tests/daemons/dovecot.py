@@ -37,6 +37,32 @@ def install(ctx, host, layout: imap.Layout) -> None:
         p.chmod(f.mode)
 
 
+def layout_under(base: Path, **more) -> imap.Layout:
+    """A Dovecot layout with every directory under base (etc, vmail, tls, run, state,
+    libexec, dovecot.log); more: other fields (ports, a path kept elsewhere)."""
+    return imap.Layout(
+        **{
+            "etc": str(base / "etc"),
+            "vmail": str(base / "vmail"),
+            "tls_dir": str(base / "tls"),
+            "base_dir": str(base / "run"),
+            "state_dir": str(base / "state"),
+            "log_path": str(base / "dovecot.log"),
+            "libexec": str(base / "libexec"),
+            **more,
+        }
+    )
+
+
+def make_dirs(layout: imap.Layout) -> None:
+    """The directories Dovecot wants before it starts: etc/sieve, state, libexec, and the
+    mail store, vmail's own and closed to others, as on the servers."""
+    for d in (f"{layout.etc}/sieve", layout.state_dir, layout.libexec):
+        Path(d).mkdir(parents=True)
+    Path(layout.vmail).mkdir(mode=0o750)
+    os.chown(layout.vmail, H.VMAIL_UID, H.VMAIL_UID)
+
+
 def with_vmail_user(base: Path, argv: list[str]) -> list[str]:
     """argv in a mount namespace whose /etc/passwd and /etc/group know vmail, as the
     servers' do (Dovecot's quota-warning and dict services run as, or for, vmail): the
@@ -72,24 +98,11 @@ def dovecot():
     try:
         primary = start_primary(base, ctx)
         primary.sql(D.sync_sql(settings, ctx.secrets.user_hashes), D.DB_NAME)
-        layout = imap.Layout(
-            etc=str(base / "etc"),
-            vmail=str(base / "vmail"),
-            tls_dir=str(base / "tls"),
-            base_dir=str(base / "run"),
-            state_dir=str(base / "state"),
-            log_path=str(base / "dovecot.log"),
-            imaps_port=free_port(),
-            lmtp_port=free_port(),
-            sieve_port=free_port(),
-            db_port=primary.port,
-            libexec=str(base / "libexec"),
+        layout = layout_under(
+            base, imaps_port=free_port(), lmtp_port=free_port(), sieve_port=free_port(), db_port=primary.port
         )
-        for d in ("etc/sieve", "tls", "state", "libexec"):
-            (base / d).mkdir(parents=True)
-        (base / "vmail").mkdir(mode=0o750)
-        os.chown(base / "vmail", H.VMAIL_UID, H.VMAIL_UID)
-        ec_pair(base / "tls", host.fqdn)
+        make_dirs(layout)
+        ec_pair(Path(layout.tls_dir), host.fqdn)
         install(ctx, host, layout)
         conf = str(base / "etc" / "dovecot.conf")
         for name in imap.global_sieves():

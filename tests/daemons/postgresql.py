@@ -1,6 +1,7 @@
 """PostgreSQL 15: throwaway clusters on loopback with the rendered config (`Pg`,
 `start_primary`, `start_replica`), and a cluster inside a `Netns` holding the stack's
-schema and accounts (`start_in_netns`, `start_replica_in_netns`)."""
+schema and accounts (`start_in_netns`, `stop_in_netns`, `restart_in_netns`,
+`start_replica_in_netns`)."""
 
 from __future__ import annotations
 
@@ -211,6 +212,24 @@ def start_in_netns(ns, ctx, root: Path, listen: str = "127.0.0.1", hba: str | No
     )
     if hba is not None:
         (pg / "data" / "pg_hba.conf").write_text(hba)
+    postgres = restart_in_netns(ns, root, listen)
+    psql = ["runuser", "-u", "postgres", "--", PG_BIN / "psql", "-h", pg, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
+    for db, sql in (("postgres", D.setup_sql(ctx)), (D.DB_NAME, D.sync_sql(ctx.settings, ctx.secrets.user_hashes))):
+        r = ns.run(*psql, "-d", db, input=sql)
+        assert r.returncode == 0, r.stderr
+    return postgres
+
+
+def stop_in_netns(root: Path) -> None:
+    """Stop start_in_netns's PostgreSQL (a fast shutdown, as systemd's stop does)."""
+    pg = root / "pg"
+    as_postgres(PG_BIN / "pg_ctl", "-D", pg / "data", "-m", "fast", "-w", "stop")
+
+
+def restart_in_netns(ns, root: Path, listen: str = "127.0.0.1"):
+    """(Re)start start_in_netns's PostgreSQL on its data directory; back once it accepts
+    connections. listen: as given to start_in_netns."""
+    pg = root / "pg"
     postgres = ns.start(
         "runuser",
         "-u",
@@ -228,10 +247,6 @@ def start_in_netns(ns, ctx, root: Path, listen: str = "127.0.0.1", hba: str | No
         log=root / "postgres.log",
     )
     _wait_accepting(ns, pg, 5432, postgres, root / "postgres.log")
-    psql = ["runuser", "-u", "postgres", "--", PG_BIN / "psql", "-h", pg, "-X", "-q", "-v", "ON_ERROR_STOP=1"]
-    for db, sql in (("postgres", D.setup_sql(ctx)), (D.DB_NAME, D.sync_sql(ctx.settings, ctx.secrets.user_hashes))):
-        r = ns.run(*psql, "-d", db, input=sql)
-        assert r.returncode == 0, r.stderr
     return postgres
 
 
