@@ -21,6 +21,7 @@ from .hosts import s_firewall, s_reboot, s_redeploy
 from .learning import s_learning
 from .mailflow import s_inbound, s_no_open_relay, s_sieve, s_spam, s_submission
 from .redundancy import s_backup_mx, s_replication
+from .renewal import s_renewal
 from .resilience import s_hostile_input, s_supervision
 from .status import s_status
 
@@ -38,6 +39,7 @@ SCENARIOS = [
     ("firewall", s_firewall),
     ("hostile-input", s_hostile_input),
     ("tls-profile", s_tls_profile),
+    ("renewal", s_renewal),
     ("updates", s_updates),
     ("brute-force", s_brute_force),
     # status judges a lab whose daemons have not been killed yet (restart counts warn).
