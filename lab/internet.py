@@ -17,6 +17,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import dns.exception
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,7 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from mailstack.backup import STORAGE_BOX_PATH, STORAGE_BOX_PORT
 
-from . import net
+from . import dns_root, net
 from .util import NETNS, ROOT, STATE, log, run, stop_pidfile, wait_until, write_private
 
 # Not under .test: unbound answers the special-use names (.test, .invalid) itself.
@@ -141,6 +142,7 @@ def knot_conf(zones: list[str]) -> str:
         "log:",
         "  - target: stderr",
         "    any: info",
+        *dns_root.KNOT_POLICY,
         "template:",
         "  - id: default",
         f"    storage: {KNOT_DIR}/zones",
@@ -152,7 +154,7 @@ def knot_conf(zones: list[str]) -> str:
     for z in zones:
         lines.append(f"  - domain: {z}")
         if z == ".":
-            lines.append("    file: root.zone")
+            lines += ["    file: root.zone", *dns_root.KNOT_ZONE_SIGNING]
     return "\n".join(lines) + "\n"
 
 
@@ -169,6 +171,7 @@ def start_knot(zone_texts: dict[str, str]) -> None:
     run(["knotc", "-c", str(KNOT_DIR / "knot.conf"), "conf-check"], capture=True)
     _spawn("knot", ["knotd", "-c", str(KNOT_DIR / "knot.conf")])
     wait_until(lambda: knot_answers(next(iter(zone_texts))), 20, "knot to serve the zones")
+    wait_until(lambda: _root_anchor() is not None, 20, "knot to sign the root")
     log(f"knot serves {len(zone_texts)} zones on {net.INTERNET_V4}:53")
 
 
@@ -187,21 +190,37 @@ def knot_answers(zone: str) -> bool:
     return r.returncode == 0 and bool(r.stdout.strip())
 
 
+def root_zone(children: list[str]) -> dict[str, str]:
+    """The lab's root (lab/dns_root.py): signed, delegating every other zone knot serves.
+    Resolvers that probe `. NS` for liveness (the unbound step does) get an answer, and
+    every name outside the lab is NXDOMAIN."""
+    return {".": dns_root.zone(children, NS_NAME, net.INTERNET_V4, net.INTERNET_V6, f"hostmaster.{LAB_ZONE}.")}
+
+
+def _root_anchor() -> str | None:
+    from .netns import inside
+
+    try:
+        with inside():
+            return dns_root.trust_anchor(net.INTERNET_V4)
+    except (OSError, RuntimeError, dns.exception.DNSException):
+        return None
+
+
+def host_root_files() -> dict[str, str]:
+    """What a host needs to recurse from the lab's root: hints and the root's key, read
+    from knot once it has signed (written into the host's overlay before it boots, like
+    the lab's CAs; never by mailstack's own rendering)."""
+    anchor = _root_anchor()
+    if anchor is None:
+        raise RuntimeError(f"knot on {net.INTERNET_V4} serves no signed root")
+    return dns_root.host_files(dns_root.hints(NS_NAME, net.INTERNET_V4, net.INTERNET_V6), anchor)
+
+
 def lab_zones(ptr_extra: list) -> dict[str, str]:
     """Zones for the lab's own names: the outside MTA's domain and the lab services."""
     ns = [NS_NAME]
     return {
-        # A root of the lab's own: resolvers that probe `. NS` for liveness (the unbound
-        # step does) get an answer, and every name outside the lab is NXDOMAIN.
-        ".": "\n".join(
-            [
-                "$ORIGIN .",
-                "$TTL 60",
-                f". IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
-                f". IN NS {NS_NAME}",
-            ]
-        )
-        + "\n",
         LAB_ZONE: "\n".join(
             [
                 f"$ORIGIN {LAB_ZONE}.",

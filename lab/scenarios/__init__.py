@@ -20,6 +20,7 @@ from .hardening import s_tls_profile, s_updates
 from .hosts import s_firewall, s_reboot, s_redeploy
 from .learning import s_learning
 from .mailflow import s_inbound, s_no_open_relay, s_sieve, s_spam, s_submission
+from .recursion import s_recursion
 from .redundancy import s_backup_mx, s_replication
 from .renewal import s_renewal
 from .resilience import s_hostile_input, s_supervision
@@ -32,6 +33,7 @@ SCENARIOS = [
     ("backup-mx", s_backup_mx),
     ("replication", s_replication),
     ("spam", s_spam),
+    ("recursion", s_recursion),
     ("learning", s_learning),
     ("sieve", s_sieve),
     ("forwarding", s_forwarding),
