@@ -9,8 +9,6 @@ the hosts trust it and Pebble's issuing root, written into their overlay before 
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import ssl
 import subprocess
@@ -18,14 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import dns.exception
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from mailstack.backup import STORAGE_BOX_PATH, STORAGE_BOX_PORT
 
-from . import dns_root, net
+from . import dns_root, net, pki
 from .util import NETNS, ROOT, STATE, log, run, stop_pidfile, wait_until, write_private
 
 # Not under .test: unbound answers the special-use names (.test, .invalid) itself.
@@ -43,59 +37,18 @@ TLSDIR = STATE / "tls"
 # ------------------------------------------------------------------ lab CA
 
 
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(k) -> str:
-    return k.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
 def make_ca() -> None:
     """A fresh CA per run, and leaf certificates for Pebble and the outside MTA."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = _key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailstack lab CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    issuer = pki.ca("mailstack lab CA")
     TLSDIR.mkdir(parents=True, exist_ok=True)
-    (TLSDIR / "lab-ca.pem").write_text(ca.public_bytes(serialization.Encoding.PEM).decode())
+    (TLSDIR / "lab-ca.pem").write_text(pki.pem(issuer[1]))
     for name, dns_names, ips in (
         ("pebble", [ACME_NAME], [net.INTERNET_V4, net.INTERNET_V6]),
         ("outside", [OUTSIDE_MX], [net.OUTSIDE_V4]),
     ):
-        k = _key()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
-            .issuer_name(ca_name)
-            .public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName(d) for d in dns_names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        (TLSDIR / f"{name}.pem").write_text(cert.public_bytes(serialization.Encoding.PEM).decode())
-        write_private(TLSDIR / f"{name}.key", _pem_key(k))
+        key, cert = pki.leaf(issuer, dns_names, ips)
+        (TLSDIR / f"{name}.pem").write_text(pki.pem(cert))
+        write_private(TLSDIR / f"{name}.key", pki.pem_key(key))
 
 
 def lab_ca_pem() -> str:
