@@ -75,10 +75,10 @@ def stop_cache() -> None:
 
 
 def lab_namespaces() -> list[str]:
-    """Network namespaces of running labs (named mailstack-lab*, README "The lab")."""
+    """Network namespaces of running labs (mailstack-lab, mailstack-lab-*: README "The lab")."""
     r = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True)
     names = (line.split()[0] for line in r.stdout.splitlines() if line.strip())
-    return [n for n in names if n.startswith("mailstack-lab")]
+    return [n for n in names if n == "mailstack-lab" or n.startswith("mailstack-lab-")]
 
 
 def _uid(name: str) -> int:

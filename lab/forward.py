@@ -30,7 +30,8 @@ def start(name: str, specs: list[Spec]) -> None:
     (STATE / f"{name}.pid").write_text(str(proc.pid))
 
 
-def _pipe(a: socket.socket, b: socket.socket) -> None:
+def pipe(a: socket.socket, b: socket.socket) -> None:
+    """Copy a to b until either end closes, then shut both down."""
     try:
         while data := a.recv(65536):
             b.sendall(data)
@@ -57,8 +58,8 @@ def _serve(srv: socket.socket, lab_listens: bool, addr: str, port: int) -> None:
         except OSError:
             conn.close()
             continue
-        threading.Thread(target=_pipe, args=(conn, up), daemon=True).start()
-        threading.Thread(target=_pipe, args=(up, conn), daemon=True).start()
+        threading.Thread(target=pipe, args=(conn, up), daemon=True).start()
+        threading.Thread(target=pipe, args=(up, conn), daemon=True).start()
 
 
 def main(args: list[str]) -> int:

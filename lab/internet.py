@@ -9,22 +9,17 @@ the hosts trust it and Pebble's issuing root, written into their overlay before 
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import ssl
 import subprocess
 import urllib.request
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+import dns.exception
 
 from mailstack.backup import STORAGE_BOX_PATH, STORAGE_BOX_PORT
 
-from . import net
+from . import dns_root, net, pki
 from .util import NETNS, ROOT, STATE, log, run, stop_pidfile, wait_until, write_private
 
 # Not under .test: unbound answers the special-use names (.test, .invalid) itself.
@@ -42,59 +37,18 @@ TLSDIR = STATE / "tls"
 # ------------------------------------------------------------------ lab CA
 
 
-def _key():
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _pem_key(k) -> str:
-    return k.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-
-
 def make_ca() -> None:
     """A fresh CA per run, and leaf certificates for Pebble and the outside MTA."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = _key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailstack lab CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    issuer = pki.ca("mailstack lab CA")
     TLSDIR.mkdir(parents=True, exist_ok=True)
-    (TLSDIR / "lab-ca.pem").write_text(ca.public_bytes(serialization.Encoding.PEM).decode())
+    (TLSDIR / "lab-ca.pem").write_text(pki.pem(issuer[1]))
     for name, dns_names, ips in (
         ("pebble", [ACME_NAME], [net.INTERNET_V4, net.INTERNET_V6]),
         ("outside", [OUTSIDE_MX], [net.OUTSIDE_V4]),
     ):
-        k = _key()
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])]))
-            .issuer_name(ca_name)
-            .public_key(k.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName(d) for d in dns_names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        (TLSDIR / f"{name}.pem").write_text(cert.public_bytes(serialization.Encoding.PEM).decode())
-        write_private(TLSDIR / f"{name}.key", _pem_key(k))
+        key, cert = pki.leaf(issuer, dns_names, ips)
+        (TLSDIR / f"{name}.pem").write_text(pki.pem(cert))
+        write_private(TLSDIR / f"{name}.key", pki.pem_key(key))
 
 
 def lab_ca_pem() -> str:
@@ -141,6 +95,7 @@ def knot_conf(zones: list[str]) -> str:
         "log:",
         "  - target: stderr",
         "    any: info",
+        *dns_root.KNOT_POLICY,
         "template:",
         "  - id: default",
         f"    storage: {KNOT_DIR}/zones",
@@ -152,7 +107,7 @@ def knot_conf(zones: list[str]) -> str:
     for z in zones:
         lines.append(f"  - domain: {z}")
         if z == ".":
-            lines.append("    file: root.zone")
+            lines += ["    file: root.zone", *dns_root.KNOT_ZONE_SIGNING]
     return "\n".join(lines) + "\n"
 
 
@@ -169,6 +124,7 @@ def start_knot(zone_texts: dict[str, str]) -> None:
     run(["knotc", "-c", str(KNOT_DIR / "knot.conf"), "conf-check"], capture=True)
     _spawn("knot", ["knotd", "-c", str(KNOT_DIR / "knot.conf")])
     wait_until(lambda: knot_answers(next(iter(zone_texts))), 20, "knot to serve the zones")
+    wait_until(lambda: _root_anchor() is not None, 20, "knot to sign the root")
     log(f"knot serves {len(zone_texts)} zones on {net.INTERNET_V4}:53")
 
 
@@ -187,21 +143,37 @@ def knot_answers(zone: str) -> bool:
     return r.returncode == 0 and bool(r.stdout.strip())
 
 
+def root_zone(children: list[str]) -> dict[str, str]:
+    """The lab's root (lab/dns_root.py): signed, delegating every other zone knot serves.
+    Resolvers that probe `. NS` for liveness (the unbound step does) get an answer, and
+    every name outside the lab is NXDOMAIN."""
+    return {".": dns_root.zone(children, NS_NAME, net.INTERNET_V4, net.INTERNET_V6, f"hostmaster.{LAB_ZONE}.")}
+
+
+def _root_anchor() -> str | None:
+    from .netns import inside
+
+    try:
+        with inside():
+            return dns_root.trust_anchor(net.INTERNET_V4)
+    except (OSError, RuntimeError, dns.exception.DNSException):
+        return None
+
+
+def host_root_files() -> dict[str, str]:
+    """What a host needs to recurse from the lab's root: hints and the root's key, read
+    from knot once it has signed (written into the host's overlay before it boots, like
+    the lab's CAs; never by mailstack's own rendering)."""
+    anchor = _root_anchor()
+    if anchor is None:
+        raise RuntimeError(f"knot on {net.INTERNET_V4} serves no signed root")
+    return dns_root.host_files(dns_root.hints(NS_NAME, net.INTERNET_V4, net.INTERNET_V6), anchor)
+
+
 def lab_zones(ptr_extra: list) -> dict[str, str]:
     """Zones for the lab's own names: the outside MTA's domain and the lab services."""
     ns = [NS_NAME]
     return {
-        # A root of the lab's own: resolvers that probe `. NS` for liveness (the unbound
-        # step does) get an answer, and every name outside the lab is NXDOMAIN.
-        ".": "\n".join(
-            [
-                "$ORIGIN .",
-                "$TTL 60",
-                f". IN SOA {NS_NAME} hostmaster.{LAB_ZONE}. 1 60 60 3600 60",
-                f". IN NS {NS_NAME}",
-            ]
-        )
-        + "\n",
         LAB_ZONE: "\n".join(
             [
                 f"$ORIGIN {LAB_ZONE}.",
@@ -251,6 +223,13 @@ def dnsbl_zone(listed: dict[str, str] | None = None) -> dict[str, str]:
 # ------------------------------------------------------------------ pebble
 
 
+# Pebble's certificates live as long as Let's Encrypt's will from 2028 (45 days, against
+# Pebble's own five years), so certbot's default window (renew 30 days before expiry)
+# keeps a fresh one for 15 days: nothing renews during a lab run unless a scenario
+# (renewal) says the window is wider.
+PEBBLE_CERT_DAYS = 45
+
+
 def start_pebble() -> None:
     d = STATE / "pebble"
     d.mkdir(parents=True, exist_ok=True)
@@ -266,6 +245,7 @@ def start_pebble() -> None:
                     "tlsPort": 443,
                     "ocspResponderURL": "",
                     "externalAccountBindingRequired": False,
+                    "certificateValidityPeriod": PEBBLE_CERT_DAYS * 86400,
                 }
             },
             indent=2,

@@ -32,8 +32,17 @@ def merged(role: str) -> Path:
     return host_dir(role) / "merged"
 
 
-def prepare(role: str, rootfs: Path, fqdn: str, user_data: str, network_config: dict, ca_pems: dict[str, str]) -> None:
-    """Overlay + seed for a fresh host. ca_pems: lab CAs the host must trust (Pebble's)."""
+def prepare(
+    role: str,
+    rootfs: Path,
+    fqdn: str,
+    user_data: str,
+    network_config: dict,
+    ca_pems: dict[str, str],
+    files: dict[str, str] | None = None,
+) -> None:
+    """Overlay + seed for a fresh host. ca_pems: lab CAs the host must trust (Pebble's);
+    files: path -> content of other lab-only files (the lab root's hints and key)."""
     d = host_dir(role)
     for sub in ("upper", "work", "merged", "seed"):
         (d / sub).mkdir(parents=True, exist_ok=True)
@@ -61,6 +70,10 @@ def prepare(role: str, rootfs: Path, fqdn: str, user_data: str, network_config: 
         p.write_text(pem)
     if ca_pems:
         run(["chroot", str(m), "update-ca-certificates"], capture=True)
+    for path, text in (files or {}).items():
+        p = m / path.lstrip("/")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
 
 
 def network_config(role: str, private_ip: str, prefixlen: int = 24) -> dict:

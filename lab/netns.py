@@ -22,7 +22,9 @@ def _setns(fd: int) -> None:
 
 
 @contextmanager
-def inside():
+def inside(netns: str | None = None):
+    """This thread in the lab namespace (or the one at the path netns, e.g.
+    /proc/<pid>/ns/net of a test's namespace)."""
     if getattr(_local, "depth", 0):
         _local.depth += 1
         try:
@@ -31,7 +33,7 @@ def inside():
             _local.depth -= 1
         return
     home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY)
-    lab = os.open(f"/run/netns/{NETNS}", os.O_RDONLY)
+    lab = os.open(netns or f"/run/netns/{NETNS}", os.O_RDONLY)
     try:
         _setns(lab)
         _local.depth = 1

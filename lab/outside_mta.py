@@ -30,8 +30,7 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from . import machines, net, outside_verifier
-from .aptcache import LOCAL_URL
+from . import machines, net, outside_verifier, rootfs
 from .util import CACHE, NETNS, cache_lock, log, run, wait_until
 
 ROLE = "outside"  # its directory beside the hosts' (cleaned by `lab down`)
@@ -61,8 +60,6 @@ def spool() -> Path:
 
 
 def _layer_path() -> Path:
-    from . import rootfs
-
     key = hashlib.sha256(repr((rootfs.recipe_key(), LAYER_RECIPE, PRESEED)).encode()).hexdigest()[:12]
     return CACHE / f"outside-mta-{key}"
 
@@ -100,30 +97,10 @@ def _build_layer(base: Path, dest: Path) -> Path:
         ]
     )
     try:
-        policy = m / "usr/sbin/policy-rc.d"
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-        run(["chroot", str(m), "debconf-set-selections"], input=PRESEED, capture=True)
-        run(["chroot", str(m), "apt-get", "-o", f"Acquire::http::Proxy={LOCAL_URL}", "update", "-q"], capture=True)
-        run(
-            [
-                "chroot",
-                str(m),
-                "env",
-                "DEBIAN_FRONTEND=noninteractive",
-                "apt-get",
-                "-o",
-                f"Acquire::http::Proxy={LOCAL_URL}",
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                *LAYER_PACKAGES,
-            ],
-            capture=True,
-        )
-        run(["chroot", str(m), "bash", "-c", "apt-get clean; rm -rf /var/lib/apt/lists/*"])
-        policy.unlink()
+        with rootfs.no_daemons(m):
+            run(["chroot", str(m), "debconf-set-selections"], input=PRESEED, capture=True)
+            rootfs.apt_install(m, LAYER_PACKAGES)
+            run(["chroot", str(m), "bash", "-c", "apt-get clean; rm -rf /var/lib/apt/lists/*"])
     finally:
         run(["umount", str(m)])
     (tmp / "upper" / ".mailstack-lab-complete").write_text(dest.name + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .aptcache import LOCAL_URL, PROXY_URL
@@ -90,6 +91,30 @@ def ensure() -> Path:
         return _build(dest)
 
 
+@contextmanager
+def no_daemons(root: Path):
+    """While packages are installed into `root` (a chroot), no maintainer script starts a
+    daemon there (policy-rc.d answers "not allowed")."""
+    policy = root / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink(missing_ok=True)
+
+
+def apt_install(root: Path, packages: list[str], capture: bool = True) -> None:
+    """apt-get update and install (no recommends) in the chroot `root`, through the cache."""
+    proxy = ["-o", f"Acquire::http::Proxy={LOCAL_URL}"]
+    run(["chroot", str(root), "apt-get", *proxy, "update", "-q"], capture=capture)
+    run(
+        ["chroot", str(root), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", *proxy]
+        + ["install", "-y", "-q", "--no-install-recommends", *packages],
+        capture=capture,
+    )
+
+
 def _build(dest: Path) -> Path:
     if (dest / ".mailstack-lab-complete").exists():  # another lab built it meanwhile
         return dest
@@ -105,27 +130,8 @@ def _build(dest: Path) -> Path:
         capture=False,
     )
     log(f"stage 1 done in {time.monotonic() - t0:.0f}s")
-    policy = tmp / "usr/sbin/policy-rc.d"
-    policy.write_text("#!/bin/sh\nexit 101\n")
-    policy.chmod(0o755)
-    try:
-        run(["chroot", str(tmp), "apt-get", "-o", f"Acquire::http::Proxy={LOCAL_URL}", "update", "-q"])
-        run(
-            [
-                "chroot",
-                str(tmp),
-                "env",
-                "DEBIAN_FRONTEND=noninteractive",
-                "apt-get",
-                "-o",
-                f"Acquire::http::Proxy={LOCAL_URL}",
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                *STAGE2,
-            ]
-        )
+    with no_daemons(tmp):
+        apt_install(tmp, STAGE2, capture=False)
         for p, content in FILES.items():
             f = tmp / p.lstrip("/")
             f.parent.mkdir(parents=True, exist_ok=True)
@@ -133,8 +139,6 @@ def _build(dest: Path) -> Path:
                 f.unlink()
             f.write_text(content)
         run(["chroot", str(tmp), "bash", "-c", FIXUPS])
-    finally:
-        policy.unlink(missing_ok=True)
     (tmp / ".mailstack-lab-complete").write_text(recipe_key() + "\n")
     if dest.exists():
         shutil.rmtree(dest)

@@ -61,6 +61,7 @@ def zone_texts(
     out.update(dns.reverse_zone_files(ptrs, [internet.NS_NAME]))
     out.update(internet.lab_zones([]))
     out.update(internet.dnsbl_zone(dnsbl_listed))
+    out.update(internet.root_zone(list(out)))
     return out
 
 
@@ -97,12 +98,21 @@ def up(topology: str | None = None) -> dict:
     (STATE / "tls" / "pebble-roots.pem").write_text(internet.pebble_roots())
     outside_mta.start(base, internet.TLSDIR, (STATE / "tls" / "pebble-roots.pem").read_text())
     ca = _host_cas()
+    root_files = internet.host_root_files()
     timings["internet host"] = time.monotonic() - t
 
     t = time.monotonic()
     booted: dict[str, float] = {}
     for role, h in ctx.hosts.items():
-        machines.prepare(role, base, h.fqdn, cloudinit.user_data(s, h), machines.network_config(role, h.private_ip), ca)
+        machines.prepare(
+            role,
+            base,
+            h.fqdn,
+            cloudinit.user_data(s, h),
+            machines.network_config(role, h.private_ip),
+            ca,
+            root_files,
+        )
         machines.start(role)
     log(f"booting {', '.join(roles)}; cloud-init installs the mail packages")
     booted = _wait_cloud_init(roles, t)
@@ -110,17 +120,16 @@ def up(topology: str | None = None) -> dict:
     for role, dt in booted.items():
         timings[f"  {role} boot-to-cloud-init-done"] = dt
 
-    t = time.monotonic()
-    step_times = steps.run_plan(ctx)
-    timings["deploy steps"] = time.monotonic() - t
+    t_boot, t = t, time.monotonic()
+    ended: dict[str, float] = {}
+    step_times = steps.run_plan(ctx, finished=ended)
+    timings["deploy steps (several at once)"] = time.monotonic() - t
     for name, dt in step_times.items():
         timings[f"  step {name}"] = dt
-    for role, dt in booted.items():
-        timings[f"  {role} boot-to-mail-ready"] = dt + sum(
-            v
-            for k, v in step_times.items()
-            if k.endswith(f"-{role}") or (k in ("postgres-primary", "mail-sync") and role == "mx1")
-        )
+    for role in booted:
+        # Mail-ready: the host's last step has ended (the steps run in parallel).
+        last = max(ended[st.name] for st in deploy.plan(s) if st.host == role)
+        timings[f"  {role} boot-to-mail-ready"] = last - t_boot
 
     forward.start(
         "loopback-forwarder",
@@ -187,6 +196,7 @@ def rebuild(role: str) -> dict[str, float]:
         cloudinit.user_data(s, h),
         machines.network_config(role, h.private_ip),
         _host_cas(),
+        internet.host_root_files(),
     )
     machines.start(role)
     times = {"boot + cloud-init": _wait_cloud_init([role], t)[role]}

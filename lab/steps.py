@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from mailstack import context, deploy
 
@@ -68,10 +69,30 @@ def run_step(ctx: context.Context, step: deploy.Step, timeout: float = 900) -> f
     return dt
 
 
-def run_plan(ctx: context.Context, only: set[str] | None = None) -> dict[str, float]:
-    times = {}
-    for step in deploy.plan(ctx.settings):
-        if only is not None and step.name not in only:
-            continue
-        times[step.name] = run_step(ctx, step)
+def run_plan(
+    ctx: context.Context, only: set[str] | None = None, finished: dict[str, float] | None = None
+) -> dict[str, float]:
+    """Each step as soon as the steps it depends on are done, several at once, the way
+    Pulumi walks the resource graph; a dependency left out by `only` counts as done.
+    After a failure no new step starts; the running ones end, then the failure is raised.
+    Returns each step's duration; `finished` gets its end (time.monotonic())."""
+    pending = [s for s in deploy.plan(ctx.settings) if only is None or s.name in only]
+    chosen = {s.name for s in pending}
+    done: set[str] = set()
+    times: dict[str, float] = {}
+    running: dict[Future, deploy.Step] = {}
+    with ThreadPoolExecutor(max_workers=max(1, len(pending))) as pool:
+        while pending or running:
+            for step in [s for s in pending if all(d in done or d not in chosen for d in s.depends_on)]:
+                pending.remove(step)
+                running[pool.submit(run_step, ctx, step)] = step
+            if not running:
+                raise StepFailed(f"no step can start: {[s.name for s in pending]} wait for each other")
+            ended, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in ended:
+                step = running.pop(f)
+                times[step.name] = f.result()
+                done.add(step.name)
+                if finished is not None:
+                    finished[step.name] = time.monotonic()
     return times

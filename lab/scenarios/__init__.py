@@ -20,7 +20,9 @@ from .hardening import s_tls_profile, s_updates
 from .hosts import s_firewall, s_reboot, s_redeploy
 from .learning import s_learning
 from .mailflow import s_inbound, s_no_open_relay, s_sieve, s_spam, s_submission
+from .recursion import s_recursion
 from .redundancy import s_backup_mx, s_replication
+from .renewal import s_renewal
 from .resilience import s_hostile_input, s_supervision
 from .status import s_status
 
@@ -31,6 +33,7 @@ SCENARIOS = [
     ("backup-mx", s_backup_mx),
     ("replication", s_replication),
     ("spam", s_spam),
+    ("recursion", s_recursion),
     ("learning", s_learning),
     ("sieve", s_sieve),
     ("forwarding", s_forwarding),
@@ -38,6 +41,7 @@ SCENARIOS = [
     ("firewall", s_firewall),
     ("hostile-input", s_hostile_input),
     ("tls-profile", s_tls_profile),
+    ("renewal", s_renewal),
     ("updates", s_updates),
     ("brute-force", s_brute_force),
     # status judges a lab whose daemons have not been killed yet (restart counts warn).

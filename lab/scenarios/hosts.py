@@ -137,11 +137,15 @@ def s_redeploy() -> str:
 
 
 def s_reboot() -> str:
-    """(8) every host reboots and mail flows again."""
-    for role in machines_roles():
-        old = machines.leader(role)
+    """(8) every host reboots, all at once (as after the nightly updates, which share one
+    reboot time), and mail flows again."""
+    roles = machines_roles()
+    old = {role: machines.leader(role) for role in roles}
+    for role in roles:
         machines.sh(role, "systemctl reboot")
-        wait_until(lambda: machines.leader(role) != old, 120, f"{role} to restart")
+    for role in roles:
+        wait_until(lambda: machines.leader(role) != old[role], 120, f"{role} to restart")
+    for role in roles:
         machines.wait_booted(role, 180)
     wait_until(lambda: _port_open(_host_ip("mx1"), 25), 120, "mx1:25 after reboot")
     tok = _token()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lab import dns_root
+
 # The outside clients (client namespace addresses) and what DNS says about them.
 OUTSIDE_OK = "10.99.0.5"  # PTR good.test, and good.test A points back
 OUTSIDE_NO_PTR = "10.99.0.6"
@@ -68,3 +70,37 @@ def start(ns, root: Path, extra_dns: str = ""):
         + extra_dns
     )
     return ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
+
+
+# Debian's unbound.conf and its drop-ins, as the hosts have them (paths moved into the
+# test's directory): the RFC 5011 anchor for "." of root-auto-trust-anchor-file.conf, the
+# control socket of remote-control.conf, then the drop-ins (the lab root's, mailstack's).
+DEBIAN_LAYOUT = """server:
+  chroot: ""
+  username: ""
+  directory: "{root}"
+  pidfile: "{root}/unbound.pid"
+  use-syslog: no
+  logfile: ""
+  auto-trust-anchor-file: "{root}/root.key"
+remote-control:
+  control-enable: yes
+  control-interface: {root}/unbound.ctl
+include: "{root}/lab-root.conf"
+include: "{root}/mailstack.conf"
+"""
+
+
+def start_rendered(ns, root: Path, rendered: str, hints: str, anchor: str):
+    """The rendered mailstack.conf (on 127.0.0.1:53 of ns's server namespace) in Debian's
+    layout, priming from hints and validating with anchor as the root's key; waits until
+    it listens."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mailstack.conf").write_text(rendered)
+    (root / "hints").write_text(hints)
+    (root / "lab-root.conf").write_text(dns_root.unbound_conf(str(root / "hints")))
+    (root / "root.key").write_text(anchor)
+    (root / "unbound.conf").write_text(DEBIAN_LAYOUT.format(root=root))
+    proc = ns.start("unbound", "-d", "-c", root / "unbound.conf", log=root / "unbound.log")
+    ns.wait_port("127.0.0.1", 53, proc, root / "unbound.log")
+    return proc
