@@ -146,7 +146,8 @@ def knot_answers(zone: str) -> bool:
 def root_zone(children: list[str]) -> dict[str, str]:
     """The lab's root (lab/dns_root.py): signed, delegating every other zone knot serves.
     Resolvers that probe `. NS` for liveness (the unbound step does) get an answer, and
-    every name outside the lab is NXDOMAIN."""
+    every name outside the lab's zones is NXDOMAIN (their parents, such as example.com,
+    are empty non-terminals: no data)."""
     return {".": dns_root.zone(children, NS_NAME, net.INTERNET_V4, net.INTERNET_V6, f"hostmaster.{LAB_ZONE}.")}
 
 

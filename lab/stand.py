@@ -65,6 +65,12 @@ def zone_texts(
     return out
 
 
+def republish(s, **tweaks) -> None:
+    """Reload knot with the zones of settings `s` (what `pulumi up` does to the DNS
+    zone), with zone_texts' tweaks."""
+    internet.reload_knot(zone_texts(s, config.load_or_make_secrets(s), **tweaks))
+
+
 def up(topology: str | None = None) -> dict:
     t_start = time.monotonic()
     timings: dict[str, float] = {}

@@ -60,9 +60,8 @@ def _deploy(**overrides):
     if "dkim" in overrides:
         overrides["dns"] = {**config.running_settings().dns.model_dump(by_alias=True), "ttl": TTL}
     s = config.running_settings(**overrides)
-    data = config.load_or_make_secrets(s)
-    internet.reload_knot(stand.zone_texts(s, data))
-    ctx = config.context(s, data)
+    stand.republish(s)
+    ctx = config.context(s, config.load_or_make_secrets(s))
     step = next(st for st in deploy.plan(s) if st.name == f"services-{ctx.host_for('submission').role}")
     steps.run_step(ctx, step)
     return s

@@ -56,8 +56,7 @@ def _ptr(role: str, ip: str) -> str:
 
 
 def _knot(listed: dict[str, str] | None) -> None:
-    s = config.running_settings()
-    internet.reload_knot(stand.zone_texts(s, config.load_or_make_secrets(s), dnsbl_listed=listed))
+    stand.republish(config.running_settings(), dnsbl_listed=listed)
 
 
 def _deploy_unbound(role: str, **overrides) -> None:

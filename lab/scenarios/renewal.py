@@ -17,11 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mailstack import hosts as H
 from mailstack import tls
-from mailstack.status import expect, probe
+from mailstack.status import expect, outside, probe
 
 from .. import internet, machines, net
-from ..netns import inside
-from ..util import STATE, wait_until
+from .. import status as lab_status
+from ..util import wait_until
 from .clients import _expect, _s, machines_roles
 
 RENEWAL_CONF = f"/etc/letsencrypt/renewal/{tls.CERT_NAME}.conf"
@@ -40,19 +40,13 @@ systemctl start certbot.service
 
 
 def _origin() -> probe.Origin:
-    """A client on the lab's internet that trusts Pebble's roots only."""
-    return probe.Origin(
-        helo=internet.OUTSIDE_MX,
-        cafile=str(STATE / "tls" / "pebble-roots.pem"),
-        source_v4=net.OUTSIDE_V4,
-        source_v6=net.OUTSIDE_V6,
-        vantage=inside,
-    )
+    """The status check's outside vantage point on the lab (lab/status.py): the lab's
+    internet, trusting Pebble's roots only."""
+    return outside.origin(lab_status.environment())
 
 
-def _served(role: str, port: int, sni: str) -> str:
+def _served(o: probe.Origin, role: str, port: int, sni: str) -> str:
     """SHA-256 of the certificate the port serves, verified against Pebble's roots."""
-    o = _origin()
     with probe.handshake(o, net.public_v4(role), port, sni, verify=True) as s:
         der = s.getpeercert(binary_form=True)
     assert der is not None
@@ -80,7 +74,8 @@ def s_renewal() -> str:
     hs = H.hosts(s)
     roles = machines_roles()
     targets = [(role, port, sni) for role in roles for port, sni in expect.tls_endpoints(s, hs[role])]
-    before = {t: _served(*t) for t in targets}
+    o = _origin()
+    before = {t: _served(o, *t) for t in targets}
     old = {role: _lineage(role) for role in roles}
     for t, fp in before.items():
         _expect(fp == old[t[0]], f"{t[0]}:{t[1]} serves another certificate than certbot's before renewal")
@@ -92,7 +87,7 @@ def s_renewal() -> str:
     stale: list[str] = []
 
     def all_new() -> bool:
-        stale[:] = [f"{r}:{p}" for r, p, n in targets if _served(r, p, n) != new[r]]
+        stale[:] = [f"{r}:{p}" for r, p, n in targets if _served(o, r, p, n) != new[r]]
         return not stale
 
     try:

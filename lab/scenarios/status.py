@@ -46,8 +46,7 @@ def _sh(role: str, script: str) -> str:
 
 
 def _knot(**tweaks) -> None:
-    s = _s()
-    internet.reload_knot(stand.zone_texts(s, config.load_or_make_secrets(s), **tweaks))
+    stand.republish(_s(), **tweaks)
 
 
 def _errors(checks: list[model.Check]) -> set[str]:
